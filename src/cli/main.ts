@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+const HELP = `usage: ublk <command> [options]
+commands: add, del, list, recover, features, help`;
+
+console.log(HELP);
