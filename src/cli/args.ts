@@ -1,0 +1,194 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { UserError } from './errors.js';
+import { parseBool01, parseInteger } from './numbers.js';
+
+/** A command-line option a target adds to `ublk add`, in util.parseArgs terms. */
+export interface TargetOptionSpec {
+  type: 'string' | 'boolean';
+  short?: string;
+  /** One line for `ublk help -t TYPE`. */
+  description: string;
+}
+export type TargetOptionSpecs = Readonly<Record<string, TargetOptionSpec>>;
+export type TargetArgs = Record<string, string | boolean | undefined>;
+
+export interface AddOptions {
+  type: string;
+  /** -1 lets the kernel pick. */
+  devId: number;
+  queues: number;
+  depth: number;
+  maxIoBufBytes: number;
+  uringComp: boolean;
+  needGetData: boolean;
+  userRecovery: boolean;
+  userRecoveryReissue: boolean;
+  userRecoveryFailIo: boolean;
+  foreground: boolean;
+  targetArgs: TargetArgs;
+}
+
+export const ADD_DEFAULTS = { queues: 1, depth: 128, maxIoBufBytes: 512 * 1024 } as const;
+const PAGE_SIZE = 4096;
+const MAX_QUEUES = 4096;
+const MAX_DEPTH = 4096;
+const MAX_IO_BUF_BYTES = 32 << 20;
+
+/** ublksrv's standard `add` options; names and letters are those of ublksrv so scripts keep working. */
+const STANDARD_ADD_OPTIONS = {
+  type: { type: 'string', short: 't' },
+  number: { type: 'string', short: 'n' },
+  queues: { type: 'string', short: 'q' },
+  depth: { type: 'string', short: 'd' },
+  uring_comp: { type: 'string', short: 'u' },
+  need_get_data: { type: 'string', short: 'g' },
+  user_recovery: { type: 'string', short: 'r' },
+  user_recovery_reissue: { type: 'string', short: 'i' },
+  user_recovery_fail_io: { type: 'string', short: 'e' },
+  max_io_buf_bytes: { type: 'string' },
+  foreground: { type: 'boolean' },
+  debug_mask: { type: 'string' },
+} as const satisfies ParseArgsConfig['options'];
+
+/** Finds `-t TYPE` before the full parse, because the type decides which other options exist. */
+export function findTargetType(argv: readonly string[]): string {
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '-t' || arg === '--type') {
+      if (i + 1 < argv.length) return argv[i + 1];
+      break;
+    }
+    if (arg.startsWith('--type=')) return arg.slice('--type='.length);
+    if (arg.startsWith('-t') && arg.length > 2) return arg.slice(2);
+  }
+  throw new UserError('no target type given: use -t TYPE (null, loop, mem or ./module.js)');
+}
+
+function strictParse(
+  command: string,
+  argv: readonly string[],
+  options: ParseArgsConfig['options'],
+): Record<string, string | boolean | undefined> {
+  try {
+    return parseArgs({ args: [...argv], options, strict: true, allowPositionals: false })
+      .values as Record<string, string | boolean | undefined>;
+  } catch (err) {
+    const reason = (err as Error).message.split('\n')[0].replace(/\.$/, '');
+    throw new UserError(`${command}: ${reason}; run 'ublk help' for usage`);
+  }
+}
+
+export function parseAddArgs(
+  argv: readonly string[],
+  targetOptions: TargetOptionSpecs,
+): AddOptions {
+  for (const name of Object.keys(targetOptions)) {
+    if (name in STANDARD_ADD_OPTIONS) throw new Error(`target option --${name} clashes`);
+  }
+  const values = strictParse('add', argv, { ...STANDARD_ADD_OPTIONS, ...targetOptions });
+  const str = (name: string) => values[name] as string | undefined;
+  const flag = (name: string, what: string) => {
+    const text = str(name);
+    return text === undefined ? false : parseBool01(text, what);
+  };
+  const maxIoBufBytes =
+    str('max_io_buf_bytes') === undefined
+      ? ADD_DEFAULTS.maxIoBufBytes
+      : parseInteger(str('max_io_buf_bytes')!, 'max_io_buf_bytes', PAGE_SIZE, MAX_IO_BUF_BYTES);
+  if (maxIoBufBytes % PAGE_SIZE !== 0) {
+    throw new UserError(
+      `invalid max_io_buf_bytes ${maxIoBufBytes}: must be a multiple of the page size (${PAGE_SIZE})`,
+    );
+  }
+  const targetArgs: TargetArgs = {};
+  for (const name of Object.keys(targetOptions)) targetArgs[name] = values[name];
+  const reissue = flag('user_recovery_reissue', 'user_recovery_reissue (-i)');
+  const failIo = flag('user_recovery_fail_io', 'user_recovery_fail_io (-e)');
+  return {
+    type: str('type')!,
+    devId: str('number') === undefined ? -1 : parseInteger(str('number')!, 'device id', 0, 0xfffff),
+    queues:
+      str('queues') === undefined
+        ? ADD_DEFAULTS.queues
+        : parseInteger(str('queues')!, 'queue count', 1, MAX_QUEUES),
+    depth:
+      str('depth') === undefined
+        ? ADD_DEFAULTS.depth
+        : parseInteger(str('depth')!, 'queue depth', 1, MAX_DEPTH),
+    maxIoBufBytes,
+    uringComp: flag('uring_comp', 'uring_comp (-u)'),
+    needGetData: flag('need_get_data', 'need_get_data (-g)'),
+    // As in ublksrv, reissue and fail-io imply recovery.
+    userRecovery: flag('user_recovery', 'user_recovery (-r)') || reissue || failIo,
+    userRecoveryReissue: reissue,
+    userRecoveryFailIo: failIo,
+    foreground: values.foreground === true,
+    targetArgs,
+  };
+}
+
+export interface DelOptions {
+  /** undefined with `all`. */
+  devId?: number;
+  all: boolean;
+  async: boolean;
+}
+
+export function parseDelArgs(argv: readonly string[]): DelOptions {
+  const values = strictParse('del', argv, {
+    number: { type: 'string', short: 'n' },
+    all: { type: 'boolean', short: 'a' },
+    async: { type: 'boolean' },
+  });
+  const all = values.all === true;
+  if (values.number === undefined && !all) {
+    throw new UserError('del: say which device: -n DEV_ID, or -a for all');
+  }
+  return {
+    devId: all ? undefined : parseInteger(values.number as string, 'device id', 0, 0xfffff),
+    all,
+    async: values.async === true,
+  };
+}
+
+export interface ListOptions {
+  devId?: number;
+  json: boolean;
+}
+
+export function parseListArgs(argv: readonly string[]): ListOptions {
+  const values = strictParse('list', argv, {
+    number: { type: 'string', short: 'n' },
+    json: { type: 'boolean' },
+    verbose: { type: 'boolean', short: 'v' },
+  });
+  return {
+    devId:
+      values.number === undefined
+        ? undefined
+        : parseInteger(values.number as string, 'device id', 0, 0xfffff),
+    json: values.json === true || values.verbose === true,
+  };
+}
+
+export interface RecoverOptions {
+  devId: number;
+  /** Accept losing the data of a target that cannot keep it across daemons (mem). */
+  startEmpty: boolean;
+  foreground: boolean;
+}
+
+export function parseRecoverArgs(argv: readonly string[]): RecoverOptions {
+  const values = strictParse('recover', argv, {
+    number: { type: 'string', short: 'n' },
+    type: { type: 'string', short: 't' },
+    start_empty: { type: 'boolean' },
+    foreground: { type: 'boolean' },
+  });
+  if (values.number === undefined) throw new UserError('recover: say which device: -n DEV_ID');
+  return {
+    devId: parseInteger(values.number as string, 'device id', 0, 0xfffff),
+    startEmpty: values.start_empty === true,
+    foreground: values.foreground === true,
+  };
+}
