@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { UserError } from './errors.js';
+import { UserError } from '../errors.js';
 import { parseBool01, parseInteger } from './numbers.js';
 
 /** A command-line option a target adds to `ublk add`, in util.parseArgs terms. */

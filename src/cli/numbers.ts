@@ -1,4 +1,4 @@
-import { UserError } from './errors.js';
+import { UserError } from '../errors.js';
 
 /** Strict integer parsing: unlike strtol, "12abc", "" and "1e3" are errors, not 12, 0 and 1. */
 export function parseInteger(text: string, what: string, min: number, max: number): number {

@@ -7,7 +7,7 @@ import {
   parseListArgs,
   parseRecoverArgs,
 } from '../../src/cli/args.js';
-import { UserError } from '../../src/cli/errors.js';
+import { UserError } from '../../src/errors.js';
 import { parseInteger, parseSize } from '../../src/cli/numbers.js';
 
 const LOOP_OPTIONS = {

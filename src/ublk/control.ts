@@ -1,0 +1,245 @@
+import { constants as fsConstants } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { close as closeSys, isErrnoError, open as openFd } from '../sys.js';
+import { IoBuffer, IORING_SETUP_SQE128, Ring } from '../uring/index.js';
+import {
+  AUTO_DEV_ID,
+  CTRL_CMD,
+  DEV_INFO,
+  NO_QUEUE_ID,
+  UBLK_CMD,
+  UBLK_FEATURES_LEN,
+  UBLK_U_CMD,
+  decodeParams,
+  decodeStruct,
+  encodeParams,
+  encodeStruct,
+  type StructValue,
+  type UblkParams,
+  type UblkParamsInput,
+} from './abi.js';
+
+export const CONTROL_PATH = '/dev/ublk-control';
+
+export type DevInfo = StructValue<typeof DEV_INFO>;
+type CommandName = keyof typeof UBLK_U_CMD;
+
+const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
+const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
+const EINVAL = osConstants.errno.EINVAL;
+
+/** A control command the kernel refused; `errno` is positive, `code` its name ('EEXIST'). */
+export class ControlError extends Error {
+  override name = 'ControlError';
+  readonly code: string;
+  constructor(
+    readonly command: CommandName,
+    readonly devId: number,
+    readonly errno: number,
+  ) {
+    const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+    super(`${command} of ublk device ${devId === AUTO_DEV_ID ? '(new)' : devId} failed: ${code}`);
+    this.code = code;
+  }
+}
+
+export function isControlError(err: unknown, code?: string): err is ControlError {
+  return err instanceof ControlError && (code === undefined || err.code === code);
+}
+
+interface CommandArgs {
+  devId: number;
+  queueId?: number;
+  data0?: number;
+  /** Bytes the kernel reads (the prefix of the command buffer) and the length it may use. */
+  input?: Uint8Array;
+  len?: number;
+}
+
+/**
+ * Opcode style, learnt once per process. Kernels up to 6.3 take only the legacy numbers, some newer
+ * ones only the ioctl-encoded form. Probing with an arbitrary command is unreliable (6.1 looks the
+ * device up before it looks at the opcode, so an encoded ADD_DEV gets -ENODEV, not -EOPNOTSUPP),
+ * so the probe is GET_FEATURES, which exists only encoded and needs no device: if it works, the
+ * kernel takes encoded opcodes. A legacy command refused as unsupported switches back.
+ */
+let useEncoded: boolean | undefined;
+
+/**
+ * The ublk control device: every control command of the protocol, each an io_uring URING_CMD on a
+ * 128-byte-SQE ring. The kernel runs these commands from its io worker threads, so awaiting one
+ * (START_DEV, DEL_DEV can take a while) never blocks this thread's event loop.
+ */
+export class Control {
+  private readonly pending = new Map<number, (res: number) => void>();
+  private nextUserData = 1;
+  /** Page-aligned scratch memory the kernel reads and writes command payloads from. */
+  private readonly buffer = IoBuffer.allocate(4096);
+
+  private constructor(
+    private readonly fd: number,
+    private readonly ring: Ring,
+  ) {
+    ring.startEventLoop((userData, res) => {
+      const resolve = this.pending.get(userData);
+      this.pending.delete(userData);
+      resolve?.(res);
+    });
+  }
+
+  /** Opens /dev/ublk-control; throws the open(2) error (ENOENT: no ublk_drv, EACCES...). */
+  static open(): Control {
+    const fd = openFd(CONTROL_PATH, fsConstants.O_RDWR | 0o2000000 /* O_CLOEXEC */, 0);
+    let ring: Ring;
+    try {
+      ring = Ring.create({ entries: 16, flags: IORING_SETUP_SQE128 });
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    return new Control(fd, ring);
+  }
+
+  close(): void {
+    this.ring.close();
+    this.buffer.free();
+    closeQuietly(this.fd);
+  }
+
+  /** ADD_DEV: the kernel writes back the id, granted flags, clamped queues, rounded buffer size. */
+  async addDev(info: Partial<DevInfo>): Promise<DevInfo> {
+    const devId = info.devId ?? AUTO_DEV_ID;
+    const bytes = new Uint8Array(DEV_INFO.size);
+    encodeStruct(DEV_INFO, { ...info, devId }, bytes);
+    await this.run('ADD_DEV', { devId, input: bytes, len: DEV_INFO.size });
+    return decodeStruct(DEV_INFO, this.buffer.bytes);
+  }
+
+  async getDevInfo(devId: number): Promise<DevInfo> {
+    await this.run('GET_DEV_INFO', { devId, len: DEV_INFO.size });
+    return decodeStruct(DEV_INFO, this.buffer.bytes);
+  }
+
+  /** `pid` is the serving process (6.17+ checks it is the tgid that opened /dev/ublkcN). */
+  async startDev(devId: number, pid: number): Promise<void> {
+    await this.run('START_DEV', { devId, data0: pid });
+  }
+
+  async stopDev(devId: number): Promise<void> {
+    await this.run('STOP_DEV', { devId });
+  }
+
+  /** Waits until nothing references /dev/ublkcN any more (fds, mappings, rings). */
+  async delDev(devId: number): Promise<void> {
+    await this.run('DEL_DEV', { devId });
+  }
+
+  async setParams(devId: number, params: UblkParamsInput): Promise<void> {
+    const bytes = encodeParams(params);
+    await this.run('SET_PARAMS', { devId, input: bytes, len: bytes.length });
+  }
+
+  async getParams(devId: number): Promise<UblkParams> {
+    const request = encodeParams({});
+    await this.run('GET_PARAMS', { devId, input: request, len: request.length });
+    return decodeParams(this.buffer.bytes.subarray(0, request.length));
+  }
+
+  /** The CPUs the kernel maps to a hardware queue. */
+  async getQueueAffinity(devId: number, queueId: number): Promise<number[]> {
+    const len = 128; // a cpu_set_t: 1024 CPUs
+    await this.run('GET_QUEUE_AFFINITY', { devId, queueId: NO_QUEUE_ID, data0: queueId, len });
+    const cpus: number[] = [];
+    const mask = this.buffer.bytes;
+    for (let cpu = 0; cpu < len * 8; cpu++) {
+      if (mask[cpu >> 3] & (1 << (cpu & 7))) cpus.push(cpu);
+    }
+    return cpus;
+  }
+
+  async startUserRecovery(devId: number): Promise<void> {
+    await this.run('START_USER_RECOVERY', { devId });
+  }
+
+  async endUserRecovery(devId: number, pid: number): Promise<void> {
+    await this.run('END_USER_RECOVERY', { devId, data0: pid });
+  }
+
+  /** The UBLK_F mask the driver supports, or undefined before 6.5 (no GET_FEATURES). */
+  async getFeatures(): Promise<number | undefined> {
+    const res = await this.submit(UBLK_U_CMD.GET_FEATURES, {
+      devId: AUTO_DEV_ID,
+      len: UBLK_FEATURES_LEN,
+    });
+    if (res < 0) return undefined;
+    const view = new DataView(this.buffer.bytes.buffer, 0, 8);
+    return view.getUint32(0, true) + view.getUint32(4, true) * 2 ** 32;
+  }
+
+  private async run(command: CommandName, args: CommandArgs): Promise<number> {
+    if (useEncoded === undefined) useEncoded = (await this.getFeatures()) !== undefined;
+    const legacy = (UBLK_CMD as Record<string, number | undefined>)[command];
+    let res: number;
+    if (useEncoded || legacy === undefined) {
+      res = await this.submit(UBLK_U_CMD[command], args);
+    } else {
+      res = await this.submit(legacy, args);
+      if (res === -EOPNOTSUPP || res === -EINVAL) {
+        // A kernel built without legacy opcodes that also predates GET_FEATURES.
+        const encoded = await this.submit(UBLK_U_CMD[command], args);
+        if (encoded !== -EOPNOTSUPP && encoded !== -EINVAL) {
+          useEncoded = true;
+          res = encoded;
+        }
+      }
+    }
+    if (res < 0) throw new ControlError(command, args.devId, -res);
+    return res;
+  }
+
+  private submit(cmdOp: number, args: CommandArgs): Promise<number> {
+    // One command at a time: they share the payload buffer, and none is on a hot path.
+    return this.serial(() => {
+      const len = args.len ?? 0;
+      // Zeroed first: some replies are shorter than the buffer they are given.
+      this.buffer.bytes.fill(0, 0, Math.max(len, args.input?.length ?? 0));
+      if (args.input) this.buffer.bytes.set(args.input);
+      const userData = this.nextUserData++;
+      const cmd = this.ring.sq.prepUringCmd(this.fd, cmdOp, userData);
+      if (!cmd) throw new Error('control ring full');
+      encodeStruct(
+        CTRL_CMD,
+        {
+          devId: args.devId,
+          queueId: args.queueId ?? NO_QUEUE_ID,
+          len,
+          addr: len > 0 ? this.buffer.address : 0,
+          data0: args.data0 ?? 0,
+        },
+        new Uint8Array(cmd.buffer, cmd.byteOffset, CTRL_CMD.size),
+      );
+      const done = new Promise<number>((resolve) => this.pending.set(userData, resolve));
+      const submitted = this.ring.submit();
+      if (submitted < 0) {
+        this.pending.delete(userData);
+        return Promise.resolve(submitted);
+      }
+      return done;
+    });
+  }
+
+  private queue: Promise<unknown> = Promise.resolve();
+  private serial<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(work, work);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSys(fd);
+  } catch (err) {
+    if (!isErrnoError(err)) throw err;
+  }
+}

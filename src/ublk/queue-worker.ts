@@ -1,0 +1,37 @@
+import { parentPort, workerData } from 'node:worker_threads';
+import { constants, gettid, isErrnoError, prctl, schedSetaffinity } from '../sys.js';
+import { loadTarget } from '../targets/load.js';
+import { Queue, type QueueConfig } from './queue.js';
+
+/** What the daemon's main thread hands each queue thread. */
+export interface QueueWorkerData extends QueueConfig {
+  targetSource: string;
+  shared: unknown;
+  affinity: number[];
+}
+
+export type QueueWorkerMessage = { type: 'ready'; tid: number } | { type: 'stopped' };
+
+const data = workerData as QueueWorkerData;
+const port = parentPort!;
+
+// Writeback can wait on this device; without this flag, reclaim in this thread could wait on
+// itself.
+try {
+  prctl(constants.PR_SET_IO_FLUSHER, 1, 0, 0, 0);
+} catch (err) {
+  if (!isErrnoError(err)) throw err; // EINVAL before 5.6, EPERM without CAP_SYS_RESOURCE
+}
+if (data.affinity.length > 0) schedSetaffinity(0, data.affinity);
+
+const target = await loadTarget(data.targetSource);
+const queue = new Queue(data);
+const handlers = await target.queue(data.shared, {
+  queueId: data.queueId,
+  depth: data.depth,
+  io: queue.io,
+});
+queue.start(handlers);
+port.postMessage({ type: 'ready', tid: gettid() } satisfies QueueWorkerMessage);
+await queue.done;
+port.postMessage({ type: 'stopped' } satisfies QueueWorkerMessage);
