@@ -1,5 +1,128 @@
 #!/usr/bin/env node
-const HELP = `usage: ublk <command> [options]
-commands: add, del, list, recover, features, help`;
+import { existsSync, readFileSync } from 'node:fs';
+import { UserError } from '../errors.js';
+import { loadTarget, resolveTargetSource } from '../targets/load.js';
+import { CONTROL_PATH, type Control } from '../ublk/control.js';
+import { openControl } from '../ublk/device.js';
+import { parseDelArgs, parseListArgs } from './args.js';
+import { parseAdd, startDaemon } from './add.js';
+import { delCommand } from './del.js';
+import { featuresCommand } from './features.js';
+import { listCommand } from './list.js';
+import { serve } from './serve.js';
 
-console.log(HELP);
+const VERSION = (
+  JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  }
+).version;
+
+const USAGE = `ublk add -t TYPE
+\t-n DEV_ID -q NR_HW_QUEUES -d QUEUE_DEPTH
+\t-u URING_COMP -g NEED_GET_DATA -r USER_RECOVERY
+\t-i USER_RECOVERY_REISSUE -e USER_RECOVERY_FAIL_IO
+\t--max_io_buf_bytes BYTES --foreground
+\tTYPE: null, loop, mem, or the path of a target module (./my-target.js)
+\tFor type specific options, run:
+\t\tublk help -t <type>
+ublk del -n DEV_ID [-a | --all]
+ublk list [-n DEV_ID] [--json]
+ublk recover -n DEV_ID
+ublk features
+ublk help -t <target>
+ublk -v [--version]
+ublk -h [--help]
+`;
+
+/** ublk control commands need CAP_SYS_ADMIN; say so before the kernel answers EPERM. */
+function requireRoot(command: string): void {
+  if (process.getuid?.() !== 0) {
+    throw new UserError(
+      `${command} needs root (ublk control commands need CAP_SYS_ADMIN): use sudo`,
+    );
+  }
+  if (!existsSync(CONTROL_PATH)) {
+    throw new UserError(
+      `no ${CONTROL_PATH}: load the ublk driver with 'modprobe ublk_drv' (Linux 6.0+ built with CONFIG_BLK_DEV_UBLK)`,
+    );
+  }
+}
+
+async function withControl<T>(work: (control: Control) => Promise<T>): Promise<T> {
+  const control = openControl();
+  try {
+    return await work(control);
+  } finally {
+    control.close();
+  }
+}
+
+async function helpCommand(argv: string[]): Promise<string> {
+  const typeAt = argv.findIndex((a) => a === '-t' || a === '--type');
+  if (typeAt < 0 || typeAt + 1 >= argv.length) return USAGE;
+  const target = await loadTarget(resolveTargetSource(argv[typeAt + 1]));
+  const lines = [`ublk add -t ${argv[typeAt + 1]} (target ${target.name})`];
+  for (const [name, spec] of Object.entries(target.options ?? {})) {
+    const flag = `${spec.short ? `-${spec.short}, ` : ''}--${name}${spec.type === 'string' ? ' VALUE' : ''}`;
+    lines.push(`\t${flag.padEnd(28)} ${spec.description}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+async function run(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'add': {
+      const { options, source } = await parseAdd(rest);
+      requireRoot('ublk add');
+      const devId = options.foreground
+        ? (await serve(options, source)).id
+        : await startDaemon(options, source);
+      process.stdout.write(await withControl((c) => listCommand(c, { devId, json: false })));
+      // In the foreground, the device keeps this process alive until it is stopped.
+      return 0;
+    }
+    case 'del':
+      requireRoot('ublk del');
+      await withControl((c) => delCommand(c, parseDelArgs(rest)));
+      return 0;
+    case 'list': {
+      const options = parseListArgs(rest);
+      requireRoot('ublk list');
+      process.stdout.write(await withControl((c) => listCommand(c, options)));
+      return 0;
+    }
+    case 'features':
+      requireRoot('ublk features');
+      process.stdout.write(await withControl(featuresCommand));
+      return 0;
+    case 'recover':
+      throw new UserError('recover is not available in this version yet');
+    case 'help':
+    case '-h':
+    case '--help':
+      process.stdout.write(await helpCommand(rest));
+      return 0;
+    case '-v':
+    case '--version':
+      process.stdout.write(`ublk-ts ${VERSION}\n`);
+      return 0;
+    case undefined:
+      process.stderr.write(`ublk: missing command\n${USAGE}`);
+      return 1;
+    default:
+      throw new UserError(`unknown command '${command}': run 'ublk help'`);
+  }
+}
+
+try {
+  process.exitCode = await run(process.argv.slice(2));
+} catch (err) {
+  if (err instanceof UserError) {
+    console.error(`ublk: ${err.message}`);
+  } else {
+    console.error(`ublk: ${(err as Error).message ?? String(err)}`);
+    if (process.env.UBLK_DEBUG) console.error(err);
+  }
+  process.exitCode = 1;
+}

@@ -6,7 +6,7 @@ import { close, constants as sysConstants, isErrnoError, open } from '../sys.js'
 import { loadTarget, resolveTargetSource } from '../targets/load.js';
 import type { TargetArgs } from '../cli/args.js';
 import type { Capabilities, TargetSetup } from '../targets/target.js';
-import { AUTO_DEV_ID, UBLK_F } from './abi.js';
+import { AUTO_DEV_ID, featureNames, UBLK_F } from './abi.js';
 import { Control, isControlError, type DevInfo } from './control.js';
 import { paramsFor } from './params.js';
 import type { QueueWorkerData, QueueWorkerMessage } from './queue-worker.js';
@@ -133,6 +133,10 @@ export class Device {
         .catch((err: unknown) => {
           throw explainControlError(err, devId);
         });
+      const refused = featureNames((options.flags ?? 0) - ((options.flags ?? 0) & info.flags));
+      if (refused.length > 0) {
+        throw new UserError(`this kernel's ublk driver does not support ${refused.join(', ')}`);
+      }
       const params = paramsFor(setup.size, caps, info.maxIoBufBytes, sysConstants.PAGE_SIZE);
       charFd = await openCharDevice(info.devId);
       await control.setParams(info.devId, params);

@@ -1,0 +1,65 @@
+import { spawn } from 'node:child_process';
+import type { Readable } from 'node:stream';
+import { mkdirSync, openSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { UserError } from '../errors.js';
+import { loadTarget, resolveTargetSource } from '../targets/load.js';
+import { findTargetType, parseAddArgs, type AddOptions } from './args.js';
+import type { DaemonReport } from './daemon-main.js';
+import { runDir } from './run-dir.js';
+
+const DAEMON_SCRIPT = new URL('./daemon-main.js', import.meta.url);
+/** START_DEV scans partitions, which under emulation can take a while. */
+const START_TIMEOUT_MS = 5 * 60_000;
+
+export async function parseAdd(argv: readonly string[]): Promise<{
+  options: AddOptions;
+  source: string;
+}> {
+  const source = resolveTargetSource(findTargetType(argv));
+  const target = await loadTarget(source);
+  return { options: parseAddArgs(argv, target.options ?? {}), source };
+}
+
+/**
+ * Starts a detached daemon for the device and waits for its verdict: the device id once
+ * /dev/ublkbN exists, or the daemon's own error message.
+ */
+export async function startDaemon(options: AddOptions, source: string): Promise<number> {
+  mkdirSync(runDir(), { recursive: true });
+  const log = openSync(join(runDir(), 'daemon.log'), 'a');
+  const child = spawn(process.execPath, [DAEMON_SCRIPT.pathname, JSON.stringify(options), source], {
+    detached: true,
+    stdio: ['ignore', log, log, 'pipe'],
+  });
+  closeSync(log);
+  const pipe = child.stdio[3] as Readable;
+  let text = '';
+  pipe.setEncoding('utf8');
+  pipe.on('data', (chunk: string) => (text += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const reported = new Promise<void>((resolve) => pipe.once('close', () => resolve()));
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), START_TIMEOUT_MS);
+  });
+  const outcome = await Promise.race([reported, timedOut]);
+  clearTimeout(timer);
+  if (outcome === 'timeout') {
+    child.kill('SIGKILL');
+    throw new UserError(`the daemon did not start the device within ${START_TIMEOUT_MS / 1000} s`);
+  }
+  const line = text.split('\n')[0];
+  if (!line) {
+    const code = await exited;
+    throw new UserError(`the daemon exited (${code}) before starting the device`);
+  }
+  const verdict = JSON.parse(line) as DaemonReport;
+  if (!verdict.ok) {
+    await exited;
+    throw new UserError(verdict.message);
+  }
+  child.unref();
+  pipe.destroy();
+  return verdict.devId;
+}

@@ -1,0 +1,56 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { UserError } from '../errors.js';
+import { isControlError, type Control } from '../ublk/control.js';
+import type { DelOptions } from './args.js';
+import { knownDeviceIds } from './devices.js';
+import { isProcessAlive, readRecord, removeRecord } from './run-dir.js';
+
+/** How long a daemon may take to notice STOP_DEV and release the device before it is killed. */
+const DAEMON_EXIT_MS = 30_000;
+
+async function waitForExit(pid: number, ms: number): Promise<boolean> {
+  for (const deadline = Date.now() + ms; Date.now() < deadline;) {
+    if (!isProcessAlive(pid)) return true;
+    await sleep(50);
+  }
+  return !isProcessAlive(pid);
+}
+
+/**
+ * ublksrv's order: STOP_DEV (the daemon sees every tag aborted and exits), wait for the daemon,
+ * DEL_DEV. A daemon that does not let go is killed, since DEL_DEV would otherwise wait for it
+ * forever while holding the driver's global lock.
+ */
+export async function deleteDevice(control: Control, devId: number): Promise<void> {
+  let info;
+  try {
+    info = await control.getDevInfo(devId);
+  } catch (err) {
+    if (!isControlError(err, 'ENODEV')) throw err;
+    removeRecord(devId);
+    throw new UserError(`there is no ublk device ${devId}`);
+  }
+  const pid = readRecord(devId)?.pid ?? info.ublksrvPid;
+  await control.stopDev(devId).catch((err: unknown) => {
+    if (!isControlError(err, 'ENODEV')) throw err;
+  });
+  if (pid > 0 && pid !== process.pid && !(await waitForExit(pid, DAEMON_EXIT_MS))) {
+    console.error(`ublk: daemon ${pid} of device ${devId} did not exit; killing it`);
+    process.kill(pid, 'SIGKILL');
+    await waitForExit(pid, DAEMON_EXIT_MS);
+  }
+  await control.delDev(devId).catch((err: unknown) => {
+    // The daemon deletes the device itself when it sees the stop.
+    if (!isControlError(err, 'ENODEV')) throw err;
+  });
+  removeRecord(devId);
+}
+
+export async function delCommand(control: Control, options: DelOptions): Promise<void> {
+  if (options.devId !== undefined) return deleteDevice(control, options.devId);
+  for (const id of knownDeviceIds()) {
+    await deleteDevice(control, id).catch((err: unknown) => {
+      if (!(err instanceof UserError)) throw err;
+    });
+  }
+}

@@ -1,0 +1,54 @@
+import { UBLK_F } from '../ublk/abi.js';
+import type { Control } from '../ublk/control.js';
+
+/** ublksrv's names in `ublk features`, so its output reads the same; others by UBLK_F name. */
+const UBLKSRV_NAMES: Record<number, string> = {
+  [UBLK_F.SUPPORT_ZERO_COPY]: 'ZERO_COPY',
+  [UBLK_F.URING_CMD_COMP_IN_TASK]: 'COMP_IN_TASK',
+  [UBLK_F.NEED_GET_DATA]: 'GET_DATA',
+  [UBLK_F.USER_RECOVERY]: 'USER_RECOVERY',
+  [UBLK_F.USER_RECOVERY_REISSUE]: 'RECOVERY_REISSUE',
+  [UBLK_F.UNPRIVILEGED_DEV]: 'UNPRIVILEGED_DEV',
+  [UBLK_F.CMD_IOCTL_ENCODE]: 'CMD_IOCTL_ENCODE',
+  [UBLK_F.USER_COPY]: 'USER_COPY',
+  [UBLK_F.ZONED]: 'ZONED',
+  [UBLK_F.USER_RECOVERY_FAIL_IO]: 'RECOVERY_FAIL_IO',
+};
+const NAME_OF = new Map<number, string>(Object.entries(UBLK_F).map(([name, bit]) => [bit, name]));
+
+/**
+ * Flags that change nothing about how a probe device behaves and that a kernel without
+ * GET_FEATURES (before 6.5) may know: ADD_DEV keeps the ones it supports.
+ */
+const PROBE_FLAGS =
+  UBLK_F.URING_CMD_COMP_IN_TASK |
+  UBLK_F.NEED_GET_DATA |
+  UBLK_F.USER_RECOVERY |
+  UBLK_F.USER_RECOVERY_REISSUE |
+  UBLK_F.CMD_IOCTL_ENCODE;
+
+/** GET_FEATURES where the kernel has it; before 6.5, what ADD_DEV grants a throwaway device. */
+export async function kernelFeatures(control: Control): Promise<number> {
+  const features = await control.getFeatures();
+  if (features !== undefined) return features;
+  const probe = await control.addDev({
+    nrHwQueues: 1,
+    queueDepth: 1,
+    maxIoBufBytes: 4096,
+    flags: PROBE_FLAGS,
+  });
+  await control.delDev(probe.devId);
+  return probe.flags;
+}
+
+export async function featuresCommand(control: Control): Promise<string> {
+  const features = await kernelFeatures(control);
+  const lines = [`ublk_drv features: 0x${features.toString(16)}`];
+  for (let bit = 0; 2 ** bit <= features; bit++) {
+    const value = 2 ** bit;
+    if (Math.floor(features / value) % 2 === 0) continue;
+    const name = UBLKSRV_NAMES[value] ?? NAME_OF.get(value) ?? 'unknown';
+    lines.push(`\t${name.padEnd(20)}: 0x${value.toString(16)}`);
+  }
+  return lines.join('\n') + '\n';
+}
