@@ -1,0 +1,127 @@
+/**
+ * The io_uring ABI this project uses, from <linux/io_uring.h> (plus the poll and fallocate flags
+ * its opcodes take). test/unit/uring-abi.test.ts checks every value here against the system
+ * header, so nothing io_uring-related may be defined anywhere else.
+ */
+
+// Opcodes (enum io_uring_op).
+export const IORING_OP_NOP = 0;
+export const IORING_OP_FSYNC = 3;
+export const IORING_OP_POLL_ADD = 6;
+export const IORING_OP_FALLOCATE = 17;
+export const IORING_OP_READ = 22;
+export const IORING_OP_WRITE = 23;
+export const IORING_OP_URING_CMD = 46;
+
+// io_uring_setup(2) flags.
+export const IORING_SETUP_CQSIZE = 1 << 3;
+export const IORING_SETUP_SQE128 = 1 << 10;
+export const IORING_SETUP_CQE32 = 1 << 11;
+
+// io_uring_params.features.
+export const IORING_FEAT_SINGLE_MMAP = 1 << 0;
+
+// io_uring_enter(2) flags.
+export const IORING_ENTER_GETEVENTS = 1 << 0;
+export const IORING_ENTER_EXT_ARG = 1 << 3;
+
+// io_uring_register(2) opcodes.
+export const IORING_REGISTER_EVENTFD = 4;
+export const IORING_UNREGISTER_EVENTFD = 5;
+
+// mmap(2) offsets of the ring regions.
+export const IORING_OFF_SQ_RING = 0;
+export const IORING_OFF_CQ_RING = 0x8000000;
+export const IORING_OFF_SQES = 0x10000000;
+
+// sqe->flags.
+export const IOSQE_IO_LINK = 1 << 2;
+
+// cqe->flags.
+export const IORING_CQE_F_MORE = 1 << 1;
+
+// SQ ring flags word.
+export const IORING_SQ_CQ_OVERFLOW = 1 << 1;
+
+// sqe->fsync_flags.
+export const IORING_FSYNC_DATASYNC = 1 << 0;
+
+// sqe->poll32_events (<linux/poll.h>).
+export const POLLIN = 0x1;
+
+// IORING_OP_FALLOCATE mode (<linux/falloc.h>).
+export const FALLOC_FL_KEEP_SIZE = 0x1;
+export const FALLOC_FL_PUNCH_HOLE = 0x2;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** struct io_uring_sqe: byte offsets and sizes. */
+export const IO_URING_SQE = {
+  size: 64,
+  /** With IORING_SETUP_SQE128. */
+  size128: 128,
+  opcode: 0,
+  flags: 1,
+  fd: 4,
+  off: 8,
+  /** IORING_OP_URING_CMD's command opcode, in the same union as `off`. */
+  cmdOp: 8,
+  addr: 16,
+  len: 24,
+  /** The per-opcode flags union: rw_flags, fsync_flags, poll32_events, uring_cmd_flags. */
+  opFlags: 28,
+  userData: 32,
+  /** IORING_OP_URING_CMD's command bytes: 16 of them, 80 with IORING_SETUP_SQE128. */
+  cmd: 48,
+} as const;
+
+/** struct io_uring_cqe: byte offsets and sizes. */
+export const IO_URING_CQE = {
+  size: 16,
+  /** With IORING_SETUP_CQE32. */
+  size32: 32,
+  userData: 0,
+  res: 8,
+  flags: 12,
+} as const;
+
+/** struct io_uring_params: byte offsets and size. */
+export const IO_URING_PARAMS = {
+  size: 120,
+  sqEntries: 0,
+  cqEntries: 4,
+  flags: 8,
+  features: 20,
+  sqOff: 40,
+  cqOff: 80,
+} as const;
+
+/** struct io_sqring_offsets (at IO_URING_PARAMS.sqOff): offsets of each field. */
+export const IO_SQRING_OFFSETS = {
+  head: 0,
+  tail: 4,
+  ringMask: 8,
+  flags: 16,
+  array: 24,
+} as const;
+
+/** struct io_cqring_offsets (at IO_URING_PARAMS.cqOff): offsets of each field. */
+export const IO_CQRING_OFFSETS = {
+  head: 0,
+  tail: 4,
+  ringMask: 8,
+  cqes: 20,
+} as const;
+
+/** struct io_uring_getevents_arg, io_uring_enter's argument with IORING_ENTER_EXT_ARG. */
+export const IO_URING_GETEVENTS_ARG = {
+  size: 24,
+  /** Address of a struct __kernel_timespec: the wait's relative timeout. */
+  ts: 16,
+} as const;
+
+/** struct __kernel_timespec. */
+export const KERNEL_TIMESPEC = {
+  size: 16,
+  tvSec: 0,
+  tvNsec: 8,
+} as const;

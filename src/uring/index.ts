@@ -1,0 +1,5 @@
+export * from './abi.js';
+export { type CqeHandler } from './completion-queue.js';
+export { IoBuffer } from './io-buffer.js';
+export { Ring, type RingOptions } from './ring.js';
+export { SubmissionQueue } from './submission-queue.js';
