@@ -1,0 +1,232 @@
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { after, afterEach, test } from 'node:test';
+import {
+  addDevice,
+  daemonPids,
+  delAll,
+  delDevice,
+  fio,
+  isAlive,
+  sh,
+  spawnForeground,
+  ublk,
+  ublkNodes,
+  waitFor,
+} from './support/cli.js';
+
+const RUN_DIR = '/run/ublksrvd';
+const stateFiles = () =>
+  existsSync(RUN_DIR) ? readdirSync(RUN_DIR).filter((n) => n.endsWith('.json')) : [];
+
+/** Open fds of any process that point at a ublk char device. */
+function ublkcFds(): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (/\/dev\/ublkc\d+/.test(readlinkSync(`/proc/${pid}/fd/${fd}`)))
+          found.push(`${pid}/${fd}`);
+      } catch {
+        // raced with the process closing it
+      }
+    }
+  }
+  return found;
+}
+
+function assertNothingLeft(): void {
+  assert.deepEqual(ublkNodes(), [], 'no ublk device nodes');
+  assert.deepEqual(daemonPids(), [], 'no daemon processes');
+  assert.deepEqual(stateFiles(), [], 'no state files');
+  assert.deepEqual(ublkcFds(), [], 'no open /dev/ublkcN');
+}
+
+afterEach(() => delAll());
+after(() => delAll());
+
+test('null: list prints the documented shape, field by field; --json parses', () => {
+  const id = addDevice('-t', 'null');
+  for (const out of [ublk('list').stdout, ublk('list', '-n', String(id)).stdout]) {
+    const lines = out.split('\n');
+    const f = (i: number) => lines[i].trim().split(/\s+/);
+    assert.deepEqual(f(0).slice(0, 3), ['dev', 'id', `${id}:`]);
+    assert.deepEqual(
+      [f(0)[3], f(0)[4], f(0)[5], f(0)[6], f(0)[10], f(0)[11]],
+      ['nr_hw_queues', '1', 'queue_depth', '128', 'dev_capacity', '524288000'],
+    );
+    const pid = Number(f(1)[6]);
+    assert.deepEqual(daemonPids(), [pid], 'field 7 is the daemon pid');
+    assert.equal(f(1)[10], 'LIVE', 'field 11 is the state');
+    assert.equal(f(1)[3], '524288', 'max rq size is the default 512 KiB');
+    assert.match(lines[2], /^\tublkc: \d+:\d+ ublkb: \d+:\d+ owner: \d+:\d+$/);
+    const tid = Number(f(3)[3]);
+    assert.notEqual(tid, pid, 'the queue runs in its own thread');
+    assert.ok(existsSync(`/proc/${pid}/task/${tid}`), 'field 4 is a thread of the daemon');
+    assert.match(lines[3], /^\tqueue 0: tid \d+ affinity\((\d+ )+\)$/);
+    assert.equal(lines[4], '\ttarget {"dev_size":268435456000,"name":"null","type":0}');
+  }
+  const json = JSON.parse(ublk('list', '--json').stdout) as { dev_id: number; state: string }[];
+  assert.equal(json.length, 1);
+  assert.equal(json[0].dev_id, id);
+  assert.equal(json[0].state, 'LIVE');
+  delDevice(id);
+  assertNothingLeft();
+});
+
+test('features names the kernel bits', () => {
+  const r = ublk('features');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^ublk_drv features: 0x[0-9a-f]+\n/);
+  assert.match(r.stdout, /\tUSER_RECOVERY\s+: 0x8\n/);
+  assert.match(r.stdout, /\tGET_DATA\s+: 0x4\n/);
+});
+
+test('null: fio randread at depth 128, one queue, and two queues with two jobs', () => {
+  const one = addDevice('-t', 'null', '-q', '1');
+  const r1 = fio([
+    '--name=q1',
+    `--filename=/dev/ublkb${one}`,
+    '--rw=randread',
+    '--bs=4k',
+    '--iodepth=128',
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--runtime=3',
+    '--time_based',
+  ]);
+  assert.equal(r1.jobs[0].error, 0);
+  assert.ok(r1.jobs[0].read.io_bytes > 0);
+  const two = addDevice('-t', 'null', '-q', '2');
+  assert.match(ublk('list', '-n', String(two)).stdout, /queue 1: tid \d+/);
+  const r2 = fio([
+    '--name=q2',
+    `--filename=/dev/ublkb${two}`,
+    '--rw=randread',
+    '--bs=4k',
+    '--iodepth=128',
+    '--numjobs=2',
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--runtime=3',
+    '--time_based',
+  ]);
+  assert.deepEqual(
+    r2.jobs.map((j) => j.error),
+    [0, 0],
+  );
+  assert.ok(r2.jobs.every((j) => j.read.io_bytes > 0));
+});
+
+test('NEED_GET_DATA (-g 1) devices serve writes', () => {
+  const id = addDevice('-t', 'null', '-g', '1');
+  assert.match(ublk('list', '-n', String(id)).stdout, /flags 0x6 /);
+  const r = fio([
+    '--name=g',
+    `--filename=/dev/ublkb${id}`,
+    '--rw=randwrite',
+    '--bs=16k',
+    '--iodepth=16',
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--size=32m',
+  ]);
+  assert.equal(r.jobs[0].error, 0);
+  assert.equal(r.jobs[0].write.io_bytes, 32 << 20);
+});
+
+test('del -a removes every device', () => {
+  addDevice('-t', 'null');
+  addDevice('-t', 'null', '-q', '2');
+  assert.equal(ublk('del', '-a').status, 0);
+  assertNothingLeft();
+});
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  test(`${signal} of a --foreground daemon deletes the device and exits 0`, async () => {
+    const child = spawnForeground('-t', 'null');
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    await waitFor('the device listing', () => /state LIVE/.test(out));
+    assert.equal(ublkNodes().length, 2);
+    child.kill(signal);
+    assert.equal(await exited, 0);
+    assertNothingLeft();
+  });
+}
+
+test('20 add/del cycles leave no device, process, fd or state entry behind', () => {
+  for (let i = 0; i < 20; i++) {
+    const id = addDevice('-t', 'null');
+    assert.ok(isAlive(daemonPids()[0]));
+    delDevice(id);
+  }
+  assertNothingLeft();
+});
+
+/** A failing command: non-zero exit, a one-line message matching `pattern`, nothing created. */
+function assertRefused(args: string[], pattern: RegExp): void {
+  const r = ublk(...args);
+  assert.notEqual(r.status, 0, `${args.join(' ')} should fail`);
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines.length, 1, `one line: ${r.stderr}`);
+  assert.match(lines[0], pattern);
+  assert.deepEqual(ublkNodes(), [], `${args.join(' ')} created no device`);
+  assert.deepEqual(stateFiles(), []);
+}
+
+test('bad input: a clear one-line error, a non-zero exit, no device', () => {
+  assertRefused(['add', '-t', 'nosuch'], /unknown target type 'nosuch'/);
+  assertRefused(['add', '-t', 'null', '-d', '0'], /queue depth '0'.*1 to 4096/);
+  assertRefused(['add', '-t', 'null', '-d', '4097'], /queue depth '4097'/);
+  assertRefused(['add', '-t', 'null', '-q', '0'], /queue count '0'/);
+  assertRefused(['add', '-t', 'null', '-q', '99999'], /queue count '99999'/);
+  assertRefused(['add', '-t', 'null', '-q', '2x'], /queue count '2x'/);
+  assertRefused(['add', '-t', 'null', '-n', 'one'], /device id 'one'/);
+  assertRefused(['add', '-t', 'null', '--max_io_buf_bytes', '5000'], /multiple of the page size/);
+  assertRefused(['add', '-t', 'null', '--bogus'], /Unknown option '--bogus'/);
+  assertRefused(['add'], /use -t TYPE/);
+  assertRefused(['del', '-n', '77'], /there is no ublk device 77/);
+  assertRefused(['list', '-n', '77'], /there is no ublk device 77/);
+  assertRefused(['frobnicate'], /unknown command 'frobnicate'/);
+});
+
+test('an id already in use is refused and the existing device is untouched', () => {
+  const id = addDevice('-t', 'null');
+  const r = ublk('add', '-t', 'null', '-n', String(id));
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr.trim(), new RegExp(`^ublk: device id ${id} is already in use`));
+  assert.equal(r.stderr.trim().split('\n').length, 1);
+  assert.match(ublk('list', '-n', String(id)).stdout, /state LIVE/);
+  assert.equal(ublkNodes().length, 2);
+});
+
+test('not root: refused with a one-line hint', () => {
+  for (const args of [['add', '-t', 'null'], ['list'], ['del', '-n', '0']]) {
+    const out = sh('sh', [
+      '-c',
+      `setpriv --reuid=65534 --regid=65534 --clear-groups ${process.execPath} ${new URL('../../src/cli/main.js', import.meta.url).pathname} ${args.join(' ')} 2>&1; echo "rc=$?"`,
+    ]);
+    assert.match(out, /^ublk: .*needs root.*sudo\n/, out);
+    assert.match(out, /rc=1\n$/);
+  }
+  assert.deepEqual(ublkNodes(), []);
+});
+
+test('no ublk module: the message says modprobe ublk_drv', () => {
+  assert.deepEqual(ublkNodes(), []);
+  sh('rmmod', ['ublk_drv']);
+  try {
+    assertRefused(['add', '-t', 'null'], /modprobe ublk_drv/);
+  } finally {
+    sh('modprobe', ['ublk_drv']);
+  }
+  assert.ok(existsSync('/dev/ublk-control'));
+});

@@ -1,0 +1,101 @@
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export const CLI = new URL('../../../src/cli/main.js', import.meta.url).pathname;
+
+export interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `ublk ARGS` as a user types it, and returns what it printed. */
+export function ublk(...args: string[]): Run {
+  const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    timeout: 10 * 60_000,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** `ublk add ARGS`, which must succeed; returns the new device's id. */
+export function addDevice(...args: string[]): number {
+  const r = ublk('add', ...args);
+  if (r.status !== 0) throw new Error(`ublk add ${args.join(' ')} failed: ${r.stderr}`);
+  const m = /^dev id (\d+):/m.exec(r.stdout);
+  if (!m) throw new Error(`ublk add printed no device: ${r.stdout}`);
+  return Number(m[1]);
+}
+
+export function delDevice(devId: number): void {
+  const r = ublk('del', '-n', String(devId));
+  if (r.status !== 0) throw new Error(`ublk del -n ${devId} failed: ${r.stderr}`);
+}
+
+/** Deletes every ublk device, for cleanup hooks; never throws. */
+export function delAll(): void {
+  ublk('del', '-a');
+}
+
+/** The ublk block and char devices that exist right now. */
+export function ublkNodes(): string[] {
+  return readdirSync('/dev').filter((n) => /^ublk[bc]\d+$/.test(n));
+}
+
+/** Pids of running ublk daemons. */
+export function daemonPids(): number[] {
+  return readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('daemon-main.js');
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+export function isAlive(pid: number): boolean {
+  return existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+}
+
+export async function waitFor(what: string, check: () => boolean, ms = 60_000): Promise<void> {
+  for (const deadline = Date.now() + ms; Date.now() < deadline;) {
+    if (check()) return;
+    await sleep(100);
+  }
+  if (!check()) throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Runs a command to completion, failing the test if it fails. */
+export function sh(command: string, args: string[]): string {
+  const r = spawnSync(command, args, { encoding: 'utf8', timeout: 10 * 60_000 });
+  if (r.status !== 0) {
+    throw new Error(`${command} ${args.join(' ')} exited ${r.status}: ${r.stderr}${r.stdout}`);
+  }
+  return r.stdout;
+}
+
+/** fio with the given options; returns the parsed JSON report. */
+export function fio(args: string[]): FioReport {
+  const out = sh('fio', ['--output-format=json', ...args]);
+  return JSON.parse(out.slice(out.indexOf('{'))) as FioReport;
+}
+
+export interface FioJob {
+  error: number;
+  read: { iops: number; io_bytes: number };
+  write: { iops: number; io_bytes: number };
+}
+export interface FioReport {
+  jobs: FioJob[];
+}
+
+/** Starts `ublk add --foreground ...` as a child the test can signal. */
+export function spawnForeground(...args: string[]) {
+  return spawn(process.execPath, [CLI, 'add', '--foreground', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
