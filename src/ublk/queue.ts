@@ -109,7 +109,10 @@ export class Queue {
   /** Fetches every tag. The kernel's START_DEV (or END_USER_RECOVERY) waits for exactly this. */
   start(handlers: QueueHandlers): void {
     this.handlers = handlers;
-    this.ring.startEventLoop((userData, res) => this.onCqe(userData, res));
+    this.ring.startEventLoop(
+      (userData, res) => this.onCqe(userData, res),
+      () => this.flush(),
+    );
     for (let tag = 0; tag < this.config.depth; tag++) this.sendIoCmd(this.ops.fetch, tag, -1);
     this.flush();
   }
@@ -132,8 +135,6 @@ export class Queue {
       }
       this.finishedTags++;
     }
-    // Runs after the whole drain: the ring calls drain() and then returns to the event loop.
-    this.scheduleFlush();
     if (this.finishedTags === this.config.depth) void this.shutdown();
   }
 
@@ -198,6 +199,7 @@ export class Queue {
     return view;
   }
 
+  /** Commits made while handling a batch go out with it (afterDrain); later ones are batched. */
   private commit(tag: number, result: number): void {
     this.sendIoCmd(this.ops.commit, tag, result);
     this.scheduleFlush();
@@ -233,13 +235,14 @@ export class Queue {
   }
 
   /**
-   * Submission is deferred to the end of the current macrotask, after the promise callbacks that
-   * complete requests, so that one io_uring_enter carries the commits of a whole wake-up.
+   * Work prepared outside a drain (by async handlers settling, or their ring IO) is submitted from a
+   * microtask, so that every completion of the same promise wave shares one io_uring_enter.
+   * Inside a drain, the flush after it covers everything, and this one finds nothing to do.
    */
   private scheduleFlush(): void {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    setImmediate(() => {
+    queueMicrotask(() => {
       this.flushScheduled = false;
       this.flush();
     });

@@ -119,10 +119,16 @@ export class Ring {
     }
   }
 
-  /** Event-loop mode: `onCqe` receives the completions from the event loop (see the class doc). */
-  startEventLoop(onCqe: CqeHandler): void {
+  /**
+   * Event-loop mode: `onCqe` receives the completions from the event loop (see the class doc), and
+   * `afterDrain` runs once after each wake-up's batch, e.g. to submit what the batch prepared.
+   */
+  startEventLoop(onCqe: CqeHandler, afterDrain?: () => void): void {
     if (this.notifier) throw new Error('the ring is already in event-loop mode');
-    this.notifier = new CompletionNotifier(this.fd, () => this.drain(onCqe));
+    this.notifier = new CompletionNotifier(this.fd, () => {
+      this.drain(onCqe);
+      afterDrain?.();
+    });
     this.updateRef();
   }
 
