@@ -260,13 +260,20 @@ function hasCapability(bit: number): boolean {
 
 const CAP_SYS_RESOURCE = 24;
 
-test('prctl PR_SET_IO_FLUSHER', { skip: !hasCapability(CAP_SYS_RESOURCE) }, () => {
+// The kernel suite covers the granted case in the VM; a container without CAP_SYS_RESOURCE must
+// see the refusal as an EPERM error, which the queue threads tolerate.
+test('prctl PR_SET_IO_FLUSHER: set where permitted, EPERM where not', () => {
   const { PR_SET_IO_FLUSHER, PR_GET_IO_FLUSHER } = sys.constants;
   const result = runChild(`
-    sys.prctl(${PR_SET_IO_FLUSHER}, 1, 0, 0, 0);
-    console.log(sys.prctl(${PR_GET_IO_FLUSHER}, 0, 0, 0, 0));
+    try {
+      sys.prctl(${PR_SET_IO_FLUSHER}, 1, 0, 0, 0);
+      console.log(sys.prctl(${PR_GET_IO_FLUSHER}, 0, 0, 0, 0));
+    } catch (e) {
+      console.log(e.code);
+    }
   `);
-  assert.equal(String(result.stdout).trim(), '1', String(result.stderr));
+  const expected = hasCapability(CAP_SYS_RESOURCE) ? '1' : 'EPERM';
+  assert.equal(String(result.stdout).trim(), expected, String(result.stderr));
 });
 
 test('ioctl with a pointer argument (FIONREAD) and with an integer', () => {
@@ -300,9 +307,9 @@ function openBlockDevice(): { fd: number; name: string } | undefined {
   return undefined;
 }
 
-test('ioctl BLKGETSIZE64 matches sysfs', (t) => {
+test('ioctl BLKGETSIZE64 matches sysfs', () => {
   const device = openBlockDevice();
-  if (!device) return t.skip('no block device can be opened');
+  assert.ok(device, 'this machine has a block device to open');
   try {
     const size = new BigUint64Array([0xdeadbeefn]);
     assert.equal(sys.ioctl(device.fd, sys.constants.BLKGETSIZE64, size), 0);
