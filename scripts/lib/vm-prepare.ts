@@ -630,7 +630,13 @@ mount -t devtmpfs devtmpfs $R/dev || fatal "cannot mount /dev in the new root"
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts $R/dev/pts
 mount -t tmpfs -o "mode=1777,size=$SHM_SIZE" shm $R/dev/shm || fatal "cannot mount /dev/shm"
+if [ -n "$KEEP_IN_TMP" ]; then
+  mkdir -p /keep && mount -o bind "$R$KEEP_IN_TMP" /keep || fatal "cannot keep $KEEP_IN_TMP"
+fi
 mount -t tmpfs -o "mode=1777,size=$TMP_SIZE" tmp $R/tmp || fatal "cannot mount /tmp"
+if [ -n "$KEEP_IN_TMP" ]; then
+  mkdir -p "$R$KEEP_IN_TMP" && mount -o move /keep "$R$KEEP_IN_TMP" || fatal "cannot restore $KEEP_IN_TMP"
+fi
 mount -t tmpfs -o mode=0755 run $R/run || fatal "cannot mount /run"
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 ln -sfn /proc/self/fd $R/dev/fd

@@ -107,6 +107,9 @@ async function runWith(runDir: string, assets: VmAssets, opts: VmRunOptions): Pr
       `MODDIR=${shq(assets.modulesDir)}`,
       `OVL_SIZE=${shq(opts.tmpfsSize)}`,
       `TMP_SIZE=${shq(opts.tmpfsSize)}`,
+      // The guest mounts its own tmpfs on /tmp; a working directory inside the host's /tmp (a
+      // clone made there, say) is carried over onto it.
+      `KEEP_IN_TMP=${shq(/^\/tmp\/[^/]+/.exec(opts.cwd)?.[0] ?? '')}`,
       `SHM_SIZE='50%'`,
       `DUMP_AFTER=${dumpAfter}`,
       // The guest powers itself off after the time limit even if nobody is left to kill QEMU.
