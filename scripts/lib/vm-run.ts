@@ -67,6 +67,8 @@ export interface VmRunResult {
 /** Kernel messages that open a report worth showing (oops, warnings, hangs, stalls...). */
 const REPORT_START =
   /\b(BUG:|Oops|WARNING:|INFO: task .* blocked for more than|Kernel panic|general protection fault|kernel BUG at|soft lockup|hard LOCKUP|rcu: INFO|rcu_\w+ detected stall|UBSAN:|KASAN:|Out of memory|oom-kill|segfault at|page allocation failure|list_(add|del) corruption|sysrq: Show)/;
+/** Messages of the ublk driver itself (and of our init), not of others naming a ublk device. */
+const FROM_UBLK = /^(\[[\s\d.]+\]\s*)?ublk/;
 /** How long after a report's first line we keep showing kernel lines (its trace). */
 const REPORT_WINDOW_MS = 3000;
 
@@ -278,7 +280,7 @@ async function runWith(runDir: string, assets: VmAssets, opts: VmRunOptions): Pr
       reports++;
       showUntil = now + REPORT_WINDOW_MS;
     }
-    if (dumping || now < showUntil || /ublk|^ublk-vm-init:/i.test(line)) showKernel(line);
+    if (dumping || now < showUntil || FROM_UBLK.test(line)) showKernel(line);
   };
 
   void sockets.get('console')!.then((s) => lineReader(s, onKernelLine));
