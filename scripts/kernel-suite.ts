@@ -3,7 +3,8 @@
  * real ublk driver. On the host when it has one (root, and /dev/ublk-control or a working
  * `modprobe ublk_drv`), otherwise in the test VM (scripts/lib/vm-run.ts). Ends with the line
  *
- *   kernel suite (VM, Linux 6.1.0-56-amd64): 7 passed, 0 failed
+ *   kernel suite ran in the VM on Linux 6.1.0-56-amd64
+ *   kernel: 7 passed, 0 failed
  *
  * and fails, with a one-line reason, when the suite cannot run, when no test ran, when any test
  * failed, and when any test was skipped or todo: a skipped kernel test is a defect, not a pass.
@@ -141,13 +142,17 @@ function verdict(o: Outcome): string | undefined {
   return undefined;
 }
 
-function countsLine(where: string, kernel: string, o: Outcome): string {
+/**
+ * Two lines: where it ran, then the counts alone in the plain `kernel: N passed, N failed` shape
+ * that CI reads as a test summary.
+ */
+function countsLines(where: string, kernel: string, o: Outcome): string {
   const s = o.tap.summary;
   const n = (v: number | null | undefined) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
   const skipped = n(s?.skipped) + n(s?.todo);
   return (
-    `kernel suite (${where}, Linux ${s?.kernel ?? kernel}): ` +
-    `${n(s?.pass)} passed, ${n(s?.fail) + n(s?.cancelled)} failed` +
+    `kernel suite ran in the ${where} on Linux ${s?.kernel ?? kernel}\n` +
+    `kernel: ${n(s?.pass)} passed, ${n(s?.fail) + n(s?.cancelled)} failed` +
     (skipped ? `, ${skipped} skipped` : '')
   );
 }
@@ -208,7 +213,7 @@ async function main(): Promise<number> {
   console.log(`kernel suite: ${timing.join(', ')}`);
   const why = verdict(outcome);
   if (why) console.log(`kernel suite FAILED: ${why}`);
-  console.log(countsLine(where.where, kernel, outcome));
+  console.log(countsLines(where.where, kernel, outcome));
   return why ? 1 : 0;
 }
 
