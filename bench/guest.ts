@@ -1,0 +1,214 @@
+/**
+ * The benchmark's inside: runs as root where ublk exists (the test VM, or a ublk host), sets up
+ * every device, runs fio on each, and prints the report as one `@@bench-report@@ {json}` line.
+ * Progress goes to stderr.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { release } from 'node:os';
+import { WORKLOADS, type BenchReport, type MemoryReport, type Result } from './workloads.js';
+
+const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
+const argv = process.argv.slice(2);
+const quick = argv.includes('--quick');
+const peerAt = argv.indexOf('--peer');
+const peer = peerAt >= 0 ? argv[peerAt + 1] : undefined;
+const runtimeSec = quick ? 3 : 10;
+const FILE_SIZE = quick ? '256M' : '1G';
+
+function progress(message: string): void {
+  process.stderr.write(`bench: ${message}\n`);
+}
+
+function run(command: string, args: string[]): string {
+  const r = spawnSync(command, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${command} ${args.join(' ')}: ${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+interface Device {
+  name: string;
+  path: string;
+  baseline?: string;
+  pid?: number;
+  cleanup: () => void;
+}
+
+/** Adds a device with a ublk CLI (ours, or a peer's) and returns its path and daemon. */
+function ublkDevice(name: string, cli: string[], args: string[], baseline: string): Device {
+  const out = run(cli[0], [...cli.slice(1), 'add', ...args]);
+  const id = Number(/dev id (\d+):/.exec(out)?.[1]);
+  const pid = Number(/daemon pid (\d+)/.exec(out)?.[1]);
+  if (!Number.isInteger(id)) throw new Error(`${name}: no device id in: ${out}`);
+  return {
+    name,
+    path: `/dev/ublkb${id}`,
+    baseline,
+    pid: pid > 0 ? pid : undefined,
+    cleanup: () => run(cli[0], [...cli.slice(1), 'del', '-n', String(id)]),
+  };
+}
+
+function cpuTicks(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return Number(fields[11]) + Number(fields[12]); // utime + stime
+}
+
+interface FioSide {
+  iops: number;
+  bw: number;
+  clat_ns: { percentile?: Record<string, number> };
+}
+
+function fio(device: Device, workloadArgs: string[]): Omit<Result, 'device' | 'workload'> {
+  const before = device.pid ? cpuTicks(device.pid) : 0;
+  const started = Date.now();
+  const out = run('fio', [
+    '--name=bench',
+    `--filename=${device.path}`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    `--runtime=${runtimeSec}`,
+    '--time_based',
+    '--group_reporting',
+    '--output-format=json',
+    ...workloadArgs,
+  ]);
+  const seconds = (Date.now() - started) / 1000;
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Record<string, FioSide>[] })
+    .jobs[0];
+  const side = job.read.iops > 0 ? job.read : job.write;
+  const pct = side.clat_ns.percentile ?? {};
+  return {
+    iops: side.iops,
+    mbps: (side.bw * 1024) / 1e6,
+    p50us: pct['50.000000'] / 1000,
+    p99us: pct['99.000000'] / 1000,
+    daemonCpu: device.pid ? ((cpuTicks(device.pid) - before) / 100 / seconds) * 100 : undefined,
+  };
+}
+
+/** The daemon's RSS, and how much of it is the per-tag IO buffers (anonymous maps of that size). */
+function memoryOf(device: Device, queues: number): MemoryReport {
+  const bufferKiB = (128 * 512 * 1024) / 1024;
+  let rss = 0;
+  let buffers = 0;
+  let size = 0;
+  for (const line of readFileSync(`/proc/${device.pid}/smaps`, 'utf8').split('\n')) {
+    const m = /^(Size|Rss):\s+(\d+) kB/.exec(line);
+    if (!m) continue;
+    if (m[1] === 'Size') size = Number(m[2]);
+    else {
+      rss += Number(m[2]);
+      if (size === bufferKiB) buffers += Number(m[2]);
+    }
+  }
+  return { device: device.name, queues, rssMiB: rss / 1024, ioBufferBudgetMiB: buffers / 1024 };
+}
+
+function makeFile(path: string): void {
+  run('fio', [
+    '--name=fill',
+    `--filename=${path}`,
+    '--rw=write',
+    '--bs=1M',
+    `--size=${FILE_SIZE}`,
+    '--output-format=terse',
+  ]);
+}
+
+function main(): BenchReport {
+  const devices: Device[] = [];
+  const results: Result[] = [];
+  const memory: MemoryReport[] = [];
+  const cleanups: (() => void)[] = [];
+  try {
+    progress('setting up kernel baselines: null_blk, loop over a tmpfs file');
+    run('modprobe', ['null_blk', 'nr_devices=1', 'queue_mode=2', 'submit_queues=2']);
+    cleanups.push(() => run('rmmod', ['null_blk']));
+    devices.push({ name: 'null_blk', path: '/dev/nullb0', cleanup: () => undefined });
+    run('modprobe', ['loop']);
+    makeFile('/tmp/bench-kloop.img');
+    makeFile('/tmp/bench-uloop.img');
+    const loopDev = run('losetup', ['-f', '--show', '/tmp/bench-kloop.img']).trim();
+    cleanups.push(() => run('losetup', ['-d', loopDev]));
+    devices.push({ name: 'loop (kernel)', path: loopDev, cleanup: () => undefined });
+    const ours = [process.execPath, CLI];
+    devices.push(ublkDevice('ublk-ts null', ours, ['-t', 'null'], 'null_blk'));
+    devices.push(
+      ublkDevice(
+        'ublk-ts loop',
+        ours,
+        ['-t', 'loop', '-f', '/tmp/bench-uloop.img', '--buffered_io'],
+        'loop (kernel)',
+      ),
+    );
+    devices.push(ublkDevice('ublk-ts mem', ours, ['-t', 'mem', '--size', FILE_SIZE], 'null_blk'));
+    if (peer) {
+      devices.push(ublkDevice('peer null', [peer], ['-t', 'null'], 'null_blk'));
+      devices.push(
+        ublkDevice(
+          'peer loop',
+          [peer],
+          ['-t', 'loop', '-f', '/tmp/bench-uloop.img'],
+          'loop (kernel)',
+        ),
+      );
+    }
+    for (const w of WORKLOADS.filter((w) => !w.twoQueues)) {
+      for (const d of devices) {
+        progress(`${w.name} on ${d.name}`);
+        results.push({ device: d.name, baseline: d.baseline, workload: w.name, ...fio(d, w.args) });
+      }
+    }
+    for (const d of devices.filter((d) => d.pid)) memory.push(memoryOf(d, 1));
+    for (const d of devices.splice(2)) d.cleanup();
+
+    const twoQueue = WORKLOADS.find((w) => w.twoQueues)!;
+    const q2 = [
+      devices[0],
+      ublkDevice('ublk-ts null -q 2', ours, ['-t', 'null', '-q', '2'], 'null_blk'),
+      ublkDevice(
+        'ublk-ts mem -q 2',
+        ours,
+        ['-t', 'mem', '--size', FILE_SIZE, '-q', '2'],
+        'null_blk',
+      ),
+    ];
+    devices.push(...q2.slice(1));
+    for (const d of q2) {
+      progress(`${twoQueue.name} on ${d.name}`);
+      results.push({
+        device: d.name,
+        baseline: d.baseline,
+        workload: twoQueue.name,
+        ...fio(d, twoQueue.args),
+      });
+    }
+    memory.push(memoryOf(q2[1], 2));
+  } finally {
+    for (const d of devices) {
+      try {
+        d.cleanup();
+      } catch (err) {
+        progress(`cleanup of ${d.name} failed: ${(err as Error).message}`);
+      }
+    }
+    for (const c of cleanups.reverse()) {
+      try {
+        c();
+      } catch {
+        // best effort
+      }
+    }
+  }
+  return {
+    kernel: existsSync('/proc/version') ? release() : 'unknown',
+    quick,
+    runtimeSec,
+    results,
+    memory,
+  };
+}
+
+console.log(`@@bench-report@@ ${JSON.stringify(main())}`);
