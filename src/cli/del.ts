@@ -21,7 +21,7 @@ async function waitForExit(pid: number, ms: number): Promise<boolean> {
  * DEL_DEV. A daemon that does not let go is killed, since DEL_DEV would otherwise wait for it
  * forever while holding the driver's global lock.
  */
-export async function deleteDevice(control: Control, devId: number): Promise<void> {
+export async function deleteDevice(control: Control, devId: number, async = false): Promise<void> {
   let info;
   try {
     info = await control.getDevInfo(devId);
@@ -39,17 +39,24 @@ export async function deleteDevice(control: Control, devId: number): Promise<voi
     process.kill(pid, 'SIGKILL');
     await waitForExit(pid, DAEMON_EXIT_MS);
   }
-  await control.delDev(devId).catch((err: unknown) => {
+  await deleteCommand(control, devId, async).catch((err: unknown) => {
     // The daemon deletes the device itself when it sees the stop.
     if (!isControlError(err, 'ENODEV')) throw err;
   });
   removeRecord(devId);
 }
 
+async function deleteCommand(control: Control, devId: number, async: boolean): Promise<void> {
+  if (async && (await control.delDevAsync(devId))) return;
+  if (async)
+    console.error('ublk: this kernel has no DEL_DEV_ASYNC (Linux 6.9+); deleted with DEL_DEV');
+  await control.delDev(devId);
+}
+
 export async function delCommand(control: Control, options: DelOptions): Promise<void> {
-  if (options.devId !== undefined) return deleteDevice(control, options.devId);
+  if (options.devId !== undefined) return deleteDevice(control, options.devId, options.async);
   for (const id of knownDeviceIds()) {
-    await deleteDevice(control, id).catch((err: unknown) => {
+    await deleteDevice(control, id, options.async).catch((err: unknown) => {
       if (!(err instanceof UserError)) throw err;
     });
   }

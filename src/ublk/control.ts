@@ -134,6 +134,17 @@ export class Control {
     await this.run('DEL_DEV', { devId });
   }
 
+  /**
+   * DEL_DEV_ASYNC (6.9+): deletes without waiting for the last reference to go. Returns false when
+   * the kernel does not have it (the command exists only ioctl-encoded).
+   */
+  async delDevAsync(devId: number): Promise<boolean> {
+    const res = await this.submit(UBLK_U_CMD.DEL_DEV_ASYNC, { devId });
+    if (res === -EOPNOTSUPP || res === -EINVAL) return false;
+    if (res < 0) throw new ControlError('DEL_DEV_ASYNC', devId, -res);
+    return true;
+  }
+
   async setParams(devId: number, params: UblkParamsInput): Promise<void> {
     const bytes = encodeParams(params);
     await this.run('SET_PARAMS', { devId, input: bytes, len: bytes.length });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { release } from 'node:os';
 import { after, afterEach, test } from 'node:test';
 import {
   addDevice,
@@ -229,4 +230,17 @@ test('no ublk module: the message says modprobe ublk_drv', () => {
     sh('modprobe', ['ublk_drv']);
   }
   assert.ok(existsSync('/dev/ublk-control'));
+});
+
+test('del --async deletes the device, with DEL_DEV where DEL_DEV_ASYNC is missing', () => {
+  const id = addDevice('-t', 'null');
+  const r = ublk('del', '--async', '-n', String(id));
+  assert.equal(r.status, 0, r.stderr);
+  // The daemon usually deletes the device itself once it sees the stop; when it has not yet, a
+  // kernel before 6.9 gets DEL_DEV, and says so.
+  const [major, minor] = release().split('.').map(Number);
+  if (major * 100 + minor < 609)
+    assert.match(r.stderr, /^(|ublk: this kernel has no DEL_DEV_ASYNC.*\n)$/);
+  else assert.equal(r.stderr, '');
+  assertNothingLeft();
 });
