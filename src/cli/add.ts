@@ -7,6 +7,7 @@ import { loadTarget, resolveTargetSource } from '../targets/load.js';
 import { findTargetType, parseAddArgs, type AddOptions } from './args.js';
 import type { DaemonReport } from './daemon-main.js';
 import { runDir } from './run-dir.js';
+import type { ServeJob } from './serve.js';
 
 const DAEMON_SCRIPT = new URL('./daemon-main.js', import.meta.url);
 /** START_DEV scans partitions, which under emulation can take a while. */
@@ -22,13 +23,14 @@ export async function parseAdd(argv: readonly string[]): Promise<{
 }
 
 /**
- * Starts a detached daemon for the device and waits for its verdict: the device id once
- * /dev/ublkbN exists, or the daemon's own error message.
+ * Starts a detached daemon for a job (a new device for `add`, a dead daemon's device for
+ * `recover`) and waits for its verdict: the device id once the device is LIVE, or the daemon's own
+ * error message.
  */
-export async function startDaemon(options: AddOptions, source: string): Promise<number> {
+export async function startDaemon(job: ServeJob): Promise<number> {
   mkdirSync(runDir(), { recursive: true });
   const log = openSync(join(runDir(), 'daemon.log'), 'a');
-  const child = spawn(process.execPath, [DAEMON_SCRIPT.pathname, JSON.stringify(options), source], {
+  const child = spawn(process.execPath, [DAEMON_SCRIPT.pathname, JSON.stringify(job)], {
     detached: true,
     stdio: ['ignore', log, log, 'pipe'],
   });

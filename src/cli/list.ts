@@ -17,9 +17,10 @@ export async function describeDevice(
     info = await control.getDevInfo(devId);
   } catch (err) {
     if (!isControlError(err, 'ENODEV')) throw err;
-    // A record of a device the kernel no longer has is stale once its daemon is gone.
+    // A record of a device the kernel no longer has is stale once its daemon is gone, and so is
+    // one that cannot be read (a daemon writes its record whole, after the device exists).
     const record = readRecord(devId);
-    if (record && !isProcessAlive(record.pid)) removeRecord(devId);
+    if (!record || !isProcessAlive(record.pid)) removeRecord(devId);
     return undefined;
   }
   const params = await control.getParams(devId).catch(() => ({ basic: undefined }));

@@ -4,11 +4,12 @@ import { UserError } from '../errors.js';
 import { loadTarget, resolveTargetSource } from '../targets/load.js';
 import { CONTROL_PATH, type Control } from '../ublk/control.js';
 import { openControl } from '../ublk/device.js';
-import { parseDelArgs, parseListArgs } from './args.js';
+import { parseDelArgs, parseListArgs, parseRecoverArgs } from './args.js';
 import { parseAdd, startDaemon } from './add.js';
 import { delCommand } from './del.js';
 import { featuresCommand } from './features.js';
 import { listCommand } from './list.js';
+import { recoverCommand } from './recover.js';
 import { serve } from './serve.js';
 
 const VERSION = (
@@ -27,7 +28,8 @@ const USAGE = `ublk add -t TYPE
 \t\tublk help -t <type>
 ublk del -n DEV_ID [-a | --all]
 ublk list [-n DEV_ID] [--json]
-ublk recover -n DEV_ID
+ublk recover -n DEV_ID [--start_empty] [--foreground]
+\t(a device added with -r 1 whose daemon died: a new daemon takes it over)
 ublk features
 ublk help -t <target>
 ublk -v [--version]
@@ -75,9 +77,8 @@ async function run(argv: string[]): Promise<number> {
     case 'add': {
       const { options, source } = await parseAdd(rest);
       requireRoot('ublk add');
-      const devId = options.foreground
-        ? (await serve(options, source)).id
-        : await startDaemon(options, source);
+      const job = { kind: 'add', options, targetSource: source } as const;
+      const devId = options.foreground ? (await serve(job)).id : await startDaemon(job);
       process.stdout.write(await withControl((c) => listCommand(c, { devId, json: false })));
       // In the foreground, the device keeps this process alive until it is stopped.
       return 0;
@@ -96,8 +97,14 @@ async function run(argv: string[]): Promise<number> {
       requireRoot('ublk features');
       process.stdout.write(await withControl(featuresCommand));
       return 0;
-    case 'recover':
-      throw new UserError('recover is not available in this version yet');
+    case 'recover': {
+      const options = parseRecoverArgs(rest);
+      requireRoot('ublk recover');
+      const devId = await recoverCommand(options);
+      process.stdout.write(await withControl((c) => listCommand(c, { devId, json: false })));
+      // In the foreground, the device keeps this process alive until it is stopped.
+      return 0;
+    }
     case 'help':
     case '-h':
     case '--help':

@@ -1,8 +1,9 @@
 import { UBLK_F } from '../ublk/abi.js';
-import { createDevice, type Device } from '../ublk/device.js';
+import { createDevice, recoverDevice, type Device } from '../ublk/device.js';
 import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../targets/load.js';
+import { UserError } from '../errors.js';
 import type { AddOptions } from './args.js';
-import { removeRecord, writeRecord } from './run-dir.js';
+import { readRecord, removeRecord, runDir, writeRecord } from './run-dir.js';
 
 export function requestedFlags(o: AddOptions): number {
   return (
@@ -13,6 +14,14 @@ export function requestedFlags(o: AddOptions): number {
     (o.userRecoveryFailIo ? UBLK_F.USER_RECOVERY_FAIL_IO : 0)
   );
 }
+
+/**
+ * What a daemon is started for: a new device (`ublk add`), or a device whose daemon died, taken
+ * over as its record in the run dir describes it (`ublk recover`).
+ */
+export type ServeJob =
+  | { kind: 'add'; options: AddOptions; targetSource: string }
+  | { kind: 'recover'; devId: number; startEmpty: boolean };
 
 /** The `target {...}` line of `list`, in ublksrv's shape. */
 function targetDescription(device: Device): Record<string, unknown> {
@@ -25,20 +34,45 @@ function targetDescription(device: Device): Record<string, unknown> {
   };
 }
 
-/**
- * The daemon's life: create the device, publish it in the run dir, serve until SIGTERM, SIGINT
- * or a `ublk del` from elsewhere stops it, then exit having deleted the device and its record.
- */
-export async function serve(options: AddOptions, targetSource: string): Promise<Device> {
-  const device = await createDevice({
-    target: targetSource,
-    args: options.targetArgs,
-    id: options.devId < 0 ? undefined : options.devId,
-    queues: options.queues,
-    depth: options.depth,
-    maxIoBufBytes: options.maxIoBufBytes,
-    flags: requestedFlags(options),
+/** Brings the device up, as a new device or by recovery; returns how it was made. */
+async function startDevice(
+  job: ServeJob,
+): Promise<{ device: Device; options: AddOptions; targetSource: string }> {
+  if (job.kind === 'add') {
+    const { options, targetSource } = job;
+    const device = await createDevice({
+      target: targetSource,
+      args: options.targetArgs,
+      id: options.devId < 0 ? undefined : options.devId,
+      queues: options.queues,
+      depth: options.depth,
+      maxIoBufBytes: options.maxIoBufBytes,
+      flags: requestedFlags(options),
+    });
+    return { device, options, targetSource };
+  }
+  const record = readRecord(job.devId);
+  if (!record) {
+    throw new UserError(
+      `no record of device ${job.devId} in ${runDir()}: recover takes the target and its options from the record that 'ublk add' wrote`,
+    );
+  }
+  const device = await recoverDevice(job.devId, {
+    target: record.targetSource,
+    args: record.options.targetArgs,
+    startEmpty: job.startEmpty,
   });
+  return { device, options: record.options, targetSource: record.targetSource };
+}
+
+/**
+ * The daemon's life: create (or recover) the device, publish it in the run dir, serve until
+ * SIGTERM, SIGINT or a `ublk del` from elsewhere stops it, then exit having deleted the device and
+ * its record. A queue thread that fails ends the process at once, with the reason on stderr (the
+ * daemon log): the kernel then sees the daemon die and recovers the device or marks it DEAD.
+ */
+export async function serve(job: ServeJob): Promise<Device> {
+  const { device, options, targetSource } = await startDevice(job);
   writeRecord({
     devId: device.id,
     pid: process.pid,
@@ -47,11 +81,15 @@ export async function serve(options: AddOptions, targetSource: string): Promise<
     targetSource,
     options: { ...options, devId: device.id },
   });
+  const fail = (what: string, err: unknown) => {
+    const e = err as Error;
+    console.error(
+      `ublk daemon ${process.pid}: device ${device.id} ${what}: ${e.stack ?? e.message ?? String(err)}`,
+    );
+    process.exit(1);
+  };
   const stop = () => {
-    device.stop().catch((err: unknown) => {
-      console.error(`ublk: stopping device ${device.id} failed: ${(err as Error).message}`);
-      process.exit(1);
-    });
+    device.stop().catch((err: unknown) => fail('failed to stop', err));
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
@@ -60,10 +98,7 @@ export async function serve(options: AddOptions, targetSource: string): Promise<
       removeRecord(device.id);
       process.exit(0);
     },
-    (err: unknown) => {
-      console.error(`ublk: device ${device.id} failed: ${(err as Error).message}`);
-      process.exit(1);
-    },
+    (err: unknown) => fail('failed, daemon exiting', err),
   );
   return device;
 }

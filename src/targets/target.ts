@@ -21,7 +21,12 @@ export interface Target<Shared = unknown> {
 }
 
 export interface SetupEnv {
-  /** True when a new daemon takes over a device whose daemon died (`ublk recover`). */
+  /**
+   * True when a new daemon takes over a device whose daemon died (`ublk recover`): setup gets the
+   * arguments the device was added with, must come back with the same size, and serves the data
+   * the dead daemon served. A target whose data lived only in the dead daemon (in memory) cannot:
+   * its setup must throw a UserError unless `startEmpty`, or users see their data vanish.
+   */
   recovering: boolean;
   /** Accept starting without the data of the previous daemon (`recover --start_empty`). */
   startEmpty: boolean;

@@ -1,4 +1,4 @@
-import { constants as fsConstants, existsSync, statSync } from 'node:fs';
+import { constants as fsConstants, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import { UserError } from '../errors.js';
@@ -6,10 +6,12 @@ import { close, constants as sysConstants, isErrnoError, open } from '../sys.js'
 import { loadTarget, resolveTargetSource } from '../targets/load.js';
 import type { TargetArgs } from '../cli/args.js';
 import type { Capabilities, TargetSetup } from '../targets/target.js';
-import { AUTO_DEV_ID, featureNames, UBLK_F } from './abi.js';
+import { AUTO_DEV_ID, deviceStateName, featureNames, UBLK_F, UBLK_S_DEV } from './abi.js';
 import { Control, isControlError, type DevInfo } from './control.js';
 import { paramsFor } from './params.js';
 import type { QueueWorkerData, QueueWorkerMessage } from './queue-worker.js';
+
+const SECTOR = 512;
 
 export interface DeviceOptions {
   /** A built-in target name (null, loop, mem) or the path of a target module. */
@@ -23,6 +25,20 @@ export interface DeviceOptions {
   maxIoBufBytes?: number;
   /** Extra UBLK_F flags to ask for (recovery...); only what the kernel grants is used. */
   flags?: number;
+}
+
+export interface RecoverOptions {
+  /** The target the device was made with: a built-in name or the path of a target module. */
+  target: string;
+  /** The target's arguments, as the device was added with. */
+  args?: TargetArgs;
+  /** Accept a target that cannot keep the data of the dead daemon (mem) starting empty. */
+  startEmpty?: boolean;
+  /**
+   * How long to wait for the old daemon to be gone and the kernel to have quiesced the device
+   * (START_USER_RECOVERY answers EBUSY until then). Default 30 s.
+   */
+  waitMs?: number;
 }
 
 export interface QueueInfo {
@@ -61,13 +77,26 @@ export function explainControlError(err: unknown, devId: number): unknown {
   return err;
 }
 
+/** Flags an older kernel may lack, with the first kernel that has them: for the refusal message. */
+const FLAG_SINCE: Record<number, string> = {
+  [UBLK_F.USER_RECOVERY_FAIL_IO]: '6.13',
+  [UBLK_F.UNPRIVILEGED_DEV]: '6.3',
+  [UBLK_F.USER_COPY]: '6.5',
+  [UBLK_F.ZONED]: '6.6',
+};
+
 /**
  * A running ublk device served by this process: one worker thread per hardware queue, the target's
- * handlers in each. Made by {@link createDevice}; gone after {@link Device.stop}, or when someone
- * else stops it (`ublk del`), which `closed` reports.
+ * handlers in each. Made by {@link createDevice} or taken over from a dead daemon by
+ * {@link recoverDevice}; gone after {@link Device.stop}, or when someone else stops it
+ * (`ublk del`), which `closed` reports.
  */
 export class Device {
-  /** Resolves once the device is deleted and everything of it released, whoever stopped it. */
+  /**
+   * Resolves once the device is deleted and everything of it released, whoever stopped it. Rejects
+   * when a queue thread fails (an uncaught error in a handler, say): the device is then left to the
+   * kernel, which notices that its server died (recovery, or DEAD), and the process should exit.
+   */
   readonly closed: Promise<void>;
   private stopping: Promise<void> | undefined;
 
@@ -133,10 +162,7 @@ export class Device {
         .catch((err: unknown) => {
           throw explainControlError(err, devId);
         });
-      const refused = featureNames((options.flags ?? 0) - ((options.flags ?? 0) & info.flags));
-      if (refused.length > 0) {
-        throw new UserError(`this kernel's ublk driver does not support ${refused.join(', ')}`);
-      }
+      refuseMissingFlags(options.flags ?? 0, info.flags);
       const params = paramsFor(setup.size, caps, info.maxIoBufBytes, sysConstants.PAGE_SIZE);
       charFd = await openCharDevice(info.devId);
       await control.setParams(info.devId, params);
@@ -157,11 +183,227 @@ export class Device {
       throw err;
     }
   }
+
+  /**
+   * @internal
+   * The kernel's user recovery (6.1+): a device added with UBLK_F_USER_RECOVERY whose daemon died
+   * is QUIESCED, its IO held; a new daemon runs START_USER_RECOVERY, opens /dev/ublkcN, fetches
+   * every tag of every queue, and END_USER_RECOVERY makes the device LIVE again, served by it. The
+   * parameters stay those of the first start (SET_PARAMS is refused once a device was started), so
+   * the target must come back with the same size.
+   */
+  static async recover(devId: number, options: RecoverOptions): Promise<Device> {
+    const source = resolveTargetSource(options.target);
+    const target = await loadTarget(source);
+    const control = openControl();
+    let setup: TargetSetup | undefined;
+    let started = false;
+    let charFd = -1;
+    const workers: Worker[] = [];
+    try {
+      // Everything that can be refused is checked before START_USER_RECOVERY, after which a
+      // failure leaves the device waiting for a daemon (QUIESCED) until `ublk del`.
+      let info = await control.getDevInfo(devId).catch((err: unknown) => {
+        throw explainControlError(err, devId);
+      });
+      refuseUnrecoverable(info);
+      setup = await target.setup(options.args ?? {}, {
+        recovering: true,
+        startEmpty: options.startEmpty ?? false,
+      });
+      refuseOwnDevice(devId);
+      const params = await control.getParams(devId);
+      const deviceBytes = (params.basic?.devSectors ?? 0) * SECTOR;
+      if (deviceBytes !== setup.size) {
+        throw new UserError(
+          `cannot recover device ${devId}: the target now has ${setup.size} bytes, the device ${deviceBytes}`,
+        );
+      }
+      await startUserRecovery(control, info, options.waitMs ?? 30_000);
+      started = true;
+      charFd = await openCharDevice(devId);
+      const queues = await startQueues(control, info, charFd, source, setup.shared, workers);
+      await control.endUserRecovery(devId, process.pid);
+      info = await control.getDevInfo(devId);
+      return new Device(
+        info,
+        queues,
+        { name: target.name, size: setup.size, info: setup.info ?? {} },
+        control,
+        charFd,
+        setup,
+        allExited(workers),
+      );
+    } catch (err) {
+      // Never STOP_DEV or DEL_DEV here: the device and its data stay for another try or `del`.
+      await Promise.all(workers.map((w) => w.terminate()));
+      if (charFd >= 0) close(charFd);
+      control.close();
+      await setup?.close?.();
+      if (started && !(err instanceof UserError)) {
+        throw new Error(
+          `recovery of ublk device ${devId} failed after START_USER_RECOVERY (${(err as Error).message}); it waits QUIESCED for a new daemon: remove it with 'ublk del -n ${devId}'`,
+          { cause: err },
+        );
+      }
+      throw err;
+    }
+  }
 }
 
 /** Creates and starts a ublk device served by this process. */
 export function createDevice(options: DeviceOptions): Promise<Device> {
   return Device.create(options);
+}
+
+/**
+ * Serves a device whose daemon died, added with recovery (`-r 1`); resolves once it is LIVE again,
+ * served by this process. See {@link Device.recover}.
+ */
+export function recoverDevice(devId: number, options: RecoverOptions): Promise<Device> {
+  return Device.recover(devId, options);
+}
+
+/** ADD_DEV silently drops the flags a kernel does not know: refuse to run without them. */
+function refuseMissingFlags(asked: number, granted: number): void {
+  const missing = asked - (asked & granted);
+  if (missing === 0) return;
+  const names = featureNames(missing).map((name) => {
+    const since = FLAG_SINCE[UBLK_F[name as keyof typeof UBLK_F]];
+    return since ? `${name} (Linux ${since}+)` : name;
+  });
+  throw new UserError(`this kernel's ublk driver does not support ${names.join(', ')}`);
+}
+
+/** Whether a device can be taken over at all, said before anything is changed. */
+function refuseUnrecoverable(info: DevInfo): void {
+  const devId = info.devId;
+  if ((info.flags & UBLK_F.USER_RECOVERY) === 0) {
+    throw new UserError(
+      `device ${devId} was added without recovery (-r 1), so it cannot be recovered: remove it with 'ublk del -n ${devId}'`,
+    );
+  }
+  if (info.state === UBLK_S_DEV.DEAD) {
+    throw new UserError(
+      `device ${devId} is DEAD (stopped), so it cannot be recovered: remove it with 'ublk del -n ${devId}'`,
+    );
+  }
+  if (info.state === UBLK_S_DEV.LIVE && processRunning(info.ublksrvPid)) {
+    throw new UserError(
+      `device ${devId} is LIVE and its daemon (pid ${info.ublksrvPid}) is running: nothing to recover`,
+    );
+  }
+  const recoverable: number[] = [UBLK_S_DEV.LIVE, UBLK_S_DEV.QUIESCED, UBLK_S_DEV.FAIL_IO];
+  if (!recoverable.includes(info.state)) {
+    throw new UserError(`device ${devId} is ${deviceStateName(info.state)}: cannot recover it`);
+  }
+}
+
+/**
+ * A daemon that does IO to its own block device waits for itself: here, for a device that holds
+ * all IO until this very daemon serves it. Refuses when this process holds the block device, or a
+ * file on a file system that lives on it (a loop target's backing file, say).
+ */
+function refuseOwnDevice(devId: number): void {
+  const disk = `ublkb${devId}`;
+  const own = new Set<string>(); // "major:minor" of the disk and its partitions
+  try {
+    own.add(readFileSync(`/sys/block/${disk}/dev`, 'utf8').trim());
+    for (const name of readdirSync(`/sys/block/${disk}`)) {
+      if (name.startsWith(disk))
+        own.add(readFileSync(`/sys/block/${disk}/${name}/dev`, 'utf8').trim());
+    }
+  } catch {
+    if (own.size === 0) return; // no block device (yet): nothing of it can be held
+  }
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let st;
+    try {
+      // Follows the fd's link to the open file itself: no path lookup, no IO.
+      st = statSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the fd of the directory listing itself, already closed
+    }
+    if ((st.isBlockDevice() && own.has(majorMinor(st.rdev))) || own.has(majorMinor(st.dev))) {
+      throw new UserError(
+        `the target uses /dev/${disk}, the device it would serve (fd ${fd}): a daemon must never do IO to its own device`,
+      );
+    }
+  }
+}
+
+/**
+ * START_USER_RECOVERY once the old daemon is gone: the kernel answers EBUSY while the device is
+ * LIVE (its monitor notices a dead daemon within 5 s on 6.1) and while the dead daemon's io_uring
+ * still holds /dev/ublkcN.
+ */
+async function startUserRecovery(control: Control, info: DevInfo, waitMs: number): Promise<void> {
+  const devId = info.devId;
+  const deadline = Date.now() + waitMs;
+  const oldPid = info.ublksrvPid;
+  while (processExists(oldPid) && Date.now() < deadline) await sleep(100);
+  for (;;) {
+    try {
+      await control.startUserRecovery(devId);
+      return;
+    } catch (err) {
+      if (isControlError(err, 'EBUSY') && Date.now() < deadline) {
+        await sleep(200);
+        continue;
+      }
+      if (isControlError(err, 'EBUSY')) {
+        const now = await control.getDevInfo(devId).catch(() => info);
+        const still = processExists(oldPid) ? `; its old daemon (pid ${oldPid}) still exists` : '';
+        throw new UserError(
+          `device ${devId} is still ${deviceStateName(now.state)} after ${waitMs / 1000} s${still}: cannot recover it yet`,
+        );
+      }
+      if (isControlError(err, 'EINVAL')) {
+        // 6.1: no queue was ever ready (an earlier recovery that died before fetching).
+        throw new UserError(
+          `the kernel refused to recover device ${devId} (${err.message}): remove it with 'ublk del -n ${devId}'`,
+        );
+      }
+      throw explainControlError(err, devId);
+    }
+  }
+}
+
+/** /proc/PID/stat's state letter and kernel task flags; undefined when there is no such process. */
+function procStat(pid: number): { state: string; flags: number } | undefined {
+  if (!(pid > 0)) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold spaces.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return { state: fields[0], flags: Number(fields[6]) };
+  } catch {
+    return undefined;
+  }
+}
+
+const PF_EXITING = 0x4;
+
+/** The process still holds resources: it exists and has not finished exiting (a zombie has). */
+function processExists(pid: number): boolean {
+  const stat = procStat(pid);
+  return stat !== undefined && stat.state !== 'Z' && stat.state !== 'X';
+}
+
+/** Running and not dying: not exiting, no SIGKILL pending (what `kill -9` leaves until it ends). */
+function processRunning(pid: number): boolean {
+  const stat = procStat(pid);
+  if (!stat || stat.state === 'Z' || stat.state === 'X' || stat.flags & PF_EXITING) return false;
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    for (const field of ['SigPnd', 'ShdPnd']) {
+      const mask = new RegExp(`^${field}:\\s*([0-9a-f]+)$`, 'm').exec(status)?.[1] ?? '0';
+      if ((BigInt(`0x${mask}`) >> 8n) & 1n) return false; // SIGKILL is signal 9, bit 8
+    }
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The kernel creates /dev/ublkcN during ADD_DEV, but udev may still hold it for a moment. */
@@ -180,7 +422,8 @@ async function openCharDevice(devId: number): Promise<number> {
 
 /**
  * One worker per hardware queue, pushed to `workers` as they are made so that a failure leaves the
- * caller able to stop them; resolves once every queue has fetched all its tags.
+ * caller able to stop them; resolves once every queue has fetched all its tags. Used alike to
+ * start a new device (before START_DEV) and to take one over (before END_USER_RECOVERY).
  */
 async function startQueues(
   control: Control,
@@ -204,7 +447,7 @@ async function startQueues(
       affinity,
     };
     const worker = new Worker(WORKER_URL, { workerData: data });
-    exitOf.set(worker, new Promise((resolve) => worker.once('exit', () => resolve())));
+    exitOf.set(worker, watchExit(worker, queueId));
     workers.push(worker);
     ready.push(
       new Promise((resolve, reject) => {
@@ -219,11 +462,35 @@ async function startQueues(
   return Promise.all(ready);
 }
 
-/** Recorded at spawn, so that a worker which exits early is not waited for forever. */
+/**
+ * Settles when the worker is gone: resolves on a clean exit (its queue stopped), rejects on an
+ * uncaught error or a non-zero exit. Made at spawn, so an early exit is never waited for forever.
+ */
+function watchExit(worker: Worker, queueId: number): Promise<void> {
+  let failure: Error | undefined;
+  worker.once('error', (err) => {
+    failure = new Error(`queue ${queueId} thread failed: ${err.stack ?? err.message}`, {
+      cause: err,
+    });
+  });
+  const exited = new Promise<void>((resolve, reject) =>
+    worker.once('exit', (code) => {
+      if (failure) reject(failure);
+      else if (code !== 0) reject(new Error(`queue ${queueId} thread exited with code ${code}`));
+      else resolve();
+    }),
+  );
+  exited.catch(() => undefined); // observed later, by whoever waits for the queues
+  return exited;
+}
+
 const exitOf = new WeakMap<Worker, Promise<void>>();
 
+/** Every queue ended: resolves when all exited cleanly, rejects as soon as one failed. */
 function allExited(workers: Worker[]): Promise<void> {
-  return Promise.all(workers.map((w) => exitOf.get(w))).then(() => undefined);
+  const all = Promise.all(workers.map((w) => exitOf.get(w))).then(() => undefined);
+  all.catch(() => undefined);
+  return all;
 }
 
 async function release(
@@ -265,7 +532,7 @@ async function abandon(
     // STOP_DEV aborts every fetched tag, started or not; the queue threads then release their
     // rings and mappings, which DEL_DEV waits for.
     await control.stopDev(info.devId).catch(() => undefined);
-    await Promise.race([allExited(workers), sleep(10_000)]);
+    await Promise.race([Promise.allSettled(workers.map((w) => exitOf.get(w))), sleep(10_000)]);
     await Promise.all(workers.map((w) => w.terminate()));
   }
   await release(charFd, control, info.devId, setup).catch(() => undefined);
@@ -273,10 +540,12 @@ async function abandon(
 
 /** "major:minor" of a device node, "0:0" when it does not exist. */
 export function deviceNumbers(path: string): string {
-  if (!existsSync(path)) return '0:0';
-  const rdev = statSync(path).rdev;
-  // glibc's gnu_dev_major/minor.
-  const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-  const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff);
+  return existsSync(path) ? majorMinor(statSync(path).rdev) : '0:0';
+}
+
+/** A dev_t as "major:minor" (glibc's gnu_dev_major/minor). */
+function majorMinor(dev: number): string {
+  const major = ((dev >> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
+  const minor = (dev & 0xff) | ((dev >> 12) & ~0xff);
   return `${major}:${minor}`;
 }

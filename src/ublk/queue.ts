@@ -129,9 +129,14 @@ export class Queue {
     } else if (res === UBLK_IO_RES.NEED_GET_DATA) {
       this.sendIoCmd(this.ops.getData, userData, 0);
     } else {
-      // ABORT (the device is stopping) or a refused command: this tag is done either way.
+      // ABORT: the device is stopping, and this tag is done.
       if (res !== UBLK_IO_RES.ABORT) {
-        console.error(`ublk queue ${this.config.queueId} tag ${userData}: command failed ${res}`);
+        // A refused command leaves the tag out of service for good (and a refused FETCH would
+        // keep START_DEV or END_USER_RECOVERY waiting forever): fail the queue thread, which ends
+        // the daemon and lets the kernel's monitor take the device over (recovery, or DEAD).
+        throw new Error(
+          `ublk queue ${this.config.queueId} tag ${userData}: the kernel refused a command: ${res}`,
+        );
       }
       this.finishedTags++;
     }

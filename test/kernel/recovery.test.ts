@@ -1,0 +1,455 @@
+/**
+ * When the daemon dies: `kill -9` of a daemon under load, with and without the kernel's user
+ * recovery (`-r 1`, `-i 1`), `ublk recover`, and teardown while IO is in flight (`del`, SIGTERM),
+ * all through the CLI as a user types it. What 6.1 does (drivers/block/ublk_drv.c): a monitor
+ * every 5 s notices a dead queue thread; without recovery it fails the IO the daemon owned and
+ * removes the disk (DEAD); with recovery it quiesces the device (QUIESCED), failing (-r 1) or
+ * requeuing (-i 1) the requests the dead daemon owned and holding every other until a new daemon
+ * serves them.
+ *
+ * Every `ublk` command costs several seconds of Node start-up under emulation, so each test makes
+ * one device and checks several things on it. fio runs as a child process in the background, with
+ * a deadline: an IO that hangs fails the test instead of hanging it.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { after, afterEach, before, test } from 'node:test';
+import {
+  addDevice,
+  daemonPids,
+  delAll,
+  delDevice,
+  ublk,
+  ublkNodes,
+  waitFor,
+  type FioReport,
+} from './support/cli.js';
+
+const RUN_DIR = '/run/ublksrvd';
+const DAEMON_LOG = join(RUN_DIR, 'daemon.log');
+const SLUGGISH = new URL('./fixtures/sluggish.js', import.meta.url).pathname;
+const MiB = 2 ** 20;
+/** kill -9 rounds of the no-recovery test (the issue asks for 4; each costs about a minute). */
+const ROUNDS = Number(process.env.UBLK_RECOVERY_ROUNDS ?? 4);
+
+let dir: string;
+before(() => {
+  dir = mkdtempSync('/tmp/ublk-recovery-test-');
+});
+/** fio runs still going when a test ends (it failed): killed before the cleanup. */
+const fioChildren = new Set<ChildProcess>();
+const killFio = () => {
+  for (const child of fioChildren) child.kill('SIGKILL');
+};
+afterEach(() => {
+  killFio();
+  delAll();
+});
+after(() => {
+  killFio();
+  delAll();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const stateFiles = () =>
+  existsSync(RUN_DIR) ? readdirSync(RUN_DIR).filter((n) => n.endsWith('.json')) : [];
+
+/** Open fds of any process that point at a ublk char device. */
+function ublkcFds(): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (/\/dev\/ublkc\d+/.test(readlinkSync(`/proc/${pid}/fd/${fd}`))) {
+          found.push(`${pid}/${fd}`);
+        }
+      } catch {
+        // raced with the process closing it
+      }
+    }
+  }
+  return found;
+}
+
+function assertNothingLeft(): void {
+  assert.deepEqual(ublkNodes(), [], 'no /dev/ublkbN or /dev/ublkcN');
+  assert.deepEqual(daemonPids(), [], 'no daemon process');
+  assert.deepEqual(stateFiles(), [], 'no state file');
+  assert.deepEqual(ublkcFds(), [], 'no open /dev/ublkcN');
+}
+
+interface Listing {
+  state: string;
+  daemon_pid: number;
+  queues: { tid: number }[];
+}
+
+/** `ublk list -n ID --json`, parsed. */
+function listing(id: number): Listing {
+  const r = ublk('list', '-n', String(id), '--json');
+  assert.equal(r.status, 0, r.stderr);
+  return (JSON.parse(r.stdout) as Listing[])[0];
+}
+
+/** The only daemon process there is. */
+function theDaemon(): number {
+  const pids = daemonPids();
+  assert.equal(pids.length, 1, `one daemon: ${pids.join(' ')}`);
+  return pids[0];
+}
+
+/** Reads and writes completed by /dev/ublkbN so far (/sys/block/NAME/stat). */
+function completedIos(id: number): number {
+  const f = readFileSync(`/sys/block/ublkb${id}/stat`, 'utf8').trim().split(/\s+/).map(Number);
+  return f[0] + f[4];
+}
+
+interface FioRun {
+  /** fio's exit status and JSON report; rejects if fio is still running `ms` after it started. */
+  finished(ms: number): Promise<{ status: number | null; report: FioReport; stderr: string }>;
+  running(): boolean;
+}
+
+/** fio in the background, its report to a file; killed if a test leaves it running. */
+function startFio(name: string, args: string[]): FioRun {
+  const out = join(dir, `${name}.json`);
+  const err = join(dir, `${name}.err`);
+  const child = spawn(
+    'sh',
+    [
+      '-c',
+      'exec fio "$@" >"$OUT" 2>"$ERR"',
+      'fio',
+      `--name=${name}`,
+      '--output-format=json',
+      ...args,
+    ],
+    { stdio: 'ignore', env: { ...process.env, OUT: out, ERR: err } },
+  );
+  fioChildren.add(child);
+  let exitStatus: number | null | undefined;
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      fioChildren.delete(child);
+      resolve((exitStatus = code));
+    }),
+  );
+  const started = Date.now();
+  return {
+    running: () => exitStatus === undefined,
+    async finished(ms) {
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<'hung'>((resolve) => {
+        timer = setTimeout(() => resolve('hung'), Math.max(0, started + ms - Date.now()));
+      });
+      const status = await Promise.race([exited, deadline]);
+      clearTimeout(timer);
+      if (status === 'hung') {
+        child.kill('SIGKILL');
+        throw new Error(`fio ${name} hung: still running ${ms / 1000} s after it started`);
+      }
+      const text = readFileSync(out, 'utf8');
+      const report = JSON.parse(text.slice(text.indexOf('{'))) as FioReport;
+      return { status, report, stderr: readFileSync(err, 'utf8') };
+    },
+  };
+}
+
+/** fio's reported errors: the first error (an errno) of each job. */
+const jobErrors = (report: FioReport) => report.jobs.map((j) => j.error);
+
+/** `ublk recover -n ID`, which must succeed and print the device LIVE with a new daemon. */
+function recover(id: number, oldPid: number): number {
+  const r = ublk('recover', '-n', String(id));
+  assert.equal(r.status, 0, `recover failed: ${r.stderr}`);
+  const lines = r.stdout.split('\n');
+  assert.match(lines[0], new RegExp(`^dev id ${id}: `));
+  const f = lines[1].trim().split(/\s+/);
+  assert.equal(f[10], 'LIVE', r.stdout);
+  const pid = Number(f[6]);
+  assert.notEqual(pid, oldPid, 'a new daemon serves it');
+  assert.equal(theDaemon(), pid, 'the pid printed is the daemon');
+  assert.match(r.stdout, /queue 0: tid [1-9]\d* /);
+  return pid;
+}
+
+async function killDaemon(pid: number): Promise<void> {
+  process.kill(pid, 'SIGKILL');
+  // Gone from /proc once its threads have exited and init has reaped it.
+  await waitFor(`daemon ${pid} to be gone`, () => !daemonPids().includes(pid), 30_000);
+}
+
+test(`no recovery: kill -9 under fio, ${ROUNDS} rounds: DEAD within 30 s, fio fails, del cleans`, async () => {
+  for (let round = 1; round <= ROUNDS; round++) {
+    const id = addDevice('-t', 'null', '-q', '2');
+    const pid = theDaemon();
+    const fio = startFio(`dead-${round}`, [
+      `--filename=/dev/ublkb${id}`,
+      '--rw=randread',
+      '--bs=4k',
+      '--iodepth=32',
+      '--numjobs=2',
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--time_based',
+      '--runtime=600',
+    ]);
+    await waitFor('fio IO', () => completedIos(id) > 2000, 60_000);
+    process.kill(pid, 'SIGKILL');
+    const killedAt = Date.now();
+    let seen: Listing | undefined;
+    await waitFor(
+      'state DEAD',
+      () => (seen = listing(id)).state === 'DEAD',
+      30_000 - (Date.now() - killedAt),
+    );
+    const { status, report } = await fio.finished(Date.now() - killedAt + 60_000);
+    assert.notEqual(status, 0, 'fio failed');
+    assert.ok(
+      jobErrors(report).some((e) => e !== 0),
+      `fio saw errors: ${jobErrors(report).join(' ')}`,
+    );
+    assert.deepEqual(
+      seen!.queues.map((q) => q.tid),
+      [0, 0],
+      'a dead daemon has no queue threads',
+    );
+    assert.ok(!existsSync(`/dev/ublkb${id}`), 'the disk is gone');
+    assert.deepEqual(stateFiles(), [`${id}.json`], 'the record stays until del');
+    delDevice(id);
+    assertNothingLeft();
+  }
+});
+
+test('recovery without reissue: the IO the dead daemon held fails; the device survives', async () => {
+  // Every request is held 100 ms, so the daemon owns requests whenever it is killed.
+  const id = addDevice('-t', SLUGGISH, '--delay_ms', '100', '-r', '1');
+  const pid = theDaemon();
+  const fio = startFio('no-reissue', [
+    `--filename=/dev/ublkb${id}`,
+    '--rw=randread',
+    '--bs=4k',
+    '--iodepth=16',
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--time_based',
+    '--runtime=600',
+  ]);
+  await waitFor('fio IO', () => completedIos(id) > 100, 60_000);
+  await killDaemon(pid);
+  const killedAt = Date.now();
+  // The requests that came after the death are held, not failed: fio waits for them.
+  let held: Listing | undefined;
+  await waitFor('QUIESCED', () => (held = listing(id)).state === 'QUIESCED', 30_000);
+  assert.deepEqual(
+    held!.queues.map((q) => q.tid),
+    [0],
+    'no queue thread while no daemon',
+  );
+  assert.ok(fio.running(), 'fio waits for its held IO');
+  recover(id, pid);
+  const { status, report } = await fio.finished(Date.now() - killedAt + 60_000);
+  assert.notEqual(status, 0, 'fio failed');
+  assert.deepEqual(jobErrors(report), [5], 'with EIO, the requests the daemon held');
+  // New IO on the same device works.
+  const again = startFio('no-reissue-after', [
+    `--filename=/dev/ublkb${id}`,
+    '--rw=randrw',
+    '--bs=4k',
+    '--iodepth=16',
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--size=1m',
+  ]);
+  const after = await again.finished(60_000);
+  assert.equal(after.status, 0, after.stderr);
+  assert.deepEqual(jobErrors(after.report), [0]);
+  delDevice(id);
+  assertNothingLeft();
+});
+
+test('recovery with reissue: the requests the dead daemon held are served by the next one', async () => {
+  // As above, the daemon holds 16 requests at any moment; with -i 1 none of them fails.
+  const id = addDevice('-t', SLUGGISH, '--delay_ms', '100', '-i', '1');
+  const pid = theDaemon();
+  const fio = startFio('reissue-held', [
+    `--filename=/dev/ublkb${id}`,
+    '--rw=randread',
+    '--bs=4k',
+    '--iodepth=16',
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--size=8m',
+  ]);
+  await waitFor('fio IO', () => completedIos(id) > 100, 60_000);
+  assert.ok(fio.running(), 'fio runs at the kill');
+  await killDaemon(pid);
+  recover(id, pid);
+  const { status, report, stderr } = await fio.finished(5 * 60_000);
+  assert.equal(status, 0, stderr);
+  assert.deepEqual(jobErrors(report), [0], 'no IO failed');
+  assert.equal(report.jobs[0].read.io_bytes, 8 * MiB, 'every read done');
+  delDevice(id);
+  assertNothingLeft();
+});
+
+test('kill, recover, kill again while fio waits, del: fio ends with errors, nothing left', async () => {
+  const id = addDevice('-t', 'null', '-r', '1', '-i', '1', '-q', '2');
+  let pid = theDaemon();
+  const fio = startFio('kill-twice', [
+    `--filename=/dev/ublkb${id}`,
+    '--rw=randread',
+    '--bs=4k',
+    '--iodepth=32',
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--time_based',
+    '--runtime=600',
+  ]);
+  await waitFor('fio IO', () => completedIos(id) > 1000, 60_000);
+  await killDaemon(pid);
+  pid = recover(id, pid);
+  const before = completedIos(id);
+  await waitFor('fio IO after recovery', () => completedIos(id) > before + 1000, 60_000);
+  // No wait for the kernel's monitor: del races it, with fio's IO held or in flight.
+  process.kill(pid, 'SIGKILL');
+  const killedAt = Date.now();
+  delDevice(id);
+  const { status } = await fio.finished(Date.now() - killedAt + 60_000);
+  assert.notEqual(status, 0, 'fio failed once the device was gone');
+  assertNothingLeft();
+});
+
+test('del during fio on 4 queues, and SIGTERM during fio: no hang, nothing left', async () => {
+  for (const how of ['del', 'SIGTERM'] as const) {
+    // 6.1 clamps nr_hw_queues to the CPU count: 4 queues on a machine with at least 4 CPUs.
+    const id = addDevice('-t', 'null', '-q', '4', '-r', how === 'del' ? '0' : '1');
+    const fio = startFio(`teardown-${how}`, [
+      `--filename=/dev/ublkb${id}`,
+      '--rw=randrw',
+      '--bs=4k',
+      '--iodepth=32',
+      '--numjobs=4',
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--time_based',
+      '--runtime=600',
+    ]);
+    await waitFor('fio IO', () => completedIos(id) > 2000, 60_000);
+    const at = Date.now();
+    if (how === 'del') {
+      delDevice(id);
+    } else {
+      const pid = theDaemon();
+      process.kill(pid, 'SIGTERM');
+      await waitFor('the daemon to exit', () => !daemonPids().includes(pid), 60_000);
+    }
+    const { status, report } = await fio.finished(Date.now() - at + 60_000);
+    assert.notEqual(status, 0, `${how}: fio failed once the device was gone`);
+    assert.equal(report.jobs.length, 4);
+    assertNothingLeft();
+  }
+});
+
+test('a queue thread that throws ends the daemon with a message; a target module recovers', async () => {
+  const crashAt = 7 * MiB;
+  const id = addDevice('-t', SLUGGISH, '--crash_at', String(crashAt), '-r', '1');
+  const pid = theDaemon();
+  const logBefore = existsSync(DAEMON_LOG) ? readFileSync(DAEMON_LOG, 'utf8').length : 0;
+  // The read that crashes the thread fails (without reissue, the dead daemon's requests do).
+  const dd = startDd(id, crashAt);
+  await waitFor('the daemon to exit', () => !daemonPids().includes(pid), 30_000);
+  const log = readFileSync(DAEMON_LOG, 'utf8').slice(logBefore);
+  assert.match(log, new RegExp(`ublk daemon ${pid}: device ${id} failed, daemon exiting`));
+  assert.match(log, /queue 0 thread failed: Error: injected crash reading byte 7340032/);
+  await waitFor('QUIESCED', () => listing(id).state === 'QUIESCED', 30_000);
+  assert.notEqual(await dd, 0, 'the read in flight failed');
+  // The record names the module; recover loads it again with the same options.
+  recover(id, pid);
+  assert.equal(await startDd(id, 0), 0, 'a read elsewhere works');
+  delDevice(id);
+  assertNothingLeft();
+});
+
+/** dd of one 4 KiB block at `offset` of /dev/ublkbID with O_DIRECT; resolves with its status. */
+function startDd(id: number, offset: number): Promise<number | null> {
+  const child = spawn(
+    'dd',
+    [
+      `if=/dev/ublkb${id}`,
+      'of=/dev/null',
+      'bs=4096',
+      'count=1',
+      `skip=${offset / 4096}`,
+      'iflag=direct',
+      'status=none',
+    ],
+    { stdio: 'ignore' },
+  );
+  return new Promise((resolve) => child.once('exit', resolve));
+}
+
+test('refusals: -e 1 on 6.1, recover of what cannot be recovered; stale records do no harm', async () => {
+  const refused = (args: string[], pattern: RegExp) => {
+    const r = ublk(...args);
+    assert.notEqual(r.status, 0, `${args.join(' ')} should fail`);
+    assert.equal(r.stderr.trimEnd().split('\n').length, 1, `one line: ${r.stderr}`);
+    assert.match(r.stderr, pattern);
+  };
+  refused(
+    ['add', '-t', 'null', '-e', '1'],
+    /^ublk: this kernel's ublk driver does not support USER_RECOVERY_FAIL_IO \(Linux 6\.13\+\)$/m,
+  );
+  assertNothingLeft();
+  refused(['recover', '-n', '9'], /^ublk: no record of device 9 in \/run\/ublksrvd/);
+  // Stale records: a crashed daemon's of a device that no longer exists, and a torn one.
+  writeFileSync(
+    join(RUN_DIR, '40.json'),
+    JSON.stringify({
+      devId: 40,
+      pid: 999999,
+      queues: [],
+      target: {},
+      targetSource: '',
+      options: {},
+    }),
+  );
+  writeFileSync(join(RUN_DIR, '41.json'), '{"devId": 41, "pi');
+  const id = addDevice('-t', 'null');
+  const pid = theDaemon();
+  refused(
+    ['recover', '-n', String(id)],
+    /was added without recovery \(-r 1\), so it cannot be recovered: remove it with 'ublk del -n \d+'$/m,
+  );
+  const recovering = addDevice('-t', 'null', '-r', '1');
+  refused(
+    ['recover', '-n', String(recovering)],
+    new RegExp(`^ublk: device ${recovering} is LIVE and its daemon \\(pid \\d+\\) is running`),
+  );
+  const list = ublk('list');
+  assert.equal(list.status, 0, list.stderr);
+  assert.deepEqual(
+    [...list.stdout.matchAll(/^dev id (\d+):/gm)].map((m) => Number(m[1])),
+    [id, recovering],
+  );
+  assert.deepEqual(stateFiles().sort(), [`${id}.json`, `${recovering}.json`].sort());
+  assert.ok(daemonPids().includes(pid));
+  assert.equal(ublk('del', '-a').status, 0);
+  assertNothingLeft();
+});
