@@ -641,6 +641,7 @@ NAPI_MODULE_INIT() {
   export_number(env, constants, "BLKGETSIZE64", BLKGETSIZE64);
   export_number(env, constants, "BLKSSZGET", BLKSSZGET);
   export_number(env, constants, "BLKPBSZGET", BLKPBSZGET);
+  export_number(env, constants, "BLKDISCARD", BLKDISCARD);
   export_number(env, constants, "MFD_CLOEXEC", MFD_CLOEXEC);
   export_number(env, constants, "PAGE_SIZE", (double)sysconf(_SC_PAGESIZE));
   napi_set_named_property(env, exports, "constants", constants);

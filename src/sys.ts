@@ -106,6 +106,8 @@ export interface Sys {
     /** Logical and physical block size of a block device, as an int. */
     readonly BLKSSZGET: number;
     readonly BLKPBSZGET: number;
+    /** Discards a byte range of a block device: the argument is a u64 pair { start, length }. */
+    readonly BLKDISCARD: number;
     readonly MFD_CLOEXEC: number;
     readonly PAGE_SIZE: number;
   };
