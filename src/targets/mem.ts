@@ -24,7 +24,8 @@ import { defineTarget } from './target.js';
  * started. 4k random reads at iodepth 32, one 5 s fio run each in the same VM: 3.6k IOPS here,
  * 1.3k with the SharedArrayBuffer example. test/kernel/mem.test.ts checks the memory accounting.
  *
- * The data lives as long as the daemon: it is gone after `ublk del`.
+ * The data lives as long as the daemon: it is gone after `ublk del`, and after the daemon dies;
+ * `ublk recover` then needs --start_empty to go on with an empty disk.
  */
 
 const { EIO } = osConstants.errno;
@@ -41,7 +42,12 @@ export default defineTarget<{ fd: number }>({
     size: { type: 'string', description: 'device size, e.g. 512M or 2G (required)' },
   },
 
-  setup(args) {
+  setup(args, env) {
+    if (env.recovering && !env.startEmpty) {
+      throw new UserError(
+        "mem: the disk's data died with its daemon; `ublk recover --start_empty` continues with an empty disk, `ublk del` removes it",
+      );
+    }
     if (typeof args.size !== 'string') {
       throw new UserError('mem: no size: use --size SIZE (e.g. --size 512M)');
     }

@@ -120,6 +120,19 @@ test('mem: size, capabilities, and a memfd closed by close()', async () => {
   assert.throws(() => closeSync(fd), { code: 'EBADF' });
 });
 
+test('mem: recovery needs --start_empty, since the data died with the old daemon', async () => {
+  await assert.rejects(
+    async () => mem.setup({ size: '64M' }, { recovering: true, startEmpty: false }),
+    (err: unknown) => err instanceof UserError && /recover --start_empty/.test(err.message),
+  );
+  const setup = (await mem.setup(
+    { size: '64M' },
+    { recovering: true, startEmpty: true },
+  )) as TargetSetup;
+  assert.equal(setup.size, 64 << 20);
+  await setup.close?.();
+});
+
 test('mem: bad sizes are one-line UserErrors', async () => {
   await rejects(mem, {}, /^mem: no size: use --size SIZE/);
   await rejects(mem, { size: 'lots' }, /invalid mem --size 'lots'/);
