@@ -58,7 +58,7 @@ export interface Capabilities {
   volatileCache?: boolean;
   /** Forced-unit-access writes: `write(..., { fua: true })` must be durable when it resolves. */
   fua?: boolean;
-  /** DISCARD support; granularity defaults to the logical block size. */
+  /** DISCARD support; granularity defaults to the physical block size. */
   discard?: boolean | { granularity?: number; alignment?: number; maxBytes?: number };
   writeZeroes?: boolean | { maxBytes?: number };
   /** Largest single request in bytes; the daemon's per-tag buffer size bounds it too. */
