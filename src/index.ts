@@ -1,5 +1,12 @@
 /** The library: create ublk devices from code, and write targets for them. */
-export { createDevice, type Device, type DeviceOptions, type QueueInfo } from './ublk/device.js';
+export {
+  createDevice,
+  recoverDevice,
+  type Device,
+  type DeviceOptions,
+  type QueueInfo,
+  type RecoverOptions,
+} from './ublk/device.js';
 export {
   defineTarget,
   type Capabilities,

@@ -20,6 +20,7 @@ import {
   readFileSync,
   readlinkSync,
   rmSync,
+  truncateSync,
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -235,6 +236,52 @@ test(`no recovery: kill -9 under fio, ${ROUNDS} rounds: DEAD within 30 s, fio fa
     delDevice(id);
     assertNothingLeft();
   }
+});
+
+test('recovery with reissue on loop: 3 kill -9 / recover during one fio verify run, no error', async (t) => {
+  const file = join(dir, 'reissue.img');
+  writeFileSync(file, '');
+  truncateSync(file, 256 * MiB);
+  const id = addDevice('-t', 'loop', '-f', file, '-r', '1', '-i', '1', '-q', '2');
+  let pid = theDaemon();
+  // fio thinks 15 ms after each IO (verify reads included), so the run needs some 45 s of the
+  // device LIVE here whatever the machine's speed, and most of it is still ahead at the third kill
+  // (a rate limit would not do: fio catches up after a stall). verify_backlog reads back and
+  // checks every block shortly after it was written.
+  const size = 16 * MiB;
+  const fioStart = Date.now();
+  const fio = startFio('reissue', [
+    `--filename=/dev/ublkb${id}`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--rw=randwrite',
+    '--bsrange=4k-64k',
+    '--iodepth=32',
+    `--size=${size}`,
+    '--thinktime=15ms',
+    '--verify=crc32c',
+    '--verify_backlog=128',
+    '--verify_fatal=1',
+  ]);
+  for (let kill = 1; kill <= 3; kill++) {
+    const before = completedIos(id);
+    await waitFor('fio IO', () => completedIos(id) > before + 50, 60_000);
+    assert.ok(fio.running(), `fio still runs at kill ${kill}`);
+    const killedAt = Date.now();
+    await killDaemon(pid);
+    pid = recover(id, pid);
+    t.diagnostic(
+      `kill ${kill} at ${((killedAt - fioStart) / 1000).toFixed(0)} s of fio, LIVE again after ${((Date.now() - killedAt) / 1000).toFixed(0)} s`,
+    );
+  }
+  const { status, report, stderr } = await fio.finished(10 * 60_000);
+  t.diagnostic(`fio took ${((Date.now() - fioStart) / 1000).toFixed(0)} s`);
+  assert.equal(status, 0, stderr);
+  assert.deepEqual(jobErrors(report), [0], 'no IO or verify error');
+  assert.equal(report.jobs[0].write.io_bytes, size, 'every block written');
+  assert.equal(report.jobs[0].read.io_bytes, size, 'and verified');
+  delDevice(id);
+  assertNothingLeft();
 });
 
 test('recovery without reissue: the IO the dead daemon held fails; the device survives', async () => {
