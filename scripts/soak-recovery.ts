@@ -11,7 +11,7 @@
  *
  *   npm run vm -- node dist/scripts/soak-recovery.js [CYCLES]
  *
- * (about 90 s a cycle under emulation; UBLK_VM_TIMEOUT bounds the whole run, 2400 s by default).
+ * (about 90 s a cycle under emulation; UBLK_VM_TIMEOUT bounds the whole run, 3300 s by default).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';

@@ -12,7 +12,7 @@ import { guestEnv, runInVm, vmSettingsFromEnv } from './lib/vm-run.js';
 const USAGE = `usage: npm run vm -- <command> [args...]
 Runs <command> as root in the test VM (the host's files, read-only under a tmpfs overlay, in the
 current directory). No shell is involved: use  npm run vm -- sh -c '...'  for pipes and such.
-Environment: UBLK_VM_TIMEOUT (s, default 2400), UBLK_VM_BOOT_TIMEOUT (s, 300), UBLK_VM_MEM (6G),
+Environment: UBLK_VM_TIMEOUT (s, default 3300), UBLK_VM_BOOT_TIMEOUT (s, 300), UBLK_VM_MEM (6G),
 UBLK_VM_CPUS (2), UBLK_VM_TMPFS_SIZE (75%), UBLK_VM_ACCEL (tcg), UBLK_VM_ENV (more variables to
 pass), UBLK_VM_KERNEL_LOG (save the kernel console there), UBLK_VM_VERBOSE=1 (show it live).`;
 

@@ -473,7 +473,7 @@ export function vmSettingsFromEnv(): Omit<VmRunOptions, 'argv' | 'cwd' | 'env' |
     throw new UserError(`UBLK_VM_TMPFS_SIZE=${tmpfsSize}: want e.g. 75% or 4G`);
   }
   return {
-    timeoutSec: envNumber('UBLK_VM_TIMEOUT', 2400),
+    timeoutSec: envNumber('UBLK_VM_TIMEOUT', 3300),
     bootTimeoutSec: envNumber('UBLK_VM_BOOT_TIMEOUT', 300),
     memory,
     cpus: Math.floor(envNumber('UBLK_VM_CPUS', 2)),
