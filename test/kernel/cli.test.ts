@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { release } from 'node:os';
 import { after, afterEach, test } from 'node:test';
 import {
   addDevice,
+  assertNothingLeft,
   daemonPids,
   delAll,
   delDevice,
@@ -11,43 +12,11 @@ import {
   isAlive,
   sh,
   spawnForeground,
+  stateFiles,
   ublk,
   ublkNodes,
   waitFor,
 } from './support/cli.js';
-
-const RUN_DIR = '/run/ublksrvd';
-const stateFiles = () =>
-  existsSync(RUN_DIR) ? readdirSync(RUN_DIR).filter((n) => n.endsWith('.json')) : [];
-
-/** Open fds of any process that point at a ublk char device. */
-function ublkcFds(): string[] {
-  const found: string[] = [];
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        if (/\/dev\/ublkc\d+/.test(readlinkSync(`/proc/${pid}/fd/${fd}`)))
-          found.push(`${pid}/${fd}`);
-      } catch {
-        // raced with the process closing it
-      }
-    }
-  }
-  return found;
-}
-
-function assertNothingLeft(): void {
-  assert.deepEqual(ublkNodes(), [], 'no ublk device nodes');
-  assert.deepEqual(daemonPids(), [], 'no daemon processes');
-  assert.deepEqual(stateFiles(), [], 'no state files');
-  assert.deepEqual(ublkcFds(), [], 'no open /dev/ublkcN');
-}
 
 afterEach(() => delAll());
 after(() => delAll());

@@ -16,9 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import {
   existsSync,
   mkdtempSync,
-  readdirSync,
   readFileSync,
-  readlinkSync,
   rmSync,
   truncateSync,
   writeFileSync,
@@ -27,16 +25,17 @@ import { join } from 'node:path';
 import { after, afterEach, before, test } from 'node:test';
 import {
   addDevice,
+  assertNothingLeft,
   daemonPids,
   delAll,
   delDevice,
+  RUN_DIR,
+  stateFiles,
   ublk,
-  ublkNodes,
   waitFor,
   type FioReport,
 } from './support/cli.js';
 
-const RUN_DIR = '/run/ublksrvd';
 const DAEMON_LOG = join(RUN_DIR, 'daemon.log');
 const SLUGGISH = new URL('./fixtures/sluggish.js', import.meta.url).pathname;
 const MiB = 2 ** 20;
@@ -61,39 +60,6 @@ after(() => {
   delAll();
   rmSync(dir, { recursive: true, force: true });
 });
-
-const stateFiles = () =>
-  existsSync(RUN_DIR) ? readdirSync(RUN_DIR).filter((n) => n.endsWith('.json')) : [];
-
-/** Open fds of any process that point at a ublk char device. */
-function ublkcFds(): string[] {
-  const found: string[] = [];
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        if (/\/dev\/ublkc\d+/.test(readlinkSync(`/proc/${pid}/fd/${fd}`))) {
-          found.push(`${pid}/${fd}`);
-        }
-      } catch {
-        // raced with the process closing it
-      }
-    }
-  }
-  return found;
-}
-
-function assertNothingLeft(): void {
-  assert.deepEqual(ublkNodes(), [], 'no /dev/ublkbN or /dev/ublkcN');
-  assert.deepEqual(daemonPids(), [], 'no daemon process');
-  assert.deepEqual(stateFiles(), [], 'no state file');
-  assert.deepEqual(ublkcFds(), [], 'no open /dev/ublkcN');
-}
 
 interface Listing {
   state: string;

@@ -1,5 +1,6 @@
+import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export const CLI = new URL('../../../src/cli/main.js', import.meta.url).pathname;
@@ -98,4 +99,42 @@ export function spawnForeground(...args: string[]) {
   return spawn(process.execPath, [CLI, 'add', '--foreground', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+}
+
+export const RUN_DIR = '/run/ublksrvd';
+
+/** The daemons' state records in the run dir. */
+export function stateFiles(): string[] {
+  return existsSync(RUN_DIR) ? readdirSync(RUN_DIR).filter((n) => n.endsWith('.json')) : [];
+}
+
+/** Open fds of any process that point at a ublk char device. */
+export function ublkcFds(): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (/\/dev\/ublkc\d+/.test(readlinkSync(`/proc/${pid}/fd/${fd}`))) {
+          found.push(`${pid}/${fd}`);
+        }
+      } catch {
+        // raced with the process closing it
+      }
+    }
+  }
+  return found;
+}
+
+/** No ublk device node, daemon, state record or open /dev/ublkcN is left. */
+export function assertNothingLeft(): void {
+  assert.deepEqual(ublkNodes(), [], 'no /dev/ublkbN or /dev/ublkcN');
+  assert.deepEqual(daemonPids(), [], 'no daemon process');
+  assert.deepEqual(stateFiles(), [], 'no state file');
+  assert.deepEqual(ublkcFds(), [], 'no open /dev/ublkcN');
 }
