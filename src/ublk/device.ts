@@ -8,6 +8,7 @@ import type { TargetArgs } from '../cli/args.js';
 import type { Capabilities, TargetSetup } from '../targets/target.js';
 import { AUTO_DEV_ID, deviceStateName, featureNames, UBLK_F, UBLK_S_DEV } from './abi.js';
 import { Control, isControlError, type DevInfo } from './control.js';
+import { setIoScheduler } from './io-scheduler.js';
 import { paramsFor } from './params.js';
 import type { QueueWorkerData, QueueWorkerMessage } from './queue-worker.js';
 
@@ -25,6 +26,8 @@ export interface DeviceOptions {
   maxIoBufBytes?: number;
   /** Extra UBLK_F flags to ask for (recovery...); only what the kernel grants is used. */
   flags?: number;
+  /** The block layer's I/O scheduler for the device (sysfs name); default 'none'. */
+  ioScheduler?: string;
 }
 
 export interface RecoverOptions {
@@ -168,6 +171,7 @@ export class Device {
       await control.setParams(info.devId, params);
       const queues = await startQueues(control, info, charFd, source, setup.shared, workers);
       await control.startDev(info.devId, process.pid);
+      setIoScheduler(info.devId, options.ioScheduler);
       info = await control.getDevInfo(info.devId);
       return new Device(
         info,

@@ -1,7 +1,14 @@
 import { constants as osConstants } from 'node:os';
-import { constants as sysConstants, mmap, munmap } from '../sys.js';
+import { constants as sysConstants, errnoError, isErrnoError, mmap, munmap } from '../sys.js';
 import type { IoResult, QueueHandlers, QueueIo } from '../targets/target.js';
-import { IORING_FSYNC_DATASYNC, IoBuffer, Ring } from '../uring/index.js';
+import {
+  IORING_FSYNC_DATASYNC,
+  IORING_SETUP_COOP_TASKRUN,
+  IORING_SETUP_DEFER_TASKRUN,
+  IORING_SETUP_SINGLE_ISSUER,
+  IoBuffer,
+  Ring,
+} from '../uring/index.js';
 import {
   IoDescTable,
   UBLK_IO,
@@ -25,11 +32,19 @@ export interface QueueConfig {
   encodedOpcodes: boolean;
 }
 
-const EIO = osConstants.errno.EIO;
-const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
+const { EIO, EOPNOTSUPP, ETIME, EBUSY } = osConstants.errno;
 const SECTOR = 512;
 /** user_data below this is a tag's ublk command; from it up, a target IO's slot. */
 const TARGET_IO_BASE = 1 << 16;
+/**
+ * Longest kernel wait while handlers are pending: they may also wait for something only the event
+ * loop delivers (a timer, a socket), which must not be held up by much more than this.
+ */
+const BUSY_WAIT_MS = 10;
+/** Longest kernel wait of an idle queue, so that the thread's own timers still run. */
+const IDLE_WAIT_MS = 1000;
+/** Batches handled in the kernel-wait loop between two turns of the thread's event loop. */
+const BATCHES_PER_TURN = 64;
 
 type Settle = (res: number) => void;
 
@@ -38,9 +53,16 @@ type Settle = (res: number) => void;
  * queue's commands only from the task that fetched its tags).
  *
  * Each tag cycles FETCH_REQ -> request in the descriptor -> target handler -> COMMIT_AND_FETCH_REQ
- * with the result, until the kernel answers ABORT when the device stops. Every CQE of a wake-up is
- * handled, and every commit and target IO prepared meanwhile goes to the kernel in one
- * io_uring_enter.
+ * with the result, until the kernel answers ABORT when the device stops.
+ *
+ * The thread waits for the kernel in io_uring_enter itself, not in the event loop: one syscall
+ * submits every commit and target IO prepared since the last one and sleeps until the next
+ * completion, and the kernel's task work (which posts ublk's CQEs) runs inside that call. Every
+ * CQE of a wake-up is handled before the next enter. The event loop gets a turn (setImmediate)
+ * when handlers are pending, so that their promise continuations run, and every
+ * BATCHES_PER_TURN batches, so that the thread's own timers and messages do. When every pending
+ * handler waits for something other than this ring, the thread waits in the event loop instead,
+ * with the ring's fd watched, so that both kinds of events wake it.
  */
 export class Queue {
   readonly io: QueueIo;
@@ -54,9 +76,22 @@ export class Queue {
   private readonly views: Uint8Array[];
   private handlers!: QueueHandlers;
   private finishedTags = 0;
+  /** Requests whose handler returned a promise that has not settled. */
+  private pendingHandlers = 0;
+  /** Per tag, the op and length of a pending request, for its settled handler's result. */
+  private readonly tagOp: Uint8Array;
+  private readonly tagLength: Uint32Array;
+  /** Per tag, made once: the callbacks of a pending handler's promise. */
+  private readonly onFulfilled: ((value: IoResult) => void)[];
+  private readonly onRejected: ((err: unknown) => void)[];
   private readonly targetIo: (Settle | undefined)[] = [];
   private readonly freeSlots: number[] = [];
-  private flushScheduled = false;
+  private targetIoInFlight = 0;
+  private captured: Settle | undefined;
+  private readonly capture = (resolve: Settle): void => void (this.captured = resolve);
+  private turnScheduled = false;
+  private batchesSinceTurn = 0;
+  private parked = false;
   private resolveDone!: () => void;
   private readonly ops: { fetch: number; commit: number; getData: number };
 
@@ -73,8 +108,7 @@ export class Queue {
           commit: UBLK_IO.COMMIT_AND_FETCH_REQ,
           getData: UBLK_IO.NEED_GET_DATA,
         };
-    // Room for every tag's command plus a few target IOs per tag without a full SQ.
-    this.ring = Ring.create({ entries: Math.min(depth * 4, 4096) });
+    this.ring = createQueueRing(depth);
     const page = sysConstants.PAGE_SIZE;
     this.descMapping = mmap(
       charFd,
@@ -87,42 +121,109 @@ export class Queue {
     this.views = Array.from({ length: depth }, (_, tag) =>
       this.buffers.bytes.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
     );
+    this.tagOp = new Uint8Array(depth);
+    this.tagLength = new Uint32Array(depth);
+    this.onFulfilled = Array.from({ length: depth }, (_, tag) => (value: IoResult) => {
+      this.pendingHandlers--;
+      this.commit(tag, checkedResult(this.tagOp[tag], this.tagLength[tag], value));
+    });
+    this.onRejected = Array.from({ length: depth }, (_, tag) => (err: unknown) => {
+      this.pendingHandlers--;
+      this.commit(tag, errnoResult(err));
+    });
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    const sq = this.ring.sq;
     this.io = {
-      read: (fd, buf, offset) =>
-        this.submitTargetIo((ud) =>
-          this.ring.sq.prepRead(fd, this.addressOf(buf), buf.length, offset, ud),
-        ),
-      write: (fd, buf, offset) =>
-        this.submitTargetIo((ud) =>
-          this.ring.sq.prepWrite(fd, this.addressOf(buf), buf.length, offset, ud),
-        ),
-      fsync: (fd, opts) =>
-        this.submitTargetIo((ud) =>
-          this.ring.sq.prepFsync(fd, opts?.dataOnly ? IORING_FSYNC_DATASYNC : 0, ud),
-        ),
-      fallocate: (fd, mode, offset, length) =>
-        this.submitTargetIo((ud) => this.ring.sq.prepFallocate(fd, mode, offset, length, ud)),
+      read: (fd, buf, offset) => {
+        const address = this.addressOf(buf);
+        const slot = this.claimSlot();
+        while (!sq.prepRead(fd, address, buf.length, offset, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
+      write: (fd, buf, offset) => {
+        const address = this.addressOf(buf);
+        const slot = this.claimSlot();
+        while (!sq.prepWrite(fd, address, buf.length, offset, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
+      fsync: (fd, opts) => {
+        const slot = this.claimSlot();
+        const flags = opts?.dataOnly ? IORING_FSYNC_DATASYNC : 0;
+        while (!sq.prepFsync(fd, flags, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
+      fallocate: (fd, mode, offset, length) => {
+        const slot = this.claimSlot();
+        while (!sq.prepFallocate(fd, mode, offset, length, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
     };
   }
 
   /** Fetches every tag. The kernel's START_DEV (or END_USER_RECOVERY) waits for exactly this. */
   start(handlers: QueueHandlers): void {
     this.handlers = handlers;
-    this.ring.startEventLoop(
-      (userData, res) => this.onCqe(userData, res),
-      () => this.flush(),
-    );
     for (let tag = 0; tag < this.config.depth; tag++) this.sendIoCmd(this.ops.fetch, tag, -1);
-    this.flush();
+    this.submit();
+    // From the event loop, so that the caller can report the queue ready first.
+    this.scheduleTurn();
   }
 
-  private onCqe(userData: number, res: number): void {
+  /** The queue's loop: wait, handle a batch, repeat; it leaves to the event loop when it must. */
+  private readonly run = (): void => {
+    this.turnScheduled = false;
+    this.batchesSinceTurn = 0;
+    for (;;) {
+      if (this.finishedTags === this.config.depth && this.targetIoInFlight === 0) {
+        return void this.shutdown();
+      }
+      if (this.pendingHandlers > 0 && this.targetIoInFlight === 0) {
+        // Only the event loop can settle these handlers: wait there, for it or for the ring.
+        return this.park();
+      } else {
+        const res = this.ring.submitAndWait(
+          1,
+          this.pendingHandlers > 0 ? BUSY_WAIT_MS : IDLE_WAIT_MS,
+        );
+        if (res < 0 && res !== -ETIME && res !== -EBUSY) throw errnoError('io_uring_enter', res);
+      }
+      const handled = this.ring.drain(this.onCqe);
+      if (
+        this.pendingHandlers > 0 ||
+        handled === 0 ||
+        ++this.batchesSinceTurn === BATCHES_PER_TURN
+      ) {
+        return this.scheduleTurn();
+      }
+    }
+  };
+
+  private scheduleTurn(): void {
+    if (this.turnScheduled) return;
+    this.turnScheduled = true;
+    setImmediate(this.run);
+  }
+
+  /** Waits in the event loop until the ring has a CQE or this thread prepares something. */
+  private park(): void {
+    if (this.ring.awaitCqeInEventLoop(this.unpark)) this.parked = true;
+    else this.scheduleTurn();
+  }
+
+  private readonly unpark = (): void => {
+    if (!this.parked) return;
+    this.ring.cancelEventLoopWait();
+    this.parked = false;
+    this.scheduleTurn();
+  };
+
+  private readonly onCqe = (userData: number, res: number): void => {
     if (userData >= TARGET_IO_BASE) {
       const slot = userData - TARGET_IO_BASE;
       const settle = this.targetIo[slot]!;
       this.targetIo[slot] = undefined;
       this.freeSlots.push(slot);
+      this.targetIoInFlight--;
       settle(res);
     } else if (res === UBLK_IO_RES.OK) {
       this.handleRequest(userData);
@@ -140,8 +241,7 @@ export class Queue {
       }
       this.finishedTags++;
     }
-    if (this.finishedTags === this.config.depth) void this.shutdown();
-  }
+  };
 
   private handleRequest(tag: number): void {
     const op = this.descs.op(tag);
@@ -155,10 +255,10 @@ export class Queue {
       return;
     }
     if (result instanceof Promise) {
-      result.then(
-        (value) => this.commit(tag, checkedResult(op, length, value)),
-        (err: unknown) => this.commit(tag, errnoResult(err)),
-      );
+      this.tagOp[tag] = op;
+      this.tagLength[tag] = length;
+      this.pendingHandlers++;
+      result.then(this.onFulfilled[tag], this.onRejected[tag]);
     } else {
       this.commit(tag, checkedResult(op, length, result));
     }
@@ -204,32 +304,33 @@ export class Queue {
     return view;
   }
 
-  /** Commits made while handling a batch go out with it (afterDrain); later ones are batched. */
+  /** Prepared now, submitted by the loop's next enter (woken from the event loop if parked). */
   private commit(tag: number, result: number): void {
     this.sendIoCmd(this.ops.commit, tag, result);
-    this.scheduleFlush();
+    this.unpark();
   }
 
   private sendIoCmd(cmdOp: number, tag: number, result: number): void {
     let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag);
-    if (!cmd) {
-      this.flush();
-      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag)!;
+    while (!cmd) {
+      this.submit();
+      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag);
     }
     const address = this.buffers.address + tag * this.config.bufferBytes;
     writeIoCmd(cmd, 0, this.config.queueId, tag, result, address);
   }
 
-  private submitTargetIo(prep: (userData: number) => boolean): Promise<number> {
-    const slot = this.freeSlots.pop() ?? this.targetIo.length;
-    return new Promise<number>((resolve) => {
-      if (!prep(TARGET_IO_BASE + slot)) {
-        this.flush();
-        if (!prep(TARGET_IO_BASE + slot)) throw new Error('io_uring submission queue full');
-      }
-      this.targetIo[slot] = resolve;
-      this.scheduleFlush();
-    });
+  private claimSlot(): number {
+    this.targetIoInFlight++;
+    this.unpark();
+    return TARGET_IO_BASE + (this.freeSlots.pop() ?? this.targetIo.length);
+  }
+
+  /** The promise of a prepared target IO, made without a closure per IO. */
+  private targetIoPromise(userData: number): Promise<number> {
+    const promise = new Promise<number>(this.capture);
+    this.targetIo[userData - TARGET_IO_BASE] = this.captured;
+    return promise;
   }
 
   private addressOf(buf: Uint8Array): number {
@@ -239,27 +340,13 @@ export class Queue {
     return this.buffers.address + buf.byteOffset;
   }
 
-  /**
-   * Work prepared outside a drain (by async handlers settling, or their ring IO) is submitted from a
-   * microtask, so that every completion of the same promise wave shares one io_uring_enter.
-   * Inside a drain, the flush after it covers everything, and this one finds nothing to do.
-   */
-  private scheduleFlush(): void {
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    queueMicrotask(() => {
-      this.flushScheduled = false;
-      this.flush();
-    });
-  }
-
-  private flush(): void {
+  private submit(): void {
     const res = this.ring.submit();
-    if (res < 0) throw new Error(`io_uring_enter failed: ${res}`);
+    if (res < 0 && res !== -EBUSY) throw errnoError('io_uring_enter', res);
   }
 
   private async shutdown(): Promise<void> {
-    if (this.finishedTags !== this.config.depth || this.targetIo.some((s) => s)) return;
+    if (this.finishedTags !== this.config.depth) return;
     this.finishedTags = -1; // once
     try {
       await this.handlers.close?.();
@@ -270,6 +357,29 @@ export class Queue {
       this.resolveDone();
     }
   }
+}
+
+/**
+ * The queue's ring, with room for every tag's command plus a few target IOs per tag. Completions
+ * run as deferred task work (6.1+), inside the thread's own io_uring_enter: no interrupt of the
+ * thread per request, and the requests that arrived meanwhile come back as one batch. Older
+ * kernels get what they have of that.
+ */
+function createQueueRing(depth: number): Ring {
+  const entries = Math.min(depth * 4, 4096);
+  const choices = [
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+    IORING_SETUP_COOP_TASKRUN,
+  ];
+  for (const flags of choices) {
+    try {
+      return Ring.create({ entries, flags });
+    } catch (err) {
+      if (!isErrnoError(err, 'EINVAL')) throw err;
+    }
+  }
+  return Ring.create({ entries });
 }
 
 /** A handler's value as the kernel wants it: bytes for READ/WRITE, 0 for the others. */

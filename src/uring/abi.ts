@@ -17,6 +17,12 @@ export const IORING_OP_URING_CMD = 46;
 export const IORING_SETUP_CQSIZE = 1 << 3;
 export const IORING_SETUP_SQE128 = 1 << 10;
 export const IORING_SETUP_CQE32 = 1 << 11;
+/** Task work without interrupting the task (5.19+). */
+export const IORING_SETUP_COOP_TASKRUN = 1 << 8;
+/** Only the creating thread submits (6.0+). */
+export const IORING_SETUP_SINGLE_ISSUER = 1 << 12;
+/** Task work runs only when the task waits for completions (6.1+, with SINGLE_ISSUER). */
+export const IORING_SETUP_DEFER_TASKRUN = 1 << 13;
 
 // io_uring_params.features.
 export const IORING_FEAT_SINGLE_MMAP = 1 << 0;

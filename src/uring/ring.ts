@@ -39,6 +39,7 @@ export class Ring {
   private readonly memory: RingMemory;
   private readonly waitTimeout = new WaitTimeout();
   private notifier: CompletionNotifier | undefined;
+  private eventLoopMode = false;
   /** SQEs the kernel has consumed so far; minus the CQ's `completed` gives the ops in flight. */
   private consumed = 0;
   private closed = false;
@@ -124,8 +125,10 @@ export class Ring {
    * `afterDrain` runs once after each wake-up's batch, e.g. to submit what the batch prepared.
    */
   startEventLoop(onCqe: CqeHandler, afterDrain?: () => void): void {
-    if (this.notifier) throw new Error('the ring is already in event-loop mode');
-    this.notifier = new CompletionNotifier(this.fd, () => {
+    if (this.eventLoopMode) throw new Error('the ring is already in event-loop mode');
+    this.eventLoopMode = true;
+    const notifier = this.completionNotifier();
+    notifier.start(() => {
       this.drain(onCqe);
       afterDrain?.();
     });
@@ -134,15 +137,39 @@ export class Ring {
 
   /** Leaves event-loop mode, so the ring no longer keeps the event loop alive. */
   stopEventLoop(): void {
-    this.notifier?.close();
-    this.notifier = undefined;
+    this.eventLoopMode = false;
+    this.notifier?.stop();
+  }
+
+  /**
+   * For a thread that waits in io_uring_enter but must sometimes wait in its event loop instead:
+   * submits what is prepared and, unless CQEs are ready (then it returns false), calls `onReady`
+   * once from the event loop when some are. With IORING_SETUP_DEFER_TASKRUN, completions become
+   * CQEs only inside io_uring_enter, which this runs first.
+   */
+  awaitCqeInEventLoop(onReady: () => void): boolean {
+    const notifier = this.completionNotifier();
+    notifier.reset();
+    this.enter(0, IORING_ENTER_GETEVENTS, null);
+    if (this.cq.ready() > 0) return false;
+    notifier.start(() => {
+      notifier.stop();
+      onReady();
+    });
+    return true;
+  }
+
+  /** Cancels awaitCqeInEventLoop's call back. */
+  cancelEventLoopWait(): void {
+    this.notifier?.stop();
   }
 
   /** Unmaps the ring memory (detaching every view) and closes the fds; repeated calls do nothing. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.stopEventLoop();
+    this.notifier?.close();
+    this.notifier = undefined;
     this.memory.unmap();
     closeFd(this.fd);
   }
@@ -156,6 +183,11 @@ export class Ring {
       this.updateRef();
     }
     return result;
+  }
+
+  private completionNotifier(): CompletionNotifier {
+    this.notifier ??= new CompletionNotifier(this.fd);
+    return this.notifier;
   }
 
   private updateRef(): void {
