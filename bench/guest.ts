@@ -4,16 +4,19 @@
  * Progress goes to stderr.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { WORKLOADS, type BenchReport, type MemoryReport, type Result } from './workloads.js';
+import { basename } from 'node:path';
+import { WORKLOADS, type BenchReport, type MemoryReport, type Run } from './workloads.js';
 
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
 const peerAt = argv.indexOf('--peer');
 const peer = peerAt >= 0 ? argv[peerAt + 1] : undefined;
-const runtimeSec = quick ? 3 : 10;
+const runtimeSec = quick ? 2 : 10;
+/** Every workload runs on every device once per round, so that ratios pair runs close in time. */
+const ROUNDS = quick ? 2 : 3;
 const FILE_SIZE = quick ? '256M' : '1G';
 
 function progress(message: string): void {
@@ -40,6 +43,7 @@ function ublkDevice(name: string, cli: string[], args: string[], baseline: strin
   const id = Number(/dev id (\d+):/.exec(out)?.[1]);
   const pid = Number(/daemon pid (\d+)/.exec(out)?.[1]);
   if (!Number.isInteger(id)) throw new Error(`${name}: no device id in: ${out}`);
+  noScheduler(`/dev/ublkb${id}`);
   return {
     name,
     path: `/dev/ublkb${id}`,
@@ -47,6 +51,15 @@ function ublkDevice(name: string, cli: string[], args: string[], baseline: strin
     pid: pid > 0 ? pid : undefined,
     cleanup: () => run(cli[0], [...cli.slice(1), 'del', '-n', String(id)]),
   };
+}
+
+/**
+ * The same block layer path for every device: no I/O scheduler (null_blk with two queues and
+ * loop have none by default, ublk with one queue gets mq-deadline on Linux 6.1 unless its daemon
+ * says otherwise, as ours does and a peer may not).
+ */
+function noScheduler(devicePath: string): void {
+  writeFileSync(`/sys/block/${basename(devicePath)}/queue/scheduler`, 'none');
 }
 
 function cpuTicks(pid: number): number {
@@ -60,7 +73,11 @@ interface FioSide {
   clat_ns: { percentile?: Record<string, number> };
 }
 
-function fio(device: Device, workloadArgs: string[]): Omit<Result, 'device' | 'workload'> {
+function fio(
+  device: Device,
+  workloadArgs: string[],
+  seconds = runtimeSec,
+): Omit<Run, 'device' | 'workload' | 'round'> {
   const before = device.pid ? cpuTicks(device.pid) : 0;
   const started = Date.now();
   const out = run('fio', [
@@ -68,13 +85,13 @@ function fio(device: Device, workloadArgs: string[]): Omit<Result, 'device' | 'w
     `--filename=${device.path}`,
     '--ioengine=io_uring',
     '--direct=1',
-    `--runtime=${runtimeSec}`,
+    `--runtime=${seconds}`,
     '--time_based',
     '--group_reporting',
     '--output-format=json',
     ...workloadArgs,
   ]);
-  const seconds = (Date.now() - started) / 1000;
+  const elapsed = (Date.now() - started) / 1000;
   const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Record<string, FioSide>[] })
     .jobs[0];
   const side = job.read.iops > 0 ? job.read : job.write;
@@ -84,7 +101,7 @@ function fio(device: Device, workloadArgs: string[]): Omit<Result, 'device' | 'w
     mbps: (side.bw * 1024) / 1e6,
     p50us: pct['50.000000'] / 1000,
     p99us: pct['99.000000'] / 1000,
-    daemonCpu: device.pid ? ((cpuTicks(device.pid) - before) / 100 / seconds) * 100 : undefined,
+    daemonCpu: device.pid ? ((cpuTicks(device.pid) - before) / 100 / elapsed) * 100 : undefined,
   };
 }
 
@@ -117,9 +134,26 @@ function makeFile(path: string): void {
   ]);
 }
 
+/** A short run on each daemon first, so that its JIT has warmed up. */
+function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]): void {
+  for (const d of devices.filter((d) => d.pid)) {
+    progress(`warming up ${d.name}`);
+    fio(d, workloads[0].args, 1);
+  }
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const w of workloads) {
+      for (const d of devices) {
+        progress(`round ${round}/${ROUNDS}: ${w.name} on ${d.name}`);
+        const run = { device: d.name, baseline: d.baseline, workload: w.name, round };
+        runs.push({ ...run, ...fio(d, w.args) });
+      }
+    }
+  }
+}
+
 function main(): BenchReport {
   const devices: Device[] = [];
-  const results: Result[] = [];
+  const runs: Run[] = [];
   const memory: MemoryReport[] = [];
   const cleanups: (() => void)[] = [];
   try {
@@ -127,11 +161,13 @@ function main(): BenchReport {
     run('modprobe', ['null_blk', 'nr_devices=1', 'queue_mode=2', 'submit_queues=2']);
     cleanups.push(() => run('rmmod', ['null_blk']));
     devices.push({ name: 'null_blk', path: '/dev/nullb0', cleanup: () => undefined });
+    noScheduler('/dev/nullb0');
     run('modprobe', ['loop']);
     makeFile('/tmp/bench-kloop.img');
     makeFile('/tmp/bench-uloop.img');
     const loopDev = run('losetup', ['-f', '--show', '/tmp/bench-kloop.img']).trim();
     cleanups.push(() => run('losetup', ['-d', loopDev]));
+    noScheduler(loopDev);
     devices.push({ name: 'loop (kernel)', path: loopDev, cleanup: () => undefined });
     const ours = [process.execPath, CLI];
     devices.push(ublkDevice('ublk-ts null', ours, ['-t', 'null'], 'null_blk'));
@@ -155,16 +191,11 @@ function main(): BenchReport {
         ),
       );
     }
-    for (const w of WORKLOADS.filter((w) => !w.twoQueues)) {
-      for (const d of devices) {
-        progress(`${w.name} on ${d.name}`);
-        results.push({ device: d.name, baseline: d.baseline, workload: w.name, ...fio(d, w.args) });
-      }
-    }
+    const oneQueue = WORKLOADS.filter((w) => !w.twoQueues);
+    runRounds(devices, oneQueue, runs);
     for (const d of devices.filter((d) => d.pid)) memory.push(memoryOf(d, 1));
     for (const d of devices.splice(2)) d.cleanup();
 
-    const twoQueue = WORKLOADS.find((w) => w.twoQueues)!;
     const q2 = [
       devices[0],
       ublkDevice('ublk-ts null -q 2', ours, ['-t', 'null', '-q', '2'], 'null_blk'),
@@ -176,15 +207,11 @@ function main(): BenchReport {
       ),
     ];
     devices.push(...q2.slice(1));
-    for (const d of q2) {
-      progress(`${twoQueue.name} on ${d.name}`);
-      results.push({
-        device: d.name,
-        baseline: d.baseline,
-        workload: twoQueue.name,
-        ...fio(d, twoQueue.args),
-      });
-    }
+    runRounds(
+      q2,
+      WORKLOADS.filter((w) => w.twoQueues),
+      runs,
+    );
     memory.push(memoryOf(q2[1], 2));
   } finally {
     for (const d of devices) {
@@ -206,7 +233,8 @@ function main(): BenchReport {
     kernel: existsSync('/proc/version') ? release() : 'unknown',
     quick,
     runtimeSec,
-    results,
+    rounds: ROUNDS,
+    runs,
     memory,
   };
 }

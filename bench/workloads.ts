@@ -20,11 +20,13 @@ export const WORKLOADS: Workload[] = [
   },
 ];
 
-export interface Result {
+/** One fio run of one workload on one device, in one round. */
+export interface Run {
   device: string;
   /** The kernel device it is compared with, when it is one of ours. */
   baseline?: string;
   workload: string;
+  round: number;
   iops: number;
   mbps: number;
   p50us?: number;
@@ -37,7 +39,7 @@ export interface MemoryReport {
   device: string;
   queues: number;
   rssMiB: number;
-  /** RSS minus the per-tag IO buffers the daemon has touched (RssAnon of its buffer mappings). */
+  /** How much of the RSS is the per-tag IO buffers the daemon has touched. */
   ioBufferBudgetMiB: number;
 }
 
@@ -45,8 +47,72 @@ export interface BenchReport {
   kernel: string;
   quick: boolean;
   runtimeSec: number;
-  results: Result[];
+  rounds: number;
+  runs: Run[];
   memory: MemoryReport[];
+}
+
+/** A device's figures for one workload: medians over the rounds. */
+export interface Summary {
+  device: string;
+  baseline?: string;
+  workload: string;
+  iops: number;
+  mbps: number;
+  p50us?: number;
+  p99us?: number;
+  daemonCpu?: number;
+  /**
+   * Ours against the baseline: the median over rounds of the ratio within each round (the
+   * baseline ran minutes apart otherwise, and the VM's speed drifts). Throughput: IOPS ratio.
+   */
+  ratio?: number;
+  /** Latency workloads: median p50 minus the baseline's, in microseconds. */
+  addedP50us?: number;
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+const medianOf = (runs: Run[], pick: (r: Run) => number | undefined): number | undefined => {
+  const values = runs.map(pick).filter((v): v is number => v !== undefined && !Number.isNaN(v));
+  return values.length ? median(values) : undefined;
+};
+
+/** One summary per device and workload, in the order they first ran. */
+export function summarize(report: BenchReport): Summary[] {
+  const keys = [...new Set(report.runs.map((r) => `${r.workload}\u0000${r.device}`))];
+  const runsOf = (workload: string, device: string) =>
+    report.runs.filter((r) => r.workload === workload && r.device === device);
+  return keys.map((key) => {
+    const [workload, device] = key.split('\u0000');
+    const runs = runsOf(workload, device);
+    const summary: Summary = {
+      device,
+      baseline: runs[0].baseline,
+      workload,
+      iops: medianOf(runs, (r) => r.iops)!,
+      mbps: medianOf(runs, (r) => r.mbps)!,
+      p50us: medianOf(runs, (r) => r.p50us),
+      p99us: medianOf(runs, (r) => r.p99us),
+      daemonCpu: medianOf(runs, (r) => r.daemonCpu),
+    };
+    const base = summary.baseline ? runsOf(workload, summary.baseline) : [];
+    if (base.length === 0) return summary;
+    const paired = runs.flatMap((r) => {
+      const b = base.find((x) => x.round === r.round);
+      return b && b.iops > 0 ? [r.iops / b.iops] : [];
+    });
+    if (paired.length) summary.ratio = median(paired);
+    const baseP50 = medianOf(base, (r) => r.p50us);
+    if (WORKLOADS.find((w) => w.name === workload)?.latency && summary.p50us && baseP50) {
+      summary.addedP50us = summary.p50us - baseP50;
+    }
+    return summary;
+  });
 }
 
 const fmt = (n: number | undefined, digits = 0) => (n === undefined ? '-' : n.toFixed(digits));
@@ -54,26 +120,21 @@ const fmt = (n: number | undefined, digits = 0) => (n === undefined ? '-' : n.to
 /** The table: one row per device and workload, ours with a ratio to their kernel baseline. */
 export function formatTable(report: BenchReport): string {
   const rows = [
-    ['workload', 'device', 'IOPS', 'MB/s', 'p50 us', 'p99 us', 'daemon CPU %', 'ratio'],
+    ['workload', 'device', 'IOPS', 'MB/s', 'p50 us', 'p99 us', 'daemon CPU %', 'vs kernel'],
   ];
-  for (const r of report.results) {
-    const base = report.results.find((b) => b.device === r.baseline && b.workload === r.workload);
-    const latency = WORKLOADS.find((w) => w.name === r.workload)?.latency;
-    // Throughput: ours / theirs. Latency: theirs / ours, so that higher is better in both.
-    const ratio = !base
-      ? ''
-      : latency && r.p50us && base.p50us
-        ? `${(base.p50us / r.p50us).toFixed(2)}x ${base.device} p50`
-        : `${(r.iops / base.iops).toFixed(2)}x ${base.device}`;
+  for (const s of summarize(report)) {
+    let versus = '';
+    if (s.addedP50us !== undefined) versus = `p50 +${s.addedP50us.toFixed(0)} us vs ${s.baseline}`;
+    else if (s.ratio !== undefined) versus = `${s.ratio.toFixed(2)}x ${s.baseline}`;
     rows.push([
-      r.workload,
-      r.device,
-      fmt(r.iops),
-      fmt(r.mbps, 1),
-      fmt(r.p50us, 1),
-      fmt(r.p99us, 1),
-      fmt(r.daemonCpu),
-      ratio,
+      s.workload,
+      s.device,
+      fmt(s.iops),
+      fmt(s.mbps, 1),
+      fmt(s.p50us, 1),
+      fmt(s.p99us, 1),
+      fmt(s.daemonCpu),
+      versus,
     ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
@@ -82,16 +143,27 @@ export function formatTable(report: BenchReport): string {
   for (const row of rows.slice(1)) table.push(line(row));
   const memory = report.memory.map(
     (m) =>
-      `| ${m.device} | ${m.queues} | ${m.rssMiB.toFixed(1)} | ${m.ioBufferBudgetMiB.toFixed(1)} |`,
+      `| ${m.device} | ${m.queues} | ${m.rssMiB.toFixed(1)} | ${m.ioBufferBudgetMiB.toFixed(1)} | ${(m.rssMiB - m.ioBufferBudgetMiB).toFixed(1)} |`,
   );
+  const one = report.memory.find((m) => m.device === 'ublk-ts null');
+  const two = report.memory.find((m) => m.device === 'ublk-ts null -q 2');
+  const perQueue =
+    one && two
+      ? [
+          `Each queue beyond the first: ${(two.rssMiB - two.ioBufferBudgetMiB - (one.rssMiB - one.ioBufferBudgetMiB)).toFixed(1)} MiB (null -q 2 minus null, beyond IO buffers).`,
+          '',
+        ]
+      : [];
   return [
-    `Linux ${report.kernel}, fio io_uring direct, ${report.runtimeSec} s per run${report.quick ? ' (quick)' : ''}`,
+    `Linux ${report.kernel}, fio io_uring direct, ${report.runtimeSec} s per run, ${report.rounds} rounds` +
+      `${report.quick ? ' (quick)' : ''}, no I/O scheduler on any device: medians, ratios paired within each round`,
     '',
     ...table,
     '',
-    '| daemon | queues | RSS MiB | of which IO buffers MiB |',
-    '|---|---|---|---|',
+    '| daemon | queues | RSS MiB | of which IO buffers MiB | beyond IO buffers MiB |',
+    '|---|---|---|---|---|',
     ...memory,
     '',
+    ...perQueue,
   ].join('\n');
 }

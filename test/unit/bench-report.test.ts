@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import {
+  formatTable,
+  median,
+  summarize,
+  type BenchReport,
+  type Run,
+} from '../../bench/workloads.js';
+
+const run = (device: string, workload: string, round: number, iops: number, p50us = 10): Run => ({
+  device,
+  baseline: device.startsWith('ours') ? 'kernel' : undefined,
+  workload,
+  round,
+  iops,
+  mbps: iops / 250,
+  p50us,
+  p99us: p50us * 2,
+});
+
+const report = (runs: Run[]): BenchReport => ({
+  kernel: '6.1.0',
+  quick: true,
+  runtimeSec: 2,
+  rounds: 3,
+  runs,
+  memory: [
+    { device: 'ublk-ts null', queues: 1, rssMiB: 70, ioBufferBudgetMiB: 10 },
+    { device: 'ublk-ts null -q 2', queues: 2, rssMiB: 90, ioBufferBudgetMiB: 12 },
+  ],
+});
+
+test('median of odd and even counts', () => {
+  assert.equal(median([3, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+});
+
+test('ratios pair the rounds: a baseline that drifts does not skew them', () => {
+  const w = '4k randread QD32';
+  // The VM got twice as fast in round 3, for both devices alike.
+  const runs = [
+    run('kernel', w, 1, 1000),
+    run('ours', w, 1, 500),
+    run('kernel', w, 2, 1100),
+    run('ours', w, 2, 550),
+    run('kernel', w, 3, 2000),
+    run('ours', w, 3, 1000),
+  ];
+  const [kernel, ours] = summarize(report(runs));
+  assert.equal(kernel.iops, 1100);
+  assert.equal(kernel.ratio, undefined);
+  assert.equal(ours.iops, 550);
+  assert.equal(ours.ratio, 0.5);
+});
+
+test('latency workloads report the added p50 over the baseline', () => {
+  const w = '4k randread QD1';
+  const runs = [1, 2, 3].flatMap((r) => [
+    run('kernel', w, r, 9000, 2 + r),
+    run('ours', w, r, 900, 400 + r),
+  ]);
+  const ours = summarize(report(runs))[1];
+  assert.equal(ours.addedP50us, 402 - 4);
+  const table = formatTable(report(runs));
+  assert.match(table, /\| 4k randread QD1 +\| ours +\| 900 .*\| p50 \+398 us vs kernel +\|/);
+  assert.match(table, /Each queue beyond the first: 18\.0 MiB/);
+});
