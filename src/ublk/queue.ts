@@ -179,13 +179,18 @@ export class Queue {
       if (this.finishedTags === this.config.depth && this.targetIoInFlight === 0) {
         return this.shutdown();
       }
-      // Only the event loop can settle these handlers: wait there, for it or for the ring.
-      if (this.pendingHandlers > 0 && this.targetIoInFlight === 0) return this.park();
-      const res = this.ring.submitAndWait(
-        1,
-        this.pendingHandlers > 0 ? BUSY_WAIT_MS : IDLE_WAIT_MS,
-      );
-      if (res < 0 && res !== -ETIME && res !== -EBUSY) throw errnoError('io_uring_enter', res);
+      if (this.pendingHandlers > 0 && this.targetIoInFlight === 0) {
+        // Only the event loop can settle these handlers: wait there, for it or for the ring,
+        // unless CQEs are ready already.
+        if (this.ring.awaitCqeInEventLoop(this.unpark)) {
+          this.parked = true;
+          return;
+        }
+      } else {
+        const timeout = this.pendingHandlers > 0 ? BUSY_WAIT_MS : IDLE_WAIT_MS;
+        const res = this.ring.submitAndWait(1, timeout);
+        if (res < 0 && res !== -ETIME && res !== -EBUSY) throw errnoError('io_uring_enter', res);
+      }
       if (this.ring.drain(this.onCqe) === 0) break; // a timeout: the event loop's turn
       // Let the handlers' promise continuations run (they commit, or start more ring IO) without
       // a turn of the event loop, which costs far more: each await lets every microtask queued so
@@ -215,12 +220,7 @@ export class Queue {
     });
   };
 
-  /** Waits in the event loop until the ring has a CQE or this thread prepares something. */
-  private park(): void {
-    if (this.ring.awaitCqeInEventLoop(this.unpark)) this.parked = true;
-    else this.scheduleTurn();
-  }
-
+  /** Ends a wait in the event loop: the ring has a CQE, or this thread prepared something. */
   private readonly unpark = (): void => {
     if (!this.parked) return;
     this.ring.cancelEventLoopWait();

@@ -13,6 +13,7 @@ import {
   mkdtempSync,
   openSync,
   readdirSync,
+  readFileSync,
   readSync,
   rmSync,
   writeFileSync,
@@ -39,6 +40,7 @@ const RAMDISK = module('../../examples/ramdisk.js');
 const PATTERN = module('../../examples/pattern.js');
 const FAULTY = module('./fixtures/faulty.js');
 const NOT_A_TARGET = module('./fixtures/not-a-target.js');
+const SHAPES = module('./fixtures/shapes.js');
 
 let dir: string;
 before(() => {
@@ -124,6 +126,32 @@ test('a target whose read throws: EIO for exactly that read, the device keeps se
     const more = randomBytes(4 * MiB);
     writeAt(dev, 8 * MiB, more);
     assertSameBytes(readAt(dev, 8 * MiB, 4 * MiB), more, 'and serves writes and reads');
+  });
+});
+
+test("handlers that settle every way (sync, microtask chains, timers, ring IO): fio verify; its thread's timers run", async (t) => {
+  await withDevice(['-t', SHAPES, '-d', '64'], async (_id, dev) => {
+    const clock = () =>
+      Number(
+        readAt(dev, 32 * MiB, 4096)
+          .toString('latin1')
+          .replace(/\0+$/, ''),
+      );
+    const report = fioVerify(dev, { iodepth: 64, size: 32 * MiB });
+    t.diagnostic(fioSummary(report));
+    const afterLoad = clock();
+    assert.ok(afterLoad > 0, `the interval timer ran while fio ran (${afterLoad} ticks)`);
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const afterIdle = clock();
+    assert.ok(
+      afterIdle > afterLoad,
+      `and while the device was idle (${afterLoad} -> ${afterIdle})`,
+    );
+    assert.match(
+      readFileSync(`/sys/block/${dev.slice('/dev/'.length)}/queue/scheduler`, 'utf8'),
+      /\[none\]/,
+      'the default I/O scheduler is none',
+    );
   });
 });
 
