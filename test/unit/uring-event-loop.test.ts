@@ -4,7 +4,12 @@ import { writeSync } from 'node:fs';
 import { test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import * as sys from '../../src/sys.js';
-import { POLLIN, Ring } from '../../src/uring/index.js';
+import {
+  IORING_SETUP_DEFER_TASKRUN,
+  IORING_SETUP_SINGLE_ISSUER,
+  POLLIN,
+  Ring,
+} from '../../src/uring/index.js';
 
 // Absolute URLs: snippets run from data: URLs, which cannot resolve relative or bare paths.
 const sysUrl = new URL('../../src/sys.js', import.meta.url).href;
@@ -220,4 +225,65 @@ test('terminating a worker with an operation in flight is safe', async () => {
   ring.submitAndWait(1);
   assert.equal(ring.cqReady(), 1);
   ring.close();
+});
+
+test('awaitCqeInEventLoop: false when CQEs are ready, else one call back once one is', async () => {
+  for (const flags of [
+    0,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, // completions wait as task work
+  ]) {
+    const fd = sys.eventfd(0, sys.constants.EFD_NONBLOCK);
+    const ring = Ring.create({ entries: 4, flags });
+    try {
+      assert.ok(ring.sq.prepNop(1));
+      assert.equal(
+        ring.awaitCqeInEventLoop(() => assert.fail('no call back')),
+        false,
+      );
+      assert.equal(
+        ring.drain(() => {}),
+        1,
+        'the NOP was submitted and completed',
+      );
+
+      assert.ok(ring.sq.prepPollAdd(fd, POLLIN, 2));
+      let calls = 0;
+      const ready = new Promise<void>((resolve) => {
+        assert.equal(
+          ring.awaitCqeInEventLoop(() => {
+            calls++;
+            resolve();
+          }),
+          true,
+          'the poll was submitted and nothing is ready',
+        );
+      });
+      setTimeout(() => signal(fd), 50);
+      await ready;
+      // With DEFER_TASKRUN the poll's completion is posted by the next enter.
+      ring.submitAndWait(1, 1000);
+      const seen: number[] = [];
+      ring.drain((userData) => seen.push(userData));
+      assert.deepEqual(seen, [2]);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal(calls, 1, 'called back once');
+    } finally {
+      ring.close();
+      sys.close(fd);
+    }
+  }
+});
+
+test('cancelEventLoopWait: no call back, and the ring does not keep the process alive', () => {
+  const r = runChild(`
+    const fd = sys.eventfd(0, sys.constants.EFD_NONBLOCK);
+    const ring = Ring.create({ entries: 4 });
+    ring.sq.prepPollAdd(fd, POLLIN, 1);
+    ring.awaitCqeInEventLoop(() => console.log('unexpected call back'));
+    ring.cancelEventLoopWait();
+    setTimeout(() => writeSync(fd, new BigUint64Array([1n])), 50);
+    setTimeout(() => console.log('done'), 200);
+  `);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'done\n');
 });
