@@ -2,15 +2,15 @@ import { writeFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
 
 /** What devices get unless told otherwise. */
-export const DEFAULT_IO_SCHEDULER = 'none';
+const DEFAULT_IO_SCHEDULER = 'none';
 
 /**
  * Selects the block layer's I/O scheduler of a started device (its disk exists from START_DEV on).
  *
  * The kernel gives a single-queue ublk device mq-deadline, which in front of a server that does
  * its own queueing only adds work per request, and a kblockd hop on io_uring submissions: a null
- * device served by this daemon did ~2.6x the IOPS with 'none' in the test VM (see the README's
- * performance notes). Loop devices get 'none' by default for the same reason. The default is
+ * device served by this daemon did more than twice the IOPS with 'none' in the test VM (see the
+ * README's performance section). Loop devices get 'none' by default for the same reason. The default is
  * best effort (a missing sysfs only costs speed); a scheduler asked for by name must be set.
  */
 export function setIoScheduler(devId: number, name: string | undefined): void {
