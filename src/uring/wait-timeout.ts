@@ -8,6 +8,7 @@ export class WaitTimeout {
   // An explicit ArrayBuffer: its memory is off the JS heap and never moves, so the kernel can
   // be given its address.
   private readonly timespec = new Uint32Array(new ArrayBuffer(KERNEL_TIMESPEC.size));
+  private milliseconds = -1;
 
   constructor() {
     this.arg = new Uint32Array(new ArrayBuffer(IO_URING_GETEVENTS_ARG.size));
@@ -15,6 +16,9 @@ export class WaitTimeout {
   }
 
   set(milliseconds: number): void {
+    // A queue thread waits with one of two timeouts, again and again.
+    if (milliseconds === this.milliseconds) return;
+    this.milliseconds = milliseconds;
     writeU64(this.timespec, KERNEL_TIMESPEC.tvSec / 4, Math.floor(milliseconds / 1000));
     writeU64(this.timespec, KERNEL_TIMESPEC.tvNsec / 4, Math.floor((milliseconds % 1000) * 1e6));
   }
