@@ -134,7 +134,10 @@ function makeFile(path: string): void {
   ]);
 }
 
-/** A short run on each daemon first, so that its JIT has warmed up. */
+/**
+ * Every workload on every device, round after round, after a short run on each daemon so that
+ * its JIT has warmed up.
+ */
 function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]): void {
   for (const d of devices.filter((d) => d.pid)) {
     progress(`warming up ${d.name}`);
