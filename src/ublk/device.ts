@@ -103,17 +103,23 @@ export class Device {
   readonly closed: Promise<void>;
   private stopping: Promise<void> | undefined;
 
+  readonly target: { name: string; size: number; info: Record<string, unknown> };
+  private readonly queuesStopped: Promise<void>;
+
+  /** A started (or recovered) device, served by `workers`. */
   private constructor(
     readonly info: DevInfo,
     readonly queues: QueueInfo[],
-    readonly target: { name: string; size: number; info: Record<string, unknown> },
+    targetName: string,
     private readonly control: Control,
     private readonly charFd: number,
     private readonly setup: TargetSetup,
-    private readonly queuesStopped: Promise<void>,
+    workers: Worker[],
   ) {
+    this.target = { name: targetName, size: setup.size, info: setup.info ?? {} };
+    this.queuesStopped = allExited(workers);
     // A stop from outside (STOP_DEV by `ublk del`) shows up as every queue ending on its own.
-    this.closed = queuesStopped.then(() => this.stop());
+    this.closed = this.queuesStopped.then(() => this.stop());
   }
 
   get id(): number {
@@ -173,15 +179,7 @@ export class Device {
       await control.startDev(info.devId, process.pid);
       setIoScheduler(info.devId, options.ioScheduler);
       info = await control.getDevInfo(info.devId);
-      return new Device(
-        info,
-        queues,
-        { name: target.name, size: setup.size, info: setup.info ?? {} },
-        control,
-        charFd,
-        setup,
-        allExited(workers),
-      );
+      return new Device(info, queues, target.name, control, charFd, setup, workers);
     } catch (err) {
       await abandon(control, info, charFd, workers, setup);
       throw err;
@@ -229,15 +227,7 @@ export class Device {
       const queues = await startQueues(control, info, charFd, source, setup.shared, workers);
       await control.endUserRecovery(devId, process.pid);
       info = await control.getDevInfo(devId);
-      return new Device(
-        info,
-        queues,
-        { name: target.name, size: setup.size, info: setup.info ?? {} },
-        control,
-        charFd,
-        setup,
-        allExited(workers),
-      );
+      return new Device(info, queues, target.name, control, charFd, setup, workers);
     } catch (err) {
       // Never STOP_DEV or DEL_DEV here: the device and its data stay for another try or `del`.
       await Promise.all(workers.map((w) => w.terminate()));
