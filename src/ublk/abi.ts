@@ -4,8 +4,9 @@
  * Names mirror the header so each value can be checked against it: a group object is named by its
  * C prefix (`UBLK_F.ZONED` is `UBLK_F_ZONED`, `UBLK_U_CMD.ADD_DEV` is `UBLK_U_CMD_ADD_DEV`), and a
  * struct layout carries its C struct and member names. test/unit/ublk-abi.test.ts relies on both
- * conventions to check every number here against the system header, or against the protocol sheet
- * for what an older header lacks.
+ * conventions to check every number here against Linux 7.3's header, and against the system's
+ * (older) header wherever that has the name too. The comments give the first kernel of what 6.1
+ * lacks.
  *
  * The kernel's structs are host-endian; the codecs write little-endian, the byte order of every
  * host this project targets.
@@ -16,8 +17,8 @@ const FIELD_RANGE = {
   u16: [0, 0xffff],
   u32: [0, 0xffff_ffff],
   s32: [-0x8000_0000, 0x7fff_ffff],
-  // A number holds integers exactly up to 2^53; every u64 the ABI carries (addresses, sectors,
-  // feature masks) stays below that.
+  // A number holds integers exactly up to 2^53; every u64 field the ABI carries (addresses,
+  // sectors, feature masks) stays below that. Constants above it are bigints.
   u64: [0, Number.MAX_SAFE_INTEGER],
 } as const;
 
@@ -73,6 +74,8 @@ export const DEV_INFO = struct('ublksrv_ctrl_dev_info', 64, {
   nrHwQueues: u16('nr_hw_queues', 0),
   queueDepth: u16('queue_depth', 2),
   state: u16('state', 4),
+  // With UBLK_F.IO_DESC_SIZE (by 7.3): the size of one ublksrv_io_desc; padding before.
+  ioDescSize: u16('io_desc_size', 6),
   maxIoBufBytes: u32('max_io_buf_bytes', 8),
   devId: u32('dev_id', 12),
   ublksrvPid: s32('ublksrv_pid', 16),
@@ -88,6 +91,8 @@ export const DEV_INFO = struct('ublksrv_ctrl_dev_info', 64, {
 export const IO_DESC = struct('ublksrv_io_desc', 24, {
   opFlags: u32('op_flags', 0),
   nrSectors: u32('nr_sectors', 4),
+  // 6.6: the same word (a union), named for UBLK_IO_OP.REPORT_ZONES.
+  nrZones: u32('nr_zones', 4),
   startSector: u64('start_sector', 8),
   addr: u64('addr', 16),
 });
@@ -98,14 +103,52 @@ export const IO_CMD = struct('ublksrv_io_cmd', 16, {
   tag: u16('tag', 2),
   result: s32('result', 4),
   addr: u64('addr', 8),
+  // 6.6: the same word (a union): the LBA a ZONE_APPEND landed at, in its commit.
+  zoneAppendLba: u64('zone_append_lba', 8),
 });
 
 /**
- * The `ublk_params` header. The size is that of the newest layout modelled here (through the
- * segment section); older kernels have a shorter struct (64 bytes on 6.1) and copy only
+ * UBLK_F.AUTO_BUF_REG (6.16): where the kernel registers a request's pages, carried in the `addr`
+ * of FETCH_REQ and COMMIT_AND_FETCH_REQ: bits 0-15 index, 16-23 flags, the rest reserved (zero).
+ */
+export const AUTO_BUF_REG = struct('ublk_auto_buf_reg', 8, {
+  index: u16('index', 0),
+  flags: u8('flags', 2),
+});
+
+/** UBLK_F.BATCH_IO (7.0): the command of PREP_IO_CMDS, COMMIT_IO_CMDS and FETCH_IO_CMDS. */
+export const BATCH_IO = struct('ublk_batch_io', 16, {
+  qId: u16('q_id', 0),
+  flags: u16('flags', 2),
+  nrElem: u16('nr_elem', 4),
+  /** 8, plus 8 for each optional member UBLK_BATCH_F announces. */
+  elemBytes: u8('elem_bytes', 6),
+});
+
+/** The mandatory head of each element of a batch command's buffer. */
+export const ELEM_HEADER = struct('ublk_elem_header', 8, {
+  tag: u16('tag', 0),
+  /** The buffer index of an incoming request (UBLK_F.AUTO_BUF_REG only). */
+  bufIndex: u16('buf_index', 2),
+  /** The request's result (commit only). */
+  result: s32('result', 4),
+});
+
+/** UBLK_F.SHMEM_ZC (by 7.3): what UBLK_U_CMD.REG_BUF's `addr` points at. */
+export const SHMEM_BUF_REG = struct('ublk_shmem_buf_reg', 24, {
+  addr: u64('addr', 0),
+  /** Bytes, page-aligned. */
+  len: u64('len', 8),
+  /** UBLK_SHMEM_BUF bits. */
+  flags: u32('flags', 16),
+});
+
+/**
+ * The `ublk_params` header. The size is that of the newest layout modelled here (7.3's, through
+ * the integrity section); older kernels have a shorter struct (64 bytes on 6.1) and copy only
  * min(len, their size).
  */
-export const PARAMS = struct('ublk_params', 136, {
+export const PARAMS = struct('ublk_params', 152, {
   len: u32('len', 0),
   types: u32('types', 4),
 });
@@ -153,6 +196,24 @@ export const PARAM_SEGMENT = struct('ublk_param_segment', 16, {
   maxSegments: u16('max_segments', 12),
 });
 
+/** With UBLK_F.INTEGRITY (by 7.3): the metadata of each logical block. */
+export const PARAM_INTEGRITY = struct('ublk_param_integrity', 16, {
+  /** LBMD_PI_CAP_* of linux/fs.h. */
+  flags: u32('flags', 0),
+  /** 0: no limit. */
+  maxIntegritySegments: u16('max_integrity_segments', 4),
+  intervalExp: u8('interval_exp', 6),
+  /** Non-zero whenever the section is sent. */
+  metadataSize: u8('metadata_size', 7),
+  piOffset: u8('pi_offset', 8),
+  /** LBMD_PI_CSUM_* of linux/fs.h. */
+  csumType: u8('csum_type', 9),
+  tagSize: u8('tag_size', 10),
+});
+
+/** 6.15: the smallest seg_boundary_mask + 1 and max_segment_size the kernel takes. */
+export const UBLK_MIN_SEGMENT_SIZE = 4096;
+
 /** Parameter types: `ublk_params.types` bits, one per section. */
 export const UBLK_PARAM_TYPE = {
   BASIC: 1 << 0,
@@ -161,6 +222,7 @@ export const UBLK_PARAM_TYPE = {
   ZONED: 1 << 3, // 6.6
   DMA_ALIGN: 1 << 4, // 6.15
   SEGMENT: 1 << 5, // 6.15
+  INTEGRITY: 1 << 6, // by 7.3, needs UBLK_F.INTEGRITY
 } as const;
 
 interface ParamSection {
@@ -179,6 +241,12 @@ export const PARAM_SECTIONS = {
   zoned: { c: 'zoned', offset: 76, type: UBLK_PARAM_TYPE.ZONED, layout: PARAM_ZONED },
   dma: { c: 'dma', offset: 108, type: UBLK_PARAM_TYPE.DMA_ALIGN, layout: PARAM_DMA_ALIGN },
   segment: { c: 'seg', offset: 120, type: UBLK_PARAM_TYPE.SEGMENT, layout: PARAM_SEGMENT },
+  integrity: {
+    c: 'integrity',
+    offset: 136,
+    type: UBLK_PARAM_TYPE.INTEGRITY,
+    layout: PARAM_INTEGRITY,
+  },
 } as const satisfies Record<string, ParamSection>;
 
 type Sections = typeof PARAM_SECTIONS;
@@ -203,6 +271,7 @@ function ioc(dir: number, nr: number, size: number): number {
 const ctrlRead = (nr: number) => ioc(IOC_READ, nr, CTRL_CMD.size);
 const ctrlReadWrite = (nr: number) => ioc(IOC_READ | IOC_WRITE, nr, CTRL_CMD.size);
 const ioReadWrite = (nr: number) => ioc(IOC_READ | IOC_WRITE, nr, IO_CMD.size);
+const batchReadWrite = (nr: number) => ioc(IOC_READ | IOC_WRITE, nr, BATCH_IO.size);
 
 /**
  * Legacy control opcodes: the only form 6.1 accepts, while kernels built without
@@ -239,6 +308,12 @@ export const UBLK_U_CMD = {
   DEL_DEV_ASYNC: ctrlRead(0x14), // 6.9
   UPDATE_SIZE: ctrlReadWrite(0x15), // 6.16
   QUIESCE_DEV: ctrlReadWrite(0x16), // 6.16
+  /** STOP_DEV unless the disk is open (-EBUSY then); UBLK_F.SAFE_STOP_DEV. */
+  TRY_STOP_DEV: ctrlReadWrite(0x17), // by 7.3
+  /** Registers a ublk_shmem_buf_reg; the result is the buffer's index. UBLK_F.SHMEM_ZC. */
+  REG_BUF: ctrlReadWrite(0x18), // by 7.3
+  /** data[0] = the index REG_BUF returned. */
+  UNREG_BUF: ctrlReadWrite(0x19), // by 7.3
 } as const;
 
 /** Legacy IO opcodes, the only form 6.1 accepts. */
@@ -248,11 +323,20 @@ export const UBLK_IO = {
   NEED_GET_DATA: 0x22,
 } as const;
 
-/** ioctl-encoded IO opcodes (6.4+). */
+/** ioctl-encoded IO opcodes (6.4+); the commands after NEED_GET_DATA exist only this way. */
 export const UBLK_U_IO = {
   FETCH_REQ: ioReadWrite(UBLK_IO.FETCH_REQ),
   COMMIT_AND_FETCH_REQ: ioReadWrite(UBLK_IO.COMMIT_AND_FETCH_REQ),
   NEED_GET_DATA: ioReadWrite(UBLK_IO.NEED_GET_DATA),
+  /** Zero copy: puts request (q_id, tag)'s pages at index `addr` of the ring's buffer table. */
+  REGISTER_IO_BUF: ioReadWrite(0x23), // 6.15
+  UNREGISTER_IO_BUF: ioReadWrite(0x24), // 6.15
+  // UBLK_F.BATCH_IO (7.0); these carry a ublk_batch_io rather than a ublksrv_io_cmd.
+  PREP_IO_CMDS: batchReadWrite(0x25),
+  /** Its result is the bytes of the buffer consumed: a commit can be partial. */
+  COMMIT_IO_CMDS: batchReadWrite(0x26),
+  /** Multishot (IORING_URING_CMD_MULTISHOT) over a provided buffer ring: lists of u16 tags. */
+  FETCH_IO_CMDS: batchReadWrite(0x27),
 } as const;
 
 /** CQE results of FETCH_REQ and COMMIT_AND_FETCH_REQ. */
@@ -269,6 +353,16 @@ export const UBLK_IO_RES = {
 export const UBLKSRV_CMD_BUF_OFFSET = 0;
 /** pread/pwrite offset of the request buffers of /dev/ublkcN (UBLK_F.USER_COPY). */
 export const UBLKSRV_IO_BUF_OFFSET = 0x8000_0000;
+
+// A USER_COPY offset beyond UBLKSRV_IO_BUF_OFFSET is q_id << QID_OFF | tag << TAG_OFF | the byte
+// offset in the request (6.5). The fields and their widths:
+export const UBLK_IO_BUF = { OFF: 0, BITS: 25, BITS_MASK: 2 ** 25 - 1 } as const;
+export const UBLK_TAG = { OFF: 25, BITS: 16, BITS_MASK: 0xffff } as const;
+export const UBLK_QID = { OFF: 41, BITS: 12, BITS_MASK: 0xfff } as const;
+export const UBLKSRV_IO_BUF_TOTAL = { BITS: 53, SIZE: 1n << 53n } as const;
+/** By 7.3: this bit in a USER_COPY offset copies the request's integrity data instead (bigint). */
+export const UBLK_INTEGRITY_FLAG_OFF = 62;
+export const UBLKSRV_IO_INTEGRITY_FLAG = 1n << 62n;
 export const UBLK_MAX_QUEUE_DEPTH = 4096;
 export const UBLK_MAX_NR_QUEUES = 4096;
 /** The exact buffer length GET_FEATURES takes: one u64 mask. */
@@ -300,6 +394,11 @@ export const UBLK_F = {
   PER_IO_DAEMON: 1 << 13, // 6.16
   BUF_REG_OFF_DAEMON: 1 << 14, // 6.17
   BATCH_IO: 1 << 15, // 7.0
+  INTEGRITY: 1 << 16, // by 7.3 (as 16..20), needs USER_COPY
+  SAFE_STOP_DEV: 1 << 17, // UBLK_U_CMD.TRY_STOP_DEV
+  NO_AUTO_PART_SCAN: 1 << 18,
+  SHMEM_ZC: 1 << 19, // UBLK_U_CMD.REG_BUF
+  IO_DESC_SIZE: 1 << 20, // DEV_INFO.ioDescSize
 } as const;
 
 /** `ublksrv_ctrl_dev_info.state`. */
@@ -337,7 +436,36 @@ export const UBLK_IO_F = {
   FUA: 1 << 13,
   NOUNMAP: 1 << 15,
   SWAP: 1 << 16,
+  /** 6.16: auto registration failed under UBLK_AUTO_BUF_REG.FALLBACK; register by hand. */
+  NEED_REG_BUF: 1 << 17,
+  /** By 7.3: the request has an integrity buffer. */
+  INTEGRITY: 1 << 18,
+  /** By 7.3: `addr` is a UBLK_SHMEM_ZC index and offset into a REG_BUF buffer. */
+  SHMEM_ZC: 1 << 19,
 } as const;
+
+/** `ublk_auto_buf_reg.flags`. */
+export const UBLK_AUTO_BUF_REG = {
+  /** A failed registration delivers the request with UBLK_IO_F.NEED_REG_BUF instead of failing it. */
+  FALLBACK: 1 << 0,
+  F_MASK: 1 << 0,
+} as const;
+
+/** `ublk_batch_io.flags`: the optional u64 members each element carries after its header. */
+export const UBLK_BATCH_F = {
+  HAS_ZONE_LBA: 1 << 0,
+  HAS_BUF_ADDR: 1 << 1,
+  AUTO_BUF_REG_FALLBACK: 1 << 2,
+} as const;
+
+/** `ublk_shmem_buf_reg.flags`. */
+export const UBLK_SHMEM_BUF = {
+  /** Pin without FOLL_WRITE, so a write-sealed memfd can be registered. */
+  READ_ONLY: 1 << 0,
+} as const;
+
+/** `ublksrv_io_desc.addr` under UBLK_IO_F.SHMEM_ZC: buffer index << IDX_OFF | byte offset. */
+export const UBLK_SHMEM_ZC = { OFF_MASK: 0xffff_ffff, IDX_OFF: 32, IDX_MASK: 0xffff } as const;
 
 /** `ublk_param_basic.attrs`. */
 export const UBLK_ATTR = {

@@ -1,114 +1,28 @@
-// Checks src/ublk/abi.ts against the system's <linux/ublk_cmd.h>, compiled: every constant, struct
-// size and field offset the header has, and the protocol sheet's numbers for what it predates. The
-// lists come from abi.ts itself (its exports and layout tables), so nothing added there goes
-// unchecked: a value with no reference in the header or below fails.
+// Checks src/ublk/abi.ts against two real <linux/ublk_cmd.h>, compiled: Linux 7.3's (Debian's
+// linux-libc-dev from trixie-backports, unpacked into the VM cache) and the system's (older: 6.1
+// here). Every constant, struct size and field offset abi.ts has must be in 7.3's header and equal
+// it, and equal the system's header too wherever that has the name. The lists come from abi.ts
+// itself (its exports and layout tables), so nothing added there goes unchecked.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
+import { suitePackageRoot } from '../../scripts/lib/debian-suites.js';
 import * as abi from '../../src/ublk/abi.js';
 import type { FieldType, StructLayout } from '../../src/ublk/abi.js';
-import { evalCExpressions } from './support/cheader.js';
+import { evalCExpressions, includeFlags } from './support/cheader.js';
 
 const INCLUDES = ['errno.h', 'linux/ioctl.h', 'linux/ublk_cmd.h'];
 
-// What a 6.1 header lacks: /work/shared/ublk-protocol.md, and for the members of the newer params
-// sections upstream include/uapi/linux/ublk_cmd.h. C expressions, so _IOR/_IOWR and sizeof come
-// from the real headers rather than from a copy of the formula.
-const NEWER_CONSTANTS: Readonly<Record<string, string>> = {
-  UBLK_CMD_GET_DEV_INFO2: '0x12',
-  UBLK_U_CMD_GET_QUEUE_AFFINITY: "_IOR('u', 0x01, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_GET_DEV_INFO: "_IOR('u', 0x02, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_ADD_DEV: "_IOWR('u', 0x04, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_DEL_DEV: "_IOWR('u', 0x05, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_START_DEV: "_IOWR('u', 0x06, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_STOP_DEV: "_IOWR('u', 0x07, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_SET_PARAMS: "_IOWR('u', 0x08, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_GET_PARAMS: "_IOR('u', 0x09, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_START_USER_RECOVERY: "_IOWR('u', 0x10, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_END_USER_RECOVERY: "_IOWR('u', 0x11, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_GET_DEV_INFO2: "_IOR('u', 0x12, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_GET_FEATURES: "_IOR('u', 0x13, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_DEL_DEV_ASYNC: "_IOR('u', 0x14, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_UPDATE_SIZE: "_IOWR('u', 0x15, struct ublksrv_ctrl_cmd)",
-  UBLK_U_CMD_QUIESCE_DEV: "_IOWR('u', 0x16, struct ublksrv_ctrl_cmd)",
-  UBLK_U_IO_FETCH_REQ: "_IOWR('u', 0x20, struct ublksrv_io_cmd)",
-  UBLK_U_IO_COMMIT_AND_FETCH_REQ: "_IOWR('u', 0x21, struct ublksrv_io_cmd)",
-  UBLK_U_IO_NEED_GET_DATA: "_IOWR('u', 0x22, struct ublksrv_io_cmd)",
-  UBLK_F_UNPRIVILEGED_DEV: '1ULL << 5',
-  UBLK_F_CMD_IOCTL_ENCODE: '1ULL << 6',
-  UBLK_F_USER_COPY: '1ULL << 7',
-  UBLK_F_ZONED: '1ULL << 8',
-  UBLK_F_USER_RECOVERY_FAIL_IO: '1ULL << 9',
-  UBLK_F_UPDATE_SIZE: '1ULL << 10',
-  UBLK_F_AUTO_BUF_REG: '1ULL << 11',
-  UBLK_F_QUIESCE: '1ULL << 12',
-  UBLK_F_PER_IO_DAEMON: '1ULL << 13',
-  UBLK_F_BUF_REG_OFF_DAEMON: '1ULL << 14',
-  UBLK_F_BATCH_IO: '1ULL << 15',
-  UBLK_S_DEV_FAIL_IO: '3',
-  UBLK_IO_OP_ZONE_OPEN: '10',
-  UBLK_IO_OP_ZONE_CLOSE: '11',
-  UBLK_IO_OP_ZONE_FINISH: '12',
-  UBLK_IO_OP_ZONE_APPEND: '13',
-  UBLK_IO_OP_ZONE_RESET_ALL: '14',
-  UBLK_IO_OP_ZONE_RESET: '15',
-  UBLK_IO_OP_REPORT_ZONES: '18',
-  UBLK_PARAM_TYPE_DEVT: '1 << 2',
-  UBLK_PARAM_TYPE_ZONED: '1 << 3',
-  UBLK_PARAM_TYPE_DMA_ALIGN: '1 << 4',
-  UBLK_PARAM_TYPE_SEGMENT: '1 << 5',
-  UBLK_MAX_NR_QUEUES: '4096',
-  UBLK_FEATURES_LEN: '8',
-  // Not macros in any header; ublk_drv.c compares queue_id with (u16)-1 and treats a negative
-  // dev_id as "allocate one".
+// Not macros in any header; ublk_drv.c compares queue_id with (u16)-1 and treats a negative dev_id
+// as "allocate one".
+const NOT_MACROS: Readonly<Record<string, string>> = {
   NO_QUEUE_ID: '(__u16)-1',
   AUTO_DEV_ID: '(__u32)-1',
 };
 
-const TYPE_SIZE: Readonly<Record<FieldType, number>> = { u8: 1, u16: 2, u32: 4, s32: 4, u64: 8 };
-
-interface Slot {
-  readonly offset: number;
-  readonly size: number;
-  readonly signed: boolean;
-}
-const slot = (offset: number, type: FieldType): Slot => ({
-  offset,
-  size: TYPE_SIZE[type],
-  signed: type === 's32',
-});
-
-const NEWER_FIELDS: Readonly<Record<string, Slot>> = {
-  'ublksrv_ctrl_cmd.dev_path_len': slot(24, 'u16'),
-  'ublksrv_ctrl_dev_info.owner_uid': slot(40, 'u32'),
-  'ublksrv_ctrl_dev_info.owner_gid': slot(44, 'u32'),
-  'ublk_param_devt.char_major': slot(0, 'u32'),
-  'ublk_param_devt.char_minor': slot(4, 'u32'),
-  'ublk_param_devt.disk_major': slot(8, 'u32'),
-  'ublk_param_devt.disk_minor': slot(12, 'u32'),
-  'ublk_param_zoned.max_open_zones': slot(0, 'u32'),
-  'ublk_param_zoned.max_active_zones': slot(4, 'u32'),
-  'ublk_param_zoned.max_zone_append_sectors': slot(8, 'u32'),
-  'ublk_param_dma_align.alignment': slot(0, 'u32'),
-  'ublk_param_segment.seg_boundary_mask': slot(0, 'u64'),
-  'ublk_param_segment.max_segment_size': slot(8, 'u32'),
-  'ublk_param_segment.max_segments': slot(12, 'u16'),
-};
-
-const NEWER_STRUCT_SIZES: Readonly<Record<string, number>> = {
-  ublk_param_devt: 16,
-  ublk_param_zoned: 32,
-  ublk_param_dma_align: 8,
-  ublk_param_segment: 16,
-};
-
-// ublk_params member -> its offset per the sheet and the type bit that announces it.
-const NEWER_SECTION_OFFSETS: Readonly<Record<string, number>> = {
-  devt: 60,
-  zoned: 76,
-  dma: 108,
-  seg: 120,
-};
+// ublk_params member -> the UBLK_PARAM_TYPE bit that announces it.
 const SECTION_TYPE_BITS: Readonly<Record<string, string>> = {
   basic: 'UBLK_PARAM_TYPE_BASIC',
   discard: 'UBLK_PARAM_TYPE_DISCARD',
@@ -116,49 +30,29 @@ const SECTION_TYPE_BITS: Readonly<Record<string, string>> = {
   zoned: 'UBLK_PARAM_TYPE_ZONED',
   dma: 'UBLK_PARAM_TYPE_DMA_ALIGN',
   seg: 'UBLK_PARAM_TYPE_SEGMENT',
+  integrity: 'UBLK_PARAM_TYPE_INTEGRITY',
 };
 
-// The sheet's "encoded" columns, as printed there.
-const SHEET_ENCODED: Readonly<Record<string, number>> = {
-  UBLK_U_CMD_GET_QUEUE_AFFINITY: 0x80207501,
-  UBLK_U_CMD_GET_DEV_INFO: 0x80207502,
-  UBLK_U_CMD_ADD_DEV: 0xc0207504,
-  UBLK_U_CMD_DEL_DEV: 0xc0207505,
-  UBLK_U_CMD_START_DEV: 0xc0207506,
-  UBLK_U_CMD_STOP_DEV: 0xc0207507,
-  UBLK_U_CMD_SET_PARAMS: 0xc0207508,
-  UBLK_U_CMD_GET_PARAMS: 0x80207509,
-  UBLK_U_CMD_START_USER_RECOVERY: 0xc0207510,
-  UBLK_U_CMD_END_USER_RECOVERY: 0xc0207511,
-  UBLK_U_CMD_GET_DEV_INFO2: 0x80207512,
-  UBLK_U_CMD_GET_FEATURES: 0x80207513,
-  UBLK_U_CMD_DEL_DEV_ASYNC: 0x80207514,
-  UBLK_U_CMD_UPDATE_SIZE: 0xc0207515,
-  UBLK_U_CMD_QUIESCE_DEV: 0xc0207516,
-  UBLK_U_IO_FETCH_REQ: 0xc0107520,
-  UBLK_U_IO_COMMIT_AND_FETCH_REQ: 0xc0107521,
-  UBLK_U_IO_NEED_GET_DATA: 0xc0107522,
-};
+const TYPE_SIZE: Readonly<Record<FieldType, number>> = { u8: 1, u16: 2, u32: 4, s32: 4, u64: 8 };
 
 /** abi.ts's numbers under their C names: a group object `UBLK_F` holds `UBLK_F_<key>`. */
-function tsConstants(): Map<string, number> {
-  const constants = new Map<string, number>();
+function tsConstants(): Map<string, bigint> {
+  const constants = new Map<string, bigint>();
   for (const [name, value] of Object.entries(abi)) {
-    if (typeof value === 'number') {
-      constants.set(name, value);
-    } else if (isNumberGroup(value)) {
-      for (const [key, v] of Object.entries(value)) constants.set(`${name}_${key}`, v);
+    if (isConstant(value)) {
+      constants.set(name, BigInt(value));
+    } else if (isConstantGroup(value)) {
+      for (const [key, v] of Object.entries(value)) constants.set(`${name}_${key}`, BigInt(v));
     }
   }
   return constants;
 }
 
-function isNumberGroup(value: unknown): value is Record<string, number> {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    Object.values(value).every((v) => typeof v === 'number')
-  );
+const isConstant = (value: unknown): value is number | bigint =>
+  typeof value === 'number' || typeof value === 'bigint';
+
+function isConstantGroup(value: unknown): value is Record<string, number | bigint> {
+  return typeof value === 'object' && value !== null && Object.values(value).every(isConstant);
 }
 
 function isLayout(value: unknown): value is StructLayout {
@@ -167,26 +61,30 @@ function isLayout(value: unknown): value is StructLayout {
 
 const LAYOUTS = Object.values(abi).filter(isLayout);
 const SECTIONS = Object.values(abi.PARAM_SECTIONS);
+const constants = tsConstants();
 
+const memberBase = (member: string): string => member.replace(/\[.*$/, '');
+const member = (struct: string, name: string) => `((struct ${struct} *)0)->${name}`;
+
+/** One ublk_cmd.h, read and probed. */
 interface Header {
+  readonly name: string;
   /** Object-like UBLK* macros. */
   readonly macros: ReadonlySet<string>;
   /** Struct tag -> member names (array subscripts dropped). */
   readonly structs: ReadonlyMap<string, ReadonlySet<string>>;
+  /** Values of the probe's expressions; keys are prefixed by what they measure. */
+  readonly values: ReadonlyMap<string, bigint>;
 }
 
-function preprocess(flag: string): string {
-  return execFileSync('cc', ['-E', flag, '-x', 'c', '-'], {
+function preprocess(flag: string, includeDirs: readonly string[]): string {
+  return execFileSync('cc', [...includeFlags(includeDirs), '-E', flag, '-x', 'c', '-'], {
     input: '#include <linux/ublk_cmd.h>\n',
     encoding: 'utf8',
   });
 }
 
-function readHeader(): Header {
-  const macros = new Set(
-    [...preprocess('-dM').matchAll(/^#define (UBLK\w*)\s/gm)].map((m) => m[1]),
-  );
-  const source = preprocess('-P');
+function structMembers(source: string): Map<string, Set<string>> {
   const structs = new Map<string, Set<string>>();
   for (const m of source.matchAll(/struct\s+(\w+)\s*\{/g)) {
     // Brace matching rather than a regex: newer headers nest anonymous unions.
@@ -204,130 +102,170 @@ function readHeader(): Header {
       .filter((name): name is string => name !== undefined);
     structs.set(m[1], new Set(members));
   }
-  return { macros, structs };
+  return structs;
 }
 
-const memberBase = (member: string): string => member.replace(/\[.*$/, '');
-const member = (struct: string, name: string) => `((struct ${struct} *)0)->${name}`;
-
-const header = readHeader();
-const hasMember = (struct: string, name: string): boolean =>
-  header.structs.get(struct)?.has(memberBase(name)) ?? false;
-const constants = tsConstants();
-
-// One probe for everything; keys are prefixed by what they measure.
-const exprs: Record<string, string> = {
-  'align:ublk_params': '_Alignof(struct ublk_params)',
-};
-for (const name of constants.keys()) {
-  const expr = header.macros.has(name) ? name : NEWER_CONSTANTS[name];
-  if (expr !== undefined) exprs[`const:${name}`] = expr;
-}
-for (const layout of LAYOUTS) {
-  if (header.structs.has(layout.c)) exprs[`sizeof:${layout.c}`] = `sizeof(struct ${layout.c})`;
-  for (const f of Object.values(layout.fields)) {
-    if (!hasMember(layout.c, f.c)) continue;
-    const key = `${layout.c}.${f.c}`;
-    exprs[`offset:${key}`] = `offsetof(struct ${layout.c}, ${f.c})`;
-    exprs[`size:${key}`] = `sizeof(${member(layout.c, f.c)})`;
-    exprs[`signed:${key}`] = `(__typeof__(${member(layout.c, f.c)}))-1 < 0`;
+/** The C expressions measuring whatever of abi.ts this header has. */
+function probeExpressions(
+  macros: ReadonlySet<string>,
+  structs: ReadonlyMap<string, ReadonlySet<string>>,
+): Record<string, string> {
+  const has = (struct: string, name: string) => structs.get(struct)?.has(memberBase(name)) ?? false;
+  const exprs: Record<string, string> = { 'align:ublk_params': '_Alignof(struct ublk_params)' };
+  for (const name of constants.keys()) {
+    const expr = macros.has(name) ? name : NOT_MACROS[name];
+    if (expr !== undefined) exprs[`const:${name}`] = expr;
   }
+  for (const layout of LAYOUTS) {
+    if (structs.has(layout.c)) exprs[`sizeof:${layout.c}`] = `sizeof(struct ${layout.c})`;
+    for (const f of Object.values(layout.fields)) {
+      if (!has(layout.c, f.c)) continue;
+      const key = `${layout.c}.${f.c}`;
+      exprs[`offset:${key}`] = `offsetof(struct ${layout.c}, ${f.c})`;
+      exprs[`size:${key}`] = `sizeof(${member(layout.c, f.c)})`;
+      exprs[`signed:${key}`] = `(__typeof__(${member(layout.c, f.c)}))-1 < 0`;
+    }
+  }
+  for (const s of SECTIONS) {
+    if (!has(abi.PARAMS.c, s.c)) continue;
+    exprs[`offset:ublk_params.${s.c}`] = `offsetof(struct ublk_params, ${s.c})`;
+    exprs[`type:ublk_params.${s.c}`] =
+      `__builtin_types_compatible_p(__typeof__(${member('ublk_params', s.c)}), struct ${s.layout.c})`;
+  }
+  return exprs;
 }
-for (const s of SECTIONS) {
-  if (!hasMember(abi.PARAMS.c, s.c)) continue;
-  exprs[`offset:ublk_params.${s.c}`] = `offsetof(struct ublk_params, ${s.c})`;
-  exprs[`type:ublk_params.${s.c}`] =
-    `__builtin_types_compatible_p(__typeof__(${member('ublk_params', s.c)}), struct ${s.layout.c})`;
-}
-const c = evalCExpressions(INCLUDES, exprs);
 
-function cValue(key: string): number {
-  const value = c.get(key);
-  assert.ok(value !== undefined, `the C probe did not evaluate ${key}`);
+function readHeader(name: string, includeDirs: readonly string[] = []): Header {
+  const macros = new Set(
+    [...preprocess('-dM', includeDirs).matchAll(/^#define (UBLK\w*)\s/gm)].map((m) => m[1]),
+  );
+  const structs = structMembers(preprocess('-P', includeDirs));
+  const values = evalCExpressions(INCLUDES, probeExpressions(macros, structs), includeDirs);
+  return { name, macros, structs, values };
+}
+
+/**
+ * 7.3's include dir. Fetching it needs the network once (then the cache: UBLK_VM_CACHE); without
+ * it the whole file fails, saying so: a check that quietly shrank to the older header would pass
+ * with every newer number wrong.
+ */
+function linux73IncludeDir(): string {
+  let root: string;
+  try {
+    root = suitePackageRoot('linux-libc-dev', '7.3');
+  } catch (err) {
+    throw new Error(
+      `cannot get Linux 7.3's ublk_cmd.h (linux-libc-dev 7.3 from Debian trixie-backports, by scripts/lib/debian-suites.ts), which this test checks src/ublk/abi.ts against: ${(err as Error).message}`,
+    );
+  }
+  const dir = join(root, 'usr', 'include');
+  if (!existsSync(join(dir, 'linux', 'ublk_cmd.h'))) {
+    throw new Error(`linux-libc-dev 7.3 unpacked in ${root} has no usr/include/linux/ublk_cmd.h`);
+  }
+  return dir;
+}
+
+const latest = readHeader('Linux 7.3', [linux73IncludeDir()]);
+const system = readHeader('the system');
+const HEADERS = [latest, system];
+
+function cValue(header: Header, key: string): number {
+  const value = header.values.get(key);
+  assert.ok(value !== undefined, `the C probe of ${header.name}'s header did not evaluate ${key}`);
   return Number(value);
 }
 
-test('abi.ts defines every UBLK constant the header defines', () => {
-  const missing = [...header.macros].filter((name) => !constants.has(name));
-  assert.deepEqual(missing, [], `add these to src/ublk/abi.ts`);
+const hasMember = (header: Header, struct: string, name: string): boolean =>
+  header.structs.get(struct)?.has(memberBase(name)) ?? false;
+
+/** The headers that have `key`; 7.3's must, as abi.ts models nothing newer. */
+function headersWith(key: string): Header[] {
+  assert.ok(latest.values.has(key), `${key}: not in Linux 7.3's header`);
+  return HEADERS.filter((h) => h.values.has(key));
+}
+
+test('abi.ts defines every UBLK constant either header defines', () => {
+  for (const header of HEADERS) {
+    const missing = [...header.macros].filter((name) => !constants.has(name));
+    assert.deepEqual(missing, [], `add these of ${header.name}'s header to src/ublk/abi.ts`);
+  }
 });
 
-test('every abi.ts constant equals the header, or the sheet where the header predates it', () => {
+test('every abi.ts constant equals 7.3, and the system header where it has it', () => {
   for (const [name, value] of constants) {
-    assert.ok(`const:${name}` in exprs, `${name}: not in the header and no reference in the test`);
-    assert.equal(value, cValue(`const:${name}`), name);
+    for (const header of headersWith(`const:${name}`)) {
+      assert.equal(value, header.values.get(`const:${name}`), `${name} in ${header.name}`);
+    }
   }
 });
 
-test('encoded opcodes match the sheet', () => {
-  for (const [name, value] of Object.entries(SHEET_ENCODED)) {
-    assert.equal(constants.get(name), value, name);
-  }
-  const encoded = [...constants.keys()].filter((name) => /^UBLK_U_/.test(name));
-  assert.deepEqual(encoded.sort(), Object.keys(SHEET_ENCODED).sort());
-});
-
-test('struct sizes match the header, or the sheet where the header predates them', () => {
+test('struct sizes match both headers (ublk_params: 7.3)', () => {
   for (const layout of LAYOUTS) {
-    // ublk_params grows with the kernel: checked against its sections below.
-    if (layout === abi.PARAMS) continue;
-    const expected = header.structs.has(layout.c)
-      ? cValue(`sizeof:${layout.c}`)
-      : NEWER_STRUCT_SIZES[layout.c];
-    assert.equal(layout.size, expected, `sizeof(struct ${layout.c})`);
+    for (const header of headersWith(`sizeof:${layout.c}`)) {
+      // ublk_params grows with the kernel: an older one is checked against its sections below.
+      if (layout === abi.PARAMS && header !== latest) continue;
+      assert.equal(
+        layout.size,
+        cValue(header, `sizeof:${layout.c}`),
+        `${layout.c} in ${header.name}`,
+      );
+    }
   }
 });
 
-test('field offsets, widths and signedness match the header, or the sheet', () => {
+test('field offsets, widths and signedness match both headers', () => {
   for (const layout of LAYOUTS) {
     for (const f of Object.values(layout.fields)) {
       const key = `${layout.c}.${f.c}`;
-      const actual = slot(f.offset, f.type);
-      const expected = hasMember(layout.c, f.c)
-        ? {
-            offset: cValue(`offset:${key}`),
-            size: cValue(`size:${key}`),
-            signed: cValue(`signed:${key}`) === 1,
-          }
-        : NEWER_FIELDS[key];
-      assert.ok(expected !== undefined, `${key}: not in the header and no reference in the test`);
-      assert.deepEqual(actual, expected, key);
+      const actual = { offset: f.offset, size: TYPE_SIZE[f.type], signed: f.type === 's32' };
+      for (const header of headersWith(`offset:${key}`)) {
+        const expected = {
+          offset: cValue(header, `offset:${key}`),
+          size: cValue(header, `size:${key}`),
+          signed: cValue(header, `signed:${key}`) === 1,
+        };
+        assert.deepEqual(actual, expected, `${key} in ${header.name}`);
+      }
       assert.ok(f.offset + actual.size <= layout.size, `${key} overruns struct ${layout.c}`);
     }
   }
 });
 
-test('ublk_params sections: offsets, struct types, type bits and total size', () => {
-  const align = cValue('align:ublk_params');
-  const end = (sections: typeof SECTIONS) =>
-    Math.max(...sections.map((s) => s.offset + s.layout.size));
-  const roundUp = (n: number) => Math.ceil(n / align) * align;
-  const inHeader = SECTIONS.filter((s) => hasMember(abi.PARAMS.c, s.c));
+test('ublk_params sections: offsets, struct types, type bits and total size, per header', () => {
   for (const s of SECTIONS) {
-    if (inHeader.includes(s)) {
-      assert.equal(s.offset, cValue(`offset:ublk_params.${s.c}`), `offsetof ${s.c}`);
-      assert.equal(cValue(`type:ublk_params.${s.c}`), 1, `${s.c} is a struct ${s.layout.c}`);
-    } else {
-      assert.equal(s.offset, NEWER_SECTION_OFFSETS[s.c], `offset of ${s.c}`);
-    }
     const bit = SECTION_TYPE_BITS[s.c];
     assert.ok(bit !== undefined, `${s.c}: no type bit reference in the test`);
-    assert.equal(s.type, cValue(`const:${bit}`), `type bit of ${s.c}`);
+    for (const header of headersWith(`offset:ublk_params.${s.c}`)) {
+      const where = `${s.c} in ${header.name}`;
+      assert.equal(s.offset, cValue(header, `offset:ublk_params.${s.c}`), `offsetof ${where}`);
+      assert.equal(cValue(header, `type:ublk_params.${s.c}`), 1, `${where}: struct ${s.layout.c}`);
+      assert.equal(s.type, cValue(header, `const:${bit}`), `type bit of ${where}`);
+    }
   }
-  assert.equal(cValue('sizeof:ublk_params'), roundUp(end(inHeader)), 'sizeof(struct ublk_params)');
-  assert.equal(abi.PARAMS.size, roundUp(end(SECTIONS)), 'PARAMS.size');
+  for (const header of HEADERS) {
+    const align = cValue(header, 'align:ublk_params');
+    const inHeader = SECTIONS.filter((s) => hasMember(header, abi.PARAMS.c, s.c));
+    const end = Math.max(...inHeader.map((s) => s.offset + s.layout.size));
+    assert.equal(
+      cValue(header, 'sizeof:ublk_params'),
+      Math.ceil(end / align) * align,
+      `sizeof(struct ublk_params) in ${header.name}: the sections end there`,
+    );
+  }
 });
 
-test('abi.ts models every struct and member the header declares, bar padding', () => {
+test('abi.ts models every struct and member either header declares, bar padding', () => {
   const modelled = new Map<string, Set<string>>();
   for (const layout of LAYOUTS) {
     modelled.set(layout.c, new Set(Object.values(layout.fields).map((f) => memberBase(f.c))));
   }
   for (const s of SECTIONS) modelled.get(abi.PARAMS.c)?.add(s.c);
-  for (const [struct, members] of header.structs) {
-    const ours = modelled.get(struct);
-    assert.ok(ours !== undefined, `struct ${struct} is not modelled in src/ublk/abi.ts`);
-    const missing = [...members].filter((m) => !/^(pad|reserved)\d*$/.test(m) && !ours.has(m));
-    assert.deepEqual(missing, [], `struct ${struct}: members missing from src/ublk/abi.ts`);
+  for (const header of HEADERS) {
+    for (const [struct, members] of header.structs) {
+      const ours = modelled.get(struct);
+      assert.ok(ours !== undefined, `struct ${struct} (${header.name}) is not in src/ublk/abi.ts`);
+      const missing = [...members].filter((m) => !/^(pad|reserved)\d*$/.test(m) && !ours.has(m));
+      assert.deepEqual(missing, [], `struct ${struct} (${header.name}): members missing`);
+    }
   }
 });
