@@ -1,7 +1,10 @@
 import { UBLK_F } from '../ublk/abi.js';
 import type { Control } from '../ublk/control.js';
 
-/** ublksrv's names in `ublk features`, so its output reads the same; others by UBLK_F name. */
+/**
+ * ublksrv's names in `ublk features`, so its output reads the same; the bits ublksrv has no name
+ * for (QUIESCE and after) by their UBLK_F name, which is what ublksrv's `list` prints for them.
+ */
 const UBLKSRV_NAMES: Record<number, string> = {
   [UBLK_F.SUPPORT_ZERO_COPY]: 'ZERO_COPY',
   [UBLK_F.URING_CMD_COMP_IN_TASK]: 'COMP_IN_TASK',
@@ -13,6 +16,8 @@ const UBLKSRV_NAMES: Record<number, string> = {
   [UBLK_F.USER_COPY]: 'USER_COPY',
   [UBLK_F.ZONED]: 'ZONED',
   [UBLK_F.USER_RECOVERY_FAIL_IO]: 'RECOVERY_FAIL_IO',
+  [UBLK_F.UPDATE_SIZE]: 'UPDATE_SIZE',
+  [UBLK_F.AUTO_BUF_REG]: 'AUTO_ZC',
 };
 const NAME_OF = new Map<number, string>(Object.entries(UBLK_F).map(([name, bit]) => [bit, name]));
 
@@ -42,7 +47,11 @@ export async function kernelFeatures(control: Control): Promise<number> {
 }
 
 export async function featuresCommand(control: Control): Promise<string> {
-  const features = await kernelFeatures(control);
+  return formatFeatures(await kernelFeatures(control));
+}
+
+/** ublksrv's `features` text: the mask, then one line per bit set; a bit unknown here is `unknown`. */
+export function formatFeatures(features: number): string {
   const lines = [`ublk_drv features: 0x${features.toString(16)}`];
   for (let bit = 0; 2 ** bit <= features; bit++) {
     const value = 2 ** bit;
