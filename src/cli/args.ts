@@ -1,5 +1,6 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UserError } from '../errors.js';
+import { listLayout, type ListLayout } from './list-format.js';
 import { parseBool01, parseInteger } from './numbers.js';
 
 /** A command-line option a target adds to `ublk add`, in util.parseArgs terms. */
@@ -154,9 +155,14 @@ export function parseDelArgs(argv: readonly string[]): DelOptions {
 export interface ListOptions {
   devId?: number;
   json: boolean;
+  /** The text layout, from UBLK_LIST_FORMAT. */
+  layout: ListLayout;
 }
 
-export function parseListArgs(argv: readonly string[]): ListOptions {
+export function parseListArgs(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): ListOptions {
   const values = strictParse('list', argv, {
     number: { type: 'string', short: 'n' },
     json: { type: 'boolean' },
@@ -168,6 +174,7 @@ export function parseListArgs(argv: readonly string[]): ListOptions {
         ? undefined
         : parseInteger(values.number as string, 'device id', 0, 0xfffff),
     json: values.json === true || values.verbose === true,
+    layout: listLayout(env),
   };
 }
 

@@ -61,5 +61,5 @@ export async function listCommand(control: Control, options: ListOptions): Promi
     else if (options.devId !== undefined) throw new UserError(`there is no ublk device ${id}`);
   }
   if (options.json) return JSON.stringify(listings.map(listingJson), null, 2) + '\n';
-  return listings.map(formatListing).join('');
+  return listings.map((listing) => formatListing(listing, options.layout)).join('');
 }

@@ -9,6 +9,7 @@ import { parseAdd, startDaemon } from './add.js';
 import { delCommand } from './del.js';
 import { featuresCommand } from './features.js';
 import { listCommand } from './list.js';
+import { listLayout } from './list-format.js';
 import { recoverCommand } from './recover.js';
 import { serve } from './serve.js';
 
@@ -75,11 +76,15 @@ async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'add': {
+      // A bad UBLK_LIST_FORMAT fails before the device exists, not when it is printed.
+      const layout = listLayout();
       const { options, source } = await parseAdd(rest);
       requireRoot('ublk add');
       const job = { kind: 'add', options, targetSource: source } as const;
       const devId = options.foreground ? (await serve(job)).id : await startDaemon(job);
-      process.stdout.write(await withControl((c) => listCommand(c, { devId, json: false })));
+      process.stdout.write(
+        await withControl((c) => listCommand(c, { devId, json: false, layout })),
+      );
       // In the foreground, the device keeps this process alive until it is stopped.
       return 0;
     }
@@ -98,10 +103,13 @@ async function run(argv: string[]): Promise<number> {
       process.stdout.write(await withControl(featuresCommand));
       return 0;
     case 'recover': {
+      const layout = listLayout();
       const options = parseRecoverArgs(rest);
       requireRoot('ublk recover');
       const devId = await recoverCommand(options);
-      process.stdout.write(await withControl((c) => listCommand(c, { devId, json: false })));
+      process.stdout.write(
+        await withControl((c) => listCommand(c, { devId, json: false, layout })),
+      );
       // In the foreground, the device keeps this process alive until it is stopped.
       return 0;
     }

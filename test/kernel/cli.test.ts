@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { release } from 'node:os';
 import { after, afterEach, test } from 'node:test';
+import { UBLK_F } from '../../src/ublk/abi.js';
 import {
   addDevice,
   assertNothingLeft,
@@ -10,42 +11,104 @@ import {
   delDevice,
   fio,
   isAlive,
+  kernelFlags,
   sh,
   spawnForeground,
   stateFiles,
   ublk,
   ublkNodes,
+  ublkWithEnv,
   waitFor,
 } from './support/cli.js';
 
 afterEach(() => delAll());
 after(() => delAll());
 
-test('null: list prints the documented shape, field by field; --json parses', () => {
-  const id = addDevice('-t', 'null');
-  for (const out of [ublk('list').stdout, ublk('list', '-n', String(id)).stdout]) {
-    const lines = out.split('\n');
-    const f = (i: number) => lines[i].trim().split(/\s+/);
-    assert.deepEqual(f(0).slice(0, 3), ['dev', 'id', `${id}:`]);
-    assert.deepEqual(
-      [f(0)[3], f(0)[4], f(0)[5], f(0)[6], f(0)[10], f(0)[11]],
-      ['nr_hw_queues', '1', 'queue_depth', '128', 'dev_capacity', '524288000'],
-    );
-    const pid = Number(f(1)[6]);
-    assert.deepEqual(daemonPids(), [pid], 'field 7 is the daemon pid');
-    assert.equal(f(1)[10], 'LIVE', 'field 11 is the state');
-    assert.equal(f(1)[3], '524288', 'max rq size is the default 512 KiB');
-    assert.match(lines[2], /^\tublkc: \d+:\d+ ublkb: \d+:\d+ owner: \d+:\d+$/);
-    const tid = Number(f(3)[3]);
-    assert.notEqual(tid, pid, 'the queue runs in its own thread');
-    assert.ok(existsSync(`/proc/${pid}/task/${tid}`), 'field 4 is a thread of the daemon');
-    assert.match(lines[3], /^\tqueue 0: tid \d+ affinity\((\d+ )+\)$/);
-    assert.equal(lines[4], '\ttarget {"dev_size":268435456000,"name":"null","type":0}');
+/** ublksrv's `list` names that are not the UBLK_F ones. */
+const LIST_NAME_ALIASES: Readonly<Record<string, keyof typeof UBLK_F>> = {
+  RECOVERY: 'USER_RECOVERY',
+  RECOVERY_REISSUE: 'USER_RECOVERY_REISSUE',
+  RECOVERY_FAIL_IO: 'USER_RECOVERY_FAIL_IO',
+  AUTO_ZC: 'AUTO_BUF_REG',
+};
+/** The flags ublksrv's `list` shows in hex only. */
+const UNNAMED_FLAGS = UBLK_F.IO_DESC_SIZE;
+
+/** The names of a 1.8 flags line stand for exactly the bits of `flags`, each once. */
+function assertFlagNames(names: string[], flags: number): void {
+  const bits = names.map((name) => {
+    const key = LIST_NAME_ALIASES[name] ?? name;
+    assert.ok(key in UBLK_F, `${name} names a UBLK_F flag`);
+    return UBLK_F[key as keyof typeof UBLK_F];
+  });
+  assert.equal(new Set(bits).size, bits.length, `each flag named once: ${names.join(' ')}`);
+  const named = bits.reduce((sum, bit) => sum + bit, 0);
+  assert.equal(
+    named,
+    flags - (flags & UNNAMED_FLAGS),
+    `[ ${names.join(' ')} ] is 0x${flags.toString(16)}`,
+  );
+}
+
+/**
+ * One device's `list` text in `layout`, field by field, against the daemon, its threads and the
+ * flags GET_DEV_INFO reports.
+ */
+function checkListing(out: string, id: number, layout: '1.8' | '1.3', flags: number): void {
+  const lines = out.split('\n');
+  const f = (i: number) => lines[i].trim().split(/\s+/);
+  assert.deepEqual(f(0).slice(0, 3), ['dev', 'id', `${id}:`]);
+  assert.deepEqual(
+    [f(0)[3], f(0)[4], f(0)[5], f(0)[6], f(0)[10], f(0)[11]],
+    ['nr_hw_queues', '1', 'queue_depth', '128', 'dev_capacity', '524288000'],
+  );
+  const status = f(1);
+  assert.deepEqual(status.slice(0, 6), ['max', 'rq', 'size', '524288', 'daemon', 'pid']);
+  const pid = Number(status[6]);
+  assert.deepEqual(daemonPids(), [pid], 'field 7 is the daemon pid');
+  const hex = `0x${flags.toString(16)}`;
+  if (layout === '1.8') {
+    assert.deepEqual(status.slice(7), ['state', 'LIVE'], 'field 9 is the state, and the last');
+    const flagsLine = f(2);
+    assert.deepEqual(flagsLine.slice(0, 3), ['flags', hex, '['], `GET_DEV_INFO's flags: ${hex}`);
+    assert.equal(flagsLine.at(-1), ']');
+    assertFlagNames(flagsLine.slice(3, -1), flags);
+  } else {
+    assert.deepEqual(status.slice(7), ['flags', hex, 'state', 'LIVE'], 'field 11 is the state');
   }
-  const json = JSON.parse(ublk('list', '--json').stdout) as { dev_id: number; state: string }[];
+  const rest = lines.slice(layout === '1.8' ? 3 : 2);
+  assert.match(rest[0], /^\tublkc: \d+:\d+ ublkb: \d+:\d+ owner: \d+:\d+$/);
+  assert.match(rest[1], /^\tqueue 0: tid \d+ affinity\((\d+ )+\)$/);
+  const tid = Number(rest[1].trim().split(/\s+/)[3]);
+  assert.notEqual(tid, pid, 'the queue runs in its own thread');
+  assert.ok(existsSync(`/proc/${pid}/task/${tid}`), 'field 4 is a thread of the daemon');
+  assert.equal(rest[2], '\ttarget {"dev_size":268435456000,"name":"null","type":0}');
+  assert.deepEqual(rest.slice(3), [''], 'nothing more');
+}
+
+test('null: list in both layouts, field by field, flags as the kernel has them; --json parses', async () => {
+  const id = addDevice('-t', 'null');
+  const flags = await kernelFlags(id);
+  const list = (format: string | undefined, ...args: string[]) => {
+    const r = ublkWithEnv({ UBLK_LIST_FORMAT: format }, 'list', ...args);
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  };
+  for (const layout of ['1.8', '1.3'] as const) {
+    checkListing(list(layout), id, layout, flags);
+    checkListing(list(layout, '-n', String(id)), id, layout, flags);
+  }
+  checkListing(list(undefined), id, '1.8', flags);
+  checkListing(list(''), id, '1.8', flags);
+  const json = JSON.parse(ublk('list', '--json').stdout) as {
+    dev_id: number;
+    state: string;
+    flags: number;
+  }[];
   assert.equal(json.length, 1);
   assert.equal(json[0].dev_id, id);
   assert.equal(json[0].state, 'LIVE');
+  assert.equal(json[0].flags, flags);
   delDevice(id);
   assertNothingLeft();
 });
@@ -94,9 +157,16 @@ test('null: fio randread at depth 128, one queue, and two queues with two jobs',
   assert.ok(r2.jobs.every((j) => j.read.io_bytes > 0));
 });
 
-test('NEED_GET_DATA (-g 1) devices serve writes', () => {
+test('NEED_GET_DATA (-g 1) devices serve writes', async () => {
   const id = addDevice('-t', 'null', '-g', '1');
-  assert.match(ublk('list', '-n', String(id)).stdout, /flags 0x6 /);
+  const flags = await kernelFlags(id);
+  assert.ok(
+    flags & UBLK_F.NEED_GET_DATA,
+    `the kernel granted NEED_GET_DATA: 0x${flags.toString(16)}`,
+  );
+  const flagsLine = ublk('list', '-n', String(id)).stdout.split('\n')[2];
+  assert.ok(flagsLine.startsWith(`\tflags 0x${flags.toString(16)} [ `), flagsLine);
+  assert.ok(flagsLine.includes(' NEED_GET_DATA '), flagsLine);
   const r = fio([
     '--name=g',
     `--filename=/dev/ublkb${id}`,

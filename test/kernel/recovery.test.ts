@@ -29,6 +29,7 @@ import {
   daemonPids,
   delAll,
   delDevice,
+  listStatus,
   RUN_DIR,
   stateFiles,
   ublk,
@@ -147,9 +148,8 @@ function recover(id: number, oldPid: number): number {
   assert.equal(r.status, 0, `recover failed: ${r.stderr}`);
   const lines = r.stdout.split('\n');
   assert.match(lines[0], new RegExp(`^dev id ${id}: `));
-  const f = lines[1].trim().split(/\s+/);
-  assert.equal(f[10], 'LIVE', r.stdout);
-  const pid = Number(f[6]);
+  const { pid, state } = listStatus(r.stdout);
+  assert.equal(state, 'LIVE', r.stdout);
   assert.notEqual(pid, oldPid, 'a new daemon serves it');
   assert.equal(theDaemon(), pid, 'the pid printed is the daemon');
   assert.match(r.stdout, /queue 0: tid [1-9]\d* /);

@@ -107,14 +107,36 @@ test('del, list and recover', () => {
   assert.deepEqual(parseDelArgs(['-a']), { devId: undefined, all: true, async: false });
   assert.throws(() => parseDelArgs([]), UserError);
   assert.throws(() => parseDelArgs(['-n', 'x']), UserError);
-  assert.deepEqual(parseListArgs([]), { devId: undefined, json: false });
-  assert.deepEqual(parseListArgs(['-n', '0', '--json']), { devId: 0, json: true });
+  assert.deepEqual(parseListArgs([], {}), { devId: undefined, json: false, layout: '1.8' });
+  assert.deepEqual(parseListArgs(['-n', '0', '--json'], {}), {
+    devId: 0,
+    json: true,
+    layout: '1.8',
+  });
   assert.deepEqual(parseRecoverArgs(['-n', '1']), {
     devId: 1,
     startEmpty: false,
     foreground: false,
   });
   assert.throws(() => parseRecoverArgs([]), UserError);
+});
+
+test('list: UBLK_LIST_FORMAT picks the layout; anything else is a one-line UserError', () => {
+  const layout = (value?: string) => parseListArgs([], { UBLK_LIST_FORMAT: value }).layout;
+  assert.equal(layout(undefined), '1.8');
+  assert.equal(layout(''), '1.8');
+  assert.equal(layout('1.8'), '1.8');
+  assert.equal(layout('1.3'), '1.3');
+  for (const bad of ['1.4', '13', ' 1.3', 'json']) {
+    assert.throws(
+      () => layout(bad),
+      (err: unknown) =>
+        err instanceof UserError &&
+        !err.message.includes('\n') &&
+        err.message.includes(`UBLK_LIST_FORMAT=${bad}`),
+      bad,
+    );
+  }
 });
 
 test('numbers: strict integers and sizes', () => {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Control } from '../../../src/ublk/control.js';
 
 export const CLI = new URL('../../../src/cli/main.js', import.meta.url).pathname;
 
@@ -13,11 +14,40 @@ export interface Run {
 
 /** Runs `ublk ARGS` as a user types it, and returns what it printed. */
 export function ublk(...args: string[]): Run {
+  return ublkWithEnv({}, ...args);
+}
+
+/**
+ * `ublk ARGS` with `env` added to the environment. The tests' own UBLK_LIST_FORMAT is dropped
+ * (undefined values are left out): they parse the default layout unless they ask for another.
+ */
+export function ublkWithEnv(env: NodeJS.ProcessEnv, ...args: string[]): Run {
   const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [CLI, ...args], {
     encoding: 'utf8',
     timeout: 10 * 60_000,
+    env: { ...process.env, UBLK_LIST_FORMAT: undefined, ...env },
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * The device's flags as GET_DEV_INFO reports them, asked through the library rather than through
+ * `ublk list`, whose output is what the tests check against it.
+ */
+export async function kernelFlags(devId: number): Promise<number> {
+  const control = Control.open();
+  try {
+    return (await control.getDevInfo(devId)).flags;
+  } finally {
+    control.close();
+  }
+}
+
+/** The daemon pid and state of the second line of `list`'s default (ublksrv 1.8) layout. */
+export function listStatus(text: string): { pid: number; state: string } {
+  const f = text.split('\n')[1].trim().split(/\s+/);
+  assert.deepEqual([f[4], f[5], f[7]], ['daemon', 'pid', 'state'], `a 1.8 listing: ${text}`);
+  return { pid: Number(f[6]), state: f[8] };
 }
 
 /** `ublk add ARGS`, which must succeed; returns the new device's id. */

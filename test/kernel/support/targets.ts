@@ -48,7 +48,7 @@ export function listed(id: number): Listed {
  */
 export function parseListing(text: string): Listed {
   const head =
-    /^dev id (\d+): nr_hw_queues (\d+) queue_depth \d+ block size (\d+) dev_capacity (\d+)\n\tmax rq size \d+ daemon pid (\d+) flags \S+ state (\S+)$/m.exec(
+    /^dev id (\d+): nr_hw_queues (\d+) queue_depth \d+ block size (\d+) dev_capacity (\d+)\n\tmax rq size \d+ daemon pid (\d+)(?: flags \S+)? state (\S+)$/m.exec(
       text,
     );
   const target = /^\ttarget (\{.*\})$/m.exec(text);
