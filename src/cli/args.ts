@@ -25,6 +25,8 @@ export interface AddOptions {
   userRecovery: boolean;
   userRecoveryReissue: boolean;
   userRecoveryFailIo: boolean;
+  /** ublksrv's --unprivileged: UBLK_F_UNPRIVILEGED_DEV (6.3+), a device its non-root user owns. */
+  unprivileged: boolean;
   foreground: boolean;
   targetArgs: TargetArgs;
 }
@@ -34,6 +36,23 @@ const PAGE_SIZE = 4096;
 const MAX_QUEUES = 4096;
 const MAX_DEPTH = 4096;
 const MAX_IO_BUF_BYTES = 32 << 20;
+
+/**
+ * ublksrv 1.8's data-path options that ublk-ts does not implement yet: parsed so that `add`
+ * refuses each by name, saying what it lacks, rather than as an unknown option.
+ */
+const UNIMPLEMENTED_ADD_OPTIONS = {
+  zerocopy: { type: 'boolean', short: 'z' },
+  'batch-io': { type: 'boolean', short: 'b' },
+  usercopy: { type: 'boolean' },
+  auto_zc: { type: 'boolean' },
+} as const satisfies ParseArgsConfig['options'];
+const UNIMPLEMENTED_LACKS: Readonly<Record<keyof typeof UNIMPLEMENTED_ADD_OPTIONS, string>> = {
+  zerocopy: 'zero copy (UBLK_F_SUPPORT_ZERO_COPY, REGISTER_IO_BUF)',
+  'batch-io': 'batch IO (UBLK_F_BATCH_IO, PREP/COMMIT/FETCH_IO_CMDS)',
+  usercopy: 'user copy (UBLK_F_USER_COPY, pread/pwrite on /dev/ublkcN)',
+  auto_zc: 'automatic buffer registration (UBLK_F_AUTO_BUF_REG)',
+};
 
 /** ublksrv's standard `add` options; names and letters are those of ublksrv so scripts keep working. */
 const STANDARD_ADD_OPTIONS = {
@@ -49,7 +68,11 @@ const STANDARD_ADD_OPTIONS = {
   max_io_buf_bytes: { type: 'string' },
   foreground: { type: 'boolean' },
   debug_mask: { type: 'string' },
+  unprivileged: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
+
+/** Every option `add` has before the target's own. */
+const ADD_OPTIONS = { ...STANDARD_ADD_OPTIONS, ...UNIMPLEMENTED_ADD_OPTIONS };
 
 /** Finds `-t TYPE` before the full parse, because the type decides which other options exist. */
 export function findTargetType(argv: readonly string[]): string {
@@ -84,9 +107,10 @@ export function parseAddArgs(
   targetOptions: TargetOptionSpecs,
 ): AddOptions {
   for (const name of Object.keys(targetOptions)) {
-    if (name in STANDARD_ADD_OPTIONS) throw new Error(`target option --${name} clashes`);
+    if (name in ADD_OPTIONS) throw new Error(`target option --${name} clashes`);
   }
-  const values = strictParse('add', argv, { ...STANDARD_ADD_OPTIONS, ...targetOptions });
+  const values = strictParse('add', argv, { ...ADD_OPTIONS, ...targetOptions });
+  refuseUnimplemented(values);
   const str = (name: string) => values[name] as string | undefined;
   const flag = (name: string, what: string) => {
     const text = str(name);
@@ -123,9 +147,18 @@ export function parseAddArgs(
     userRecovery: flag('user_recovery', 'user_recovery (-r)') || reissue || failIo,
     userRecoveryReissue: reissue,
     userRecoveryFailIo: failIo,
+    unprivileged: values.unprivileged === true,
     foreground: values.foreground === true,
     targetArgs,
   };
+}
+
+function refuseUnimplemented(values: Record<string, string | boolean | undefined>): void {
+  for (const [name, lacks] of Object.entries(UNIMPLEMENTED_LACKS)) {
+    if (values[name] !== undefined) {
+      throw new UserError(`add: --${name} is not implemented by ublk-ts yet: it lacks ${lacks}`);
+    }
+  }
 }
 
 export interface DelOptions {

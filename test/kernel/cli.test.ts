@@ -212,8 +212,8 @@ test('20 add/del cycles leave no device, process, fd or state entry behind', () 
 });
 
 /** A failing command: non-zero exit, a one-line message matching `pattern`, nothing created. */
-function assertRefused(args: string[], pattern: RegExp): void {
-  const r = ublk(...args);
+function assertRefused(args: string[], pattern: RegExp, env: NodeJS.ProcessEnv = {}): void {
+  const r = ublkWithEnv(env, ...args);
   assert.notEqual(r.status, 0, `${args.join(' ')} should fail`);
   const lines = r.stderr.trimEnd().split('\n');
   assert.equal(lines.length, 1, `one line: ${r.stderr}`);
@@ -233,6 +233,15 @@ test('bad input: a clear one-line error, a non-zero exit, no device', () => {
   assertRefused(['add', '-t', 'null', '--max_io_buf_bytes', '5000'], /multiple of the page size/);
   assertRefused(['add', '-t', 'null', '--bogus'], /Unknown option '--bogus'/);
   assertRefused(['add'], /use -t TYPE/);
+  assertRefused(['add', '-t', 'null', '-z'], /--zerocopy is not implemented by ublk-ts yet/);
+  assertRefused(['add', '-t', 'null', '-b'], /--batch-io is not implemented by ublk-ts yet/);
+  assertRefused(['add', '-t', 'null', '--usercopy'], /--usercopy is not implemented/);
+  assertRefused(['add', '-t', 'null', '--auto_zc'], /--auto_zc is not implemented/);
+  for (const command of [['add', '-t', 'null'], ['list']]) {
+    assertRefused(command, /UBLK_LIST_FORMAT=1\.4 is not a list layout/, {
+      UBLK_LIST_FORMAT: '1.4',
+    });
+  }
   assertRefused(['del', '-n', '77'], /there is no ublk device 77/);
   assertRefused(['list', '-n', '77'], /there is no ublk device 77/);
   assertRefused(['frobnicate'], /unknown command 'frobnicate'/);

@@ -30,6 +30,7 @@ test('add: ublksrv defaults', () => {
       userRecovery: false,
       userRecoveryReissue: false,
       userRecoveryFailIo: false,
+      unprivileged: false,
       foreground: false,
       targetArgs: undefined,
     },
@@ -93,6 +94,37 @@ test('add: bad input is a one-line UserError', () => {
       argv.join(' '),
     );
   }
+});
+
+test('add: --unprivileged is ublksrv 1.8’s flag for UNPRIVILEGED_DEV', () => {
+  assert.equal(parseAddArgs(['-t', 'null', '--unprivileged'], {}).unprivileged, true);
+  assert.throws(() => parseAddArgs(['-t', 'null', '--unprivileged=1'], {}), UserError);
+});
+
+test('add: ublksrv 1.8’s data-path options are refused by name, one line saying what is missing', () => {
+  const refusals: [string[], RegExp][] = [
+    [['-z'], /^add: --zerocopy is not implemented by ublk-ts yet: .*UBLK_F_SUPPORT_ZERO_COPY/],
+    [['--zerocopy'], /^add: --zerocopy is not implemented/],
+    [['-b'], /^add: --batch-io is not implemented by ublk-ts yet: .*UBLK_F_BATCH_IO/],
+    [['--batch-io'], /^add: --batch-io is not implemented/],
+    [['--usercopy'], /^add: --usercopy is not implemented by ublk-ts yet: .*UBLK_F_USER_COPY/],
+    [['--auto_zc'], /^add: --auto_zc is not implemented by ublk-ts yet: .*UBLK_F_AUTO_BUF_REG/],
+  ];
+  for (const [extra, pattern] of refusals) {
+    assert.throws(
+      () => parseAddArgs(['-t', 'loop', '-f', 'x.img', ...extra], LOOP_OPTIONS),
+      (err: unknown) =>
+        err instanceof UserError && !err.message.includes('\n') && pattern.test(err.message),
+      extra.join(' '),
+    );
+  }
+});
+
+test('add: a target option may not take the name of a refused one', () => {
+  assert.throws(
+    () => parseAddArgs(['-t', 'x'], { zerocopy: { type: 'boolean', description: 'x' } }),
+    /--zerocopy clashes/,
+  );
 });
 
 test('findTargetType finds -t in every spelling, and says what to do without it', () => {

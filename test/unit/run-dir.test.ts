@@ -35,6 +35,7 @@ const record: DeviceRecord = {
     userRecovery: false,
     userRecoveryReissue: false,
     userRecoveryFailIo: false,
+    unprivileged: false,
     foreground: false,
     targetArgs: {},
   },
