@@ -1,5 +1,4 @@
 import { createRequire } from 'node:module';
-import { getSystemErrorName } from 'node:util';
 
 /**
  * Typed access to the native shim (native/sys.c); every other module reaches the OS through
@@ -18,24 +17,8 @@ export interface WatchHandle {
   readonly __brand: 'WatchHandle';
 }
 
-/** Error thrown by a failed system call. `errno` is positive, `code` its name ('ENOENT'). */
-export interface ErrnoError extends Error {
-  readonly code: string;
-  readonly errno: number;
-  readonly syscall: string;
-}
-
-export function isErrnoError(error: unknown, code?: string): error is ErrnoError {
-  if (!(error instanceof Error)) return false;
-  const { errno, code: actual } = error as Partial<ErrnoError>;
-  return typeof errno === 'number' && typeof actual === 'string' && (!code || actual === code);
-}
-
-/** The error the native side would have thrown, for a -errno returned by a hot-path call. */
-export function errnoError(syscall: string, errno: number): ErrnoError {
-  const code = getSystemErrorName(-errno);
-  return Object.assign(new Error(`${syscall}: ${code}`), { code, errno, syscall });
-}
+// Where the other modules have always found them; errors.ts is where they live.
+export { errnoError, isErrnoError, type ErrnoError } from './errors.js';
 
 export interface Sys {
   /** io_uring_setup(2). The kernel fills `params` (sizeof(struct io_uring_params) bytes). */

@@ -10,7 +10,7 @@ import {
   type Stats,
 } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { isErrnoCode, UserError } from '../errors.js';
+import { checkResult, errnoError, isErrnoError, UserError } from '../errors.js';
 import { constants as sysConstants, ioctl, mmap, munmap } from '../sys.js';
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -55,28 +55,18 @@ interface LoopShared {
   syncLog?: string;
 }
 
-function errnoError(res: number, what: string): Error {
-  return Object.assign(new Error(`${what} failed: errno ${-res}`), { errno: -res });
-}
-
-/** An errno-carrying Error for a negative io_uring result; the result itself otherwise. */
-function check(res: number, what: string): number {
-  if (res < 0) throw errnoError(res, what);
-  return res;
-}
-
 function openError(path: string, err: unknown): never {
-  if (isErrnoCode(err, 'ENOENT')) throw new UserError(`loop: backing file ${path} does not exist`);
-  if (isErrnoCode(err, 'EACCES') || isErrnoCode(err, 'EPERM')) {
+  if (isErrnoError(err, 'ENOENT')) throw new UserError(`loop: backing file ${path} does not exist`);
+  if (isErrnoError(err, 'EACCES') || isErrnoError(err, 'EPERM')) {
     throw new UserError(`loop: cannot open ${path} for reading and writing: permission denied`);
   }
-  if (isErrnoCode(err, 'EROFS')) {
+  if (isErrnoError(err, 'EROFS')) {
     throw new UserError(`loop: cannot open ${path} for writing: read-only file system`);
   }
-  if (isErrnoCode(err, 'EISDIR')) {
+  if (isErrnoError(err, 'EISDIR')) {
     throw new UserError(`loop: ${path} is a directory, not a file or block device`);
   }
-  if (isErrnoCode(err, 'ETXTBSY') || isErrnoCode(err, 'EBUSY')) {
+  if (isErrnoError(err, 'ETXTBSY') || isErrnoError(err, 'EBUSY')) {
     throw new UserError(`loop: ${path} is busy (in use elsewhere)`);
   }
   throw new UserError(`loop: cannot open ${path}: ${(err as Error).message}`);
@@ -168,7 +158,7 @@ function directIoBlockSize(fd: number, fsDev: number): number | undefined {
         readSync(fd, new Uint8Array(mapping.buffer, 0, bs), 0, bs, 0);
         return bs;
       } catch (err) {
-        if (!isErrnoCode(err, 'EINVAL')) throw err;
+        if (!isErrnoError(err, 'EINVAL')) throw err;
       }
     }
     return undefined;
@@ -228,7 +218,7 @@ export default defineTarget<LoopShared>({
         fd = openSync(path, openFlags(direct));
       } catch (err) {
         // tmpfs (before Linux 6.6) and some others refuse O_DIRECT at open: use the page cache.
-        if (!direct || !isErrnoCode(err, 'EINVAL')) openError(path, err);
+        if (!direct || !isErrnoError(err, 'EINVAL')) openError(path, err);
         direct = false;
         fd = openSync(path, openFlags(false));
       }
@@ -301,7 +291,7 @@ export default defineTarget<LoopShared>({
       };
     } catch (err) {
       if (fd >= 0) closeSync(fd);
-      if (isErrnoCode(err, 'EACCES') || isErrnoCode(err, 'EPERM') || isErrnoCode(err, 'EROFS')) {
+      if (isErrnoError(err, 'EACCES') || isErrnoError(err, 'EPERM') || isErrnoError(err, 'EROFS')) {
         openError(path, err);
       }
       throw err;
@@ -310,7 +300,7 @@ export default defineTarget<LoopShared>({
 
   queue({ fd, offset: base, blockDevice, syncLog }, { io }) {
     const fdatasync = async (kind: 'flush' | 'fua') => {
-      check(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
+      checkResult(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
       if (syncLog) appendFileSync(syncLog, `${kind}\n`);
     };
     const zeroes = new ZeroRange(io, fd, blockDevice);
@@ -318,7 +308,10 @@ export default defineTarget<LoopShared>({
       async read(buf, offset) {
         let done = 0;
         while (done < buf.length) {
-          const n = check(await io.read(fd, buf.subarray(done), base + offset + done), 'read');
+          const n = checkResult(
+            await io.read(fd, buf.subarray(done), base + offset + done),
+            'read',
+          );
           if (n === 0) {
             // End of file: the file shrank under us. A short READ would only be requeued by the
             // kernel, so the rest reads as zeros, like a hole.
@@ -331,8 +324,11 @@ export default defineTarget<LoopShared>({
       async write(buf, offset, { fua }) {
         let done = 0;
         while (done < buf.length) {
-          const n = check(await io.write(fd, buf.subarray(done), base + offset + done), 'write');
-          if (n === 0) throw errnoError(-EIO, 'write');
+          const n = checkResult(
+            await io.write(fd, buf.subarray(done), base + offset + done),
+            'write',
+          );
+          if (n === 0) throw errnoError('write', EIO);
           done += n;
         }
         if (fua) await fdatasync('fua');
@@ -346,7 +342,7 @@ export default defineTarget<LoopShared>({
           blkdiscard(fd, base + offset, length);
           return;
         }
-        check(
+        checkResult(
           await io.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, base + offset, length),
           'discard',
         );
@@ -377,19 +373,19 @@ class ZeroRange {
   async run(offset: number, length: number, noUnmap: boolean): Promise<void> {
     if (!noUnmap && this.punchWorks) {
       const res = await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-      if (res !== -EOPNOTSUPP) return void check(res, 'write zeroes (punch hole)');
+      if (res !== -EOPNOTSUPP) return void checkResult(res, 'write zeroes (punch hole)');
       this.punchWorks = false;
     }
     if (this.zeroRangeWorks || this.blockDevice) {
       const res = await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
-      if (res !== -EOPNOTSUPP) return void check(res, 'write zeroes (zero range)');
+      if (res !== -EOPNOTSUPP) return void checkResult(res, 'write zeroes (zero range)');
       this.zeroRangeWorks = false;
     }
-    check(
+    checkResult(
       await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
       'write zeroes (punch hole)',
     );
-    if (noUnmap) check(await this.fallocate(FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
+    if (noUnmap) checkResult(await this.fallocate(FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
   }
 
   private fallocate(mode: number, offset: number, length: number): Promise<number> {

@@ -1,7 +1,7 @@
 import { closeSync, ftruncateSync } from 'node:fs';
 import { constants as osConstants, totalmem } from 'node:os';
 import { parseSize } from '../cli/numbers.js';
-import { UserError } from '../errors.js';
+import { checkResult, errnoError, UserError } from '../errors.js';
 import { constants as sysConstants, memfdCreate } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/index.js';
 import { defineTarget } from './target.js';
@@ -30,11 +30,6 @@ import { defineTarget } from './target.js';
 
 const { EIO } = osConstants.errno;
 const SECTOR = 512;
-
-function check(res: number, what: string): number {
-  if (res < 0) throw Object.assign(new Error(`${what} failed: errno ${-res}`), { errno: -res });
-  return res;
-}
 
 export default defineTarget<{ fd: number }>({
   name: 'mem',
@@ -78,7 +73,7 @@ export default defineTarget<{ fd: number }>({
 
   queue({ fd }, { io }) {
     const punch = async (offset: number, length: number) =>
-      check(
+      checkResult(
         await io.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
         'punch hole',
       );
@@ -86,15 +81,15 @@ export default defineTarget<{ fd: number }>({
       async read(buf, offset) {
         // A read within the file's size is never short, but take what comes and go on.
         for (let done = 0; done < buf.length;) {
-          const n = check(await io.read(fd, buf.subarray(done), offset + done), 'read');
-          if (n === 0) throw Object.assign(new Error('read past the end'), { errno: EIO });
+          const n = checkResult(await io.read(fd, buf.subarray(done), offset + done), 'read');
+          if (n === 0) throw errnoError('read', EIO);
           done += n;
         }
       },
       async write(buf, offset) {
         for (let done = 0; done < buf.length;) {
-          const n = check(await io.write(fd, buf.subarray(done), offset + done), 'write');
-          if (n === 0) throw Object.assign(new Error('write made no progress'), { errno: EIO });
+          const n = checkResult(await io.write(fd, buf.subarray(done), offset + done), 'write');
+          if (n === 0) throw errnoError('write', EIO);
           done += n;
         }
       },
@@ -103,7 +98,8 @@ export default defineTarget<{ fd: number }>({
         await punch(offset, length);
         // The caller wants the zeroes to stay allocated: allocate the hole again (tmpfs has no
         // ZERO_RANGE).
-        if (noUnmap) check(await io.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
+        if (noUnmap)
+          checkResult(await io.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
       },
     };
   },

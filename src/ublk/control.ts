@@ -1,5 +1,6 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
+import { errnoName } from '../errors.js';
 import { close as closeSys, isErrnoError, open as openFd } from '../sys.js';
 import { IoBuffer, IORING_SETUP_SQE128, Ring } from '../uring/index.js';
 import {
@@ -24,7 +25,6 @@ export const CONTROL_PATH = '/dev/ublk-control';
 export type DevInfo = StructValue<typeof DEV_INFO>;
 type CommandName = keyof typeof UBLK_U_CMD;
 
-const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
 const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
 const EINVAL = osConstants.errno.EINVAL;
 
@@ -37,7 +37,7 @@ export class ControlError extends Error {
     readonly devId: number,
     readonly errno: number,
   ) {
-    const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+    const code = errnoName(errno);
     super(`${command} of ublk device ${devId === AUTO_DEV_ID ? '(new)' : devId} failed: ${code}`);
     this.code = code;
   }

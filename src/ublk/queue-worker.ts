@@ -1,5 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { constants, gettid, isErrnoError, prctl, schedSetaffinity } from '../sys.js';
+import { isErrnoError } from '../errors.js';
+import { constants, gettid, prctl, schedSetaffinity } from '../sys.js';
 import { loadTarget } from '../targets/load.js';
 import { Queue, type QueueConfig } from './queue.js';
 

@@ -1,5 +1,6 @@
 import { constants as osConstants } from 'node:os';
-import { constants as sysConstants, errnoError, isErrnoError, mmap, munmap } from '../sys.js';
+import { errnoError, isErrnoError } from '../errors.js';
+import { constants as sysConstants, mmap, munmap } from '../sys.js';
 import type { IoResult, QueueHandlers, QueueIo } from '../targets/target.js';
 import {
   IORING_FSYNC_DATASYNC,
@@ -189,7 +190,7 @@ export class Queue {
       } else {
         const timeout = this.pendingHandlers > 0 ? BUSY_WAIT_MS : IDLE_WAIT_MS;
         const res = this.ring.submitAndWait(1, timeout);
-        if (res < 0 && res !== -ETIME && res !== -EBUSY) throw errnoError('io_uring_enter', res);
+        if (res < 0 && res !== -ETIME && res !== -EBUSY) throw errnoError('io_uring_enter', -res);
       }
       if (this.ring.drain(this.onCqe) === 0) break; // a timeout: the event loop's turn
       // Let the handlers' promise continuations run (they commit, or start more ring IO) without
@@ -355,7 +356,7 @@ export class Queue {
 
   private submit(): void {
     const res = this.ring.submit();
-    if (res < 0 && res !== -EBUSY) throw errnoError('io_uring_enter', res);
+    if (res < 0 && res !== -EBUSY) throw errnoError('io_uring_enter', -res);
   }
 
   private async shutdown(): Promise<void> {
