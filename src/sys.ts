@@ -20,6 +20,13 @@ export interface WatchHandle {
 // Where the other modules have always found them; errors.ts is where they live.
 export { errnoError, isErrnoError, type ErrnoError } from './errors.js';
 
+/** A dev_t as "major:minor" (glibc's gnu_dev_major/minor), as sysfs and `ls -l` show it. */
+export function majorMinor(dev: number): string {
+  const major = ((dev >> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
+  const minor = (dev & 0xff) | ((dev >> 12) & ~0xff);
+  return `${major}:${minor}`;
+}
+
 export interface Sys {
   /** io_uring_setup(2). The kernel fills `params` (sizeof(struct io_uring_params) bytes). */
   ioUringSetup(entries: number, params: Uint8Array): number;

@@ -1,6 +1,6 @@
 import { UBLK_F } from '../ublk/abi.js';
 import { createDevice, recoverDevice, type Device } from '../ublk/device.js';
-import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../targets/load.js';
+import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../ublk/target-loader.js';
 import { UserError } from '../errors.js';
 import type { AddOptions } from './args.js';
 import { readRecord, removeRecord, runDir, writeRecord } from './run-dir.js';

@@ -10,15 +10,15 @@ import {
   type Stats,
 } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { checkResult, errnoError, isErrnoError, UserError } from '../errors.js';
-import { constants as sysConstants, ioctl, mmap, munmap } from '../sys.js';
+import { checkResult, isErrnoError, UserError } from '../errors.js';
+import { constants as sysConstants, ioctl, majorMinor, mmap, munmap } from '../sys.js';
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   Ring,
 } from '../uring/index.js';
-import { defineTarget, type QueueIo } from './target.js';
+import { defineTarget, SECTOR, type QueueIo } from './target.js';
 
 /**
  * ublksrv's loop target: `-t loop -f FILE [--buffered_io] [--offset SECTORS]`.
@@ -36,7 +36,6 @@ import { defineTarget, type QueueIo } from './target.js';
  * `direct_io`.
  */
 
-const SECTOR = 512;
 const { EOPNOTSUPP, EIO } = osConstants.errno;
 
 /**
@@ -89,13 +88,6 @@ function blockDeviceSize(fd: number): number {
   return Number(out[0]);
 }
 
-/** "major:minor" of a device number (glibc's gnu_dev_major/minor). */
-function devNumbers(rdev: number): string {
-  const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-  const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff);
-  return `${major}:${minor}`;
-}
-
 /** Whether a block device accepts discards: its queue's discard_max_bytes (a partition's parent's). */
 function blockDeviceDiscards(rdev: number): boolean {
   const value = queueAttribute(rdev, 'discard_max_bytes');
@@ -104,7 +96,7 @@ function blockDeviceDiscards(rdev: number): boolean {
 
 /** A number from a block device's /sys/.../queue/ (a partition's from its disk's). */
 function queueAttribute(dev: number, name: string): number | undefined {
-  const dir = `/sys/dev/block/${devNumbers(dev)}`;
+  const dir = `/sys/dev/block/${majorMinor(dev)}`;
   for (const path of [`${dir}/queue/${name}`, `${dir}/../queue/${name}`]) {
     try {
       const value = Number(readFileSync(path, 'utf8').trim());
@@ -176,7 +168,7 @@ function parseOffset(text: string | undefined): number {
   return value;
 }
 
-export default defineTarget<LoopShared>({
+export default defineTarget({
   name: 'loop',
   options: {
     file: { type: 'string', short: 'f', description: 'backing file or block device (required)' },
@@ -195,7 +187,7 @@ export default defineTarget<LoopShared>({
     if (typeof path !== 'string' || path === '') {
       throw new UserError('loop: no backing file: use -f FILE');
     }
-    const offsetSectors = parseOffset(args.offset as string | undefined);
+    const offsetSectors = parseOffset(args.offset);
     const offset = offsetSectors * SECTOR;
     let direct = args.buffered_io !== true;
 
@@ -285,7 +277,7 @@ export default defineTarget<LoopShared>({
           discard: discard ? { granularity: physical } : false,
           writeZeroes,
         },
-        shared: { fd, offset, blockDevice, syncLog },
+        shared: { fd, offset, blockDevice, syncLog } satisfies LoopShared,
         info: { backing_file: path, direct_io: direct ? 1 : 0, offset: offsetSectors },
         close: () => closeSync(openFd),
       };
@@ -299,41 +291,27 @@ export default defineTarget<LoopShared>({
   },
 
   queue({ fd, offset: base, blockDevice, syncLog }, { io }) {
-    const fdatasync = async (kind: 'flush' | 'fua') => {
-      checkResult(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
-      if (syncLog) appendFileSync(syncLog, `${kind}\n`);
+    const sync = async () => void checkResult(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
+    // Decided once: without the test aid, FLUSH and FUA are the bare fdatasync.
+    const logged = (kind: string) => async () => {
+      await sync();
+      appendFileSync(syncLog!, `${kind}\n`);
     };
+    const flush = syncLog ? logged('flush') : sync;
+    const fuaSync = syncLog ? logged('fua') : sync;
     const zeroes = new ZeroRange(io, fd, blockDevice);
     return {
       async read(buf, offset) {
-        let done = 0;
-        while (done < buf.length) {
-          const n = checkResult(
-            await io.read(fd, buf.subarray(done), base + offset + done),
-            'read',
-          );
-          if (n === 0) {
-            // End of file: the file shrank under us. A short READ would only be requeued by the
-            // kernel, so the rest reads as zeros, like a hole.
-            buf.fill(0, done);
-            break;
-          }
-          done += n;
-        }
+        const done = await io.readFully(fd, buf, base + offset);
+        // Short only at the end of the file, which shrank under us. A short READ would only be
+        // requeued by the kernel, so the rest reads as zeros, like a hole.
+        if (done < buf.length) buf.fill(0, done);
       },
       async write(buf, offset, { fua }) {
-        let done = 0;
-        while (done < buf.length) {
-          const n = checkResult(
-            await io.write(fd, buf.subarray(done), base + offset + done),
-            'write',
-          );
-          if (n === 0) throw errnoError('write', EIO);
-          done += n;
-        }
-        if (fua) await fdatasync('fua');
+        await io.writeFully(fd, buf, base + offset);
+        if (fua) await fuaSync();
       },
-      flush: () => fdatasync('flush'),
+      flush,
       async discard(offset, length) {
         if (blockDevice) {
           // fallocate(2) offers a block device only "write zeroes" (PUNCH_HOLE): a real discard

@@ -1,10 +1,10 @@
 import { closeSync, ftruncateSync } from 'node:fs';
 import { constants as osConstants, totalmem } from 'node:os';
-import { parseSize } from '../cli/numbers.js';
 import { checkResult, errnoError, UserError } from '../errors.js';
 import { constants as sysConstants, memfdCreate } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/index.js';
-import { defineTarget } from './target.js';
+import { parseSize } from './size.js';
+import { defineTarget, SECTOR } from './target.js';
 
 /**
  * `-t mem --size SIZE`: a sparse RAM disk that every queue of the device shares.
@@ -29,9 +29,8 @@ import { defineTarget } from './target.js';
  */
 
 const { EIO } = osConstants.errno;
-const SECTOR = 512;
 
-export default defineTarget<{ fd: number }>({
+export default defineTarget({
   name: 'mem',
   options: {
     size: { type: 'string', description: 'device size, e.g. 512M or 2G (required)' },
@@ -79,20 +78,10 @@ export default defineTarget<{ fd: number }>({
       );
     return {
       async read(buf, offset) {
-        // A read within the file's size is never short, but take what comes and go on.
-        for (let done = 0; done < buf.length;) {
-          const n = checkResult(await io.read(fd, buf.subarray(done), offset + done), 'read');
-          if (n === 0) throw errnoError('read', EIO);
-          done += n;
-        }
+        // Within the file's size, which the device's is: never short.
+        if ((await io.readFully(fd, buf, offset)) < buf.length) throw errnoError('read', EIO);
       },
-      async write(buf, offset) {
-        for (let done = 0; done < buf.length;) {
-          const n = checkResult(await io.write(fd, buf.subarray(done), offset + done), 'write');
-          if (n === 0) throw errnoError('write', EIO);
-          done += n;
-        }
-      },
+      write: (buf, offset) => io.writeFully(fd, buf, offset),
       discard: punch,
       async writeZeroes(offset, length, { noUnmap }) {
         await punch(offset, length);

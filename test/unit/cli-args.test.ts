@@ -8,7 +8,8 @@ import {
   parseRecoverArgs,
 } from '../../src/cli/args.js';
 import { UserError } from '../../src/errors.js';
-import { parseInteger, parseSize } from '../../src/cli/numbers.js';
+import { parseInteger } from '../../src/cli/numbers.js';
+import { parseSize } from '../../src/targets/size.js';
 
 const LOOP_OPTIONS = {
   file: { type: 'string', short: 'f', description: 'backing file' },

@@ -5,9 +5,9 @@ import { UserError } from '../errors.js';
 import type { Target } from './target.js';
 
 const BUILT_IN: Record<string, string> = {
-  null: './null.js',
-  loop: './loop.js',
-  mem: './mem.js',
+  null: '../targets/null.js',
+  loop: '../targets/loop.js',
+  mem: '../targets/mem.js',
 };
 
 /** ublksrv's numeric target types, for `list`'s target line; user modules have none of theirs. */
@@ -29,10 +29,6 @@ export function resolveTargetSource(type: string): string {
   const path = isAbsolute(type) ? type : resolve(type);
   if (!existsSync(path)) throw new UserError(`target module ${path} does not exist`);
   return pathToFileURL(path).href;
-}
-
-export function isBuiltInSource(source: string): boolean {
-  return Object.values(BUILT_IN).some((p) => new URL(p, import.meta.url).href === source);
 }
 
 export async function loadTarget(source: string): Promise<Target> {
