@@ -20,6 +20,8 @@ export interface AddOptions {
   userRecoveryReissue: boolean;
   userRecoveryFailIo: boolean;
   foreground: boolean;
+  /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
+  debugMask: number;
   targetArgs: TargetArgs;
 }
 
@@ -118,6 +120,10 @@ export function parseAddArgs(
     userRecoveryReissue: reissue,
     userRecoveryFailIo: failIo,
     foreground: values.foreground === true,
+    debugMask:
+      str('debug_mask') === undefined
+        ? 0
+        : parseInteger(str('debug_mask')!, 'debug_mask', 0, 0xffff_ffff),
     targetArgs,
   };
 }

@@ -26,6 +26,8 @@ export interface DeviceOptions {
   flags?: number;
   /** The block layer's I/O scheduler for the device (sysfs name); default 'none'. */
   ioScheduler?: string;
+  /** Log every request a handler fails, not only the first of each cause. */
+  logEveryFailure?: boolean;
 }
 
 export interface RecoverOptions {
@@ -40,6 +42,8 @@ export interface RecoverOptions {
    * (START_USER_RECOVERY answers EBUSY until then). Default 30 s.
    */
   waitMs?: number;
+  /** As in DeviceOptions. */
+  logEveryFailure?: boolean;
 }
 
 export interface QueueInfo {
@@ -173,7 +177,7 @@ export class Device {
       const params = paramsFor(setup.size, caps, info.maxIoBufBytes, sysConstants.PAGE_SIZE);
       charFd = await openCharDevice(info.devId);
       await control.setParams(info.devId, params);
-      const queues = await startQueues(control, info, charFd, source, setup, workers);
+      const queues = await startQueues(control, info, charFd, source, setup, workers, options);
       await control.startDev(info.devId, process.pid);
       setIoScheduler(info.devId, options.ioScheduler);
       info = await control.getDevInfo(info.devId);
@@ -222,7 +226,7 @@ export class Device {
       await startUserRecovery(control, info, options.waitMs ?? 30_000);
       started = true;
       charFd = await openCharDevice(devId);
-      const queues = await startQueues(control, info, charFd, source, setup, workers);
+      const queues = await startQueues(control, info, charFd, source, setup, workers, options);
       await control.endUserRecovery(devId, process.pid);
       info = await control.getDevInfo(devId);
       return new Device(info, queues, target.name, control, charFd, setup, workers);
@@ -387,6 +391,7 @@ async function startQueues(
   targetSource: string,
   setup: TargetSetup,
   workers: Worker[],
+  { logEveryFailure }: { logEveryFailure?: boolean },
 ): Promise<QueueInfo[]> {
   const ready: Promise<QueueInfo>[] = [];
   for (let queueId = 0; queueId < info.nrHwQueues; queueId++) {
@@ -401,6 +406,7 @@ async function startQueues(
       targetSource,
       shared: setup.shared,
       capabilities: setup.capabilities ?? {},
+      logEveryFailure,
       affinity,
     };
     const worker = new Worker(WORKER_URL, { workerData: data });

@@ -10,10 +10,13 @@ export interface FailedRequest {
   result: number;
 }
 
+/** `ublk add --debug_mask` bit: log every failed request, not only the first of each cause. */
+export const DEBUG_EVERY_FAILURE = 1;
+
 export interface FailureLogOptions {
   devId: number;
   queueId: number;
-  /** Log every failure, not only the first of each cause (`ublk add --debug_mask 1`). */
+  /** Log every failure, not only the first of each cause (DEBUG_EVERY_FAILURE). */
   everyFailure?: boolean;
   /** How often the repeats of a logged cause are counted in one line. */
   intervalMs?: number;

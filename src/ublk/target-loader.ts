@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { UserError } from '../errors.js';
+import { ERROR_CODES, UserError } from '../errors.js';
 import type { Target } from './target.js';
 
 const BUILT_IN: Record<string, string> = {
@@ -47,6 +47,7 @@ export async function loadTarget(source: string): Promise<Target> {
   ) {
     throw new UserError(
       `${source} does not export a target: its default export must be defineTarget({ name, setup, queue })`,
+      { code: ERROR_CODES.INVALID_TARGET },
     );
   }
   return target as Target;
