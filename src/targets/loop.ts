@@ -292,13 +292,10 @@ export default defineTarget({
 
   queue({ fd, offset: base, blockDevice, syncLog }, { io }) {
     const sync = async () => void checkResult(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
-    // Decided once: without the test aid, FLUSH and FUA are the bare fdatasync.
-    const logged = (kind: string) => async () => {
-      await sync();
-      appendFileSync(syncLog!, `${kind}\n`);
-    };
-    const flush = syncLog ? logged('flush') : sync;
-    const fuaSync = syncLog ? logged('fua') : sync;
+    // Decided once per queue: without the test aid, FLUSH and FUA are the bare fdatasync.
+    const [flush, fuaSync] = syncLog
+      ? [loggedSync(sync, syncLog, 'flush'), loggedSync(sync, syncLog, 'fua')]
+      : [sync, sync];
     const zeroes = new ZeroRange(io, fd, blockDevice);
     return {
       async read(buf, offset) {
@@ -369,6 +366,14 @@ class ZeroRange {
   private fallocate(mode: number, offset: number, length: number): Promise<number> {
     return this.io.fallocate(this.fd, mode, offset, length);
   }
+}
+
+/** The sync, then its line in the sync log (SYNC_LOG_ENV). */
+function loggedSync(sync: () => Promise<void>, log: string, kind: string): () => Promise<void> {
+  return async () => {
+    await sync();
+    appendFileSync(log, `${kind}\n`);
+  };
 }
 
 function openFlags(direct: boolean): number {
