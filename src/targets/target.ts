@@ -1,3 +1,8 @@
+/**
+ * What a target module imports (or, from outside this package, `ublk-ts`): defineTarget, the
+ * helpers targets share, and the contract's types, which live in src/ublk/target.ts because the
+ * device and its queues consume them.
+ */
 import type { Target, TargetOptionSpecs } from '../ublk/target.js';
 
 export type {

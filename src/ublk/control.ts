@@ -1,7 +1,12 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { errnoName } from '../errors.js';
-import { close as closeSys, isErrnoError, open as openFd } from '../sys.js';
+import {
+  close as closeSys,
+  constants as sysConstants,
+  isErrnoError,
+  open as openFd,
+} from '../sys.js';
 import { IoBuffer, IORING_SETUP_SQE128, Ring } from '../uring/index.js';
 import {
   AUTO_DEV_ID,
@@ -89,7 +94,7 @@ export class Control {
 
   /** Opens /dev/ublk-control; throws the open(2) error (ENOENT: no ublk_drv, EACCES...). */
   static open(): Control {
-    const fd = openFd(CONTROL_PATH, fsConstants.O_RDWR | 0o2000000 /* O_CLOEXEC */, 0);
+    const fd = openFd(CONTROL_PATH, fsConstants.O_RDWR | sysConstants.O_CLOEXEC, 0);
     let ring: Ring;
     try {
       ring = Ring.create({ entries: 16, flags: IORING_SETUP_SQE128 });

@@ -11,7 +11,12 @@ import {
 } from '../uring/index.js';
 import { IoDescTable, ioDescMmapLength, ioDescMmapOffset, writeIoCmd } from './abi.js';
 import { FailureLog } from './failure-log.js';
-import { TagStates, type IoDescriptors, type TagStatesConfig } from './tag-states.js';
+import {
+  TagStates,
+  type IoCommandSink,
+  type IoDescriptors,
+  type TagStatesConfig,
+} from './tag-states.js';
 import type { QueueHandlers, QueueIo } from './target.js';
 import { wholeBufferIo } from './whole-buffer-io.js';
 
@@ -76,7 +81,7 @@ type Settle = (res: number) => void;
  * for something other than this ring (a timer, a socket), the thread waits in the event loop
  * instead, woken by it or by the ring's eventfd.
  */
-export class Queue {
+export class Queue implements IoCommandSink {
   readonly io: QueueIo;
   /** Resolves once every tag was aborted and the queue's memory and ring are released. */
   readonly done: Promise<void>;
