@@ -566,3 +566,11 @@ export function featureNames(flags: number): string[] {
 export function deviceStateName(state: number): string {
   return STATE_NAMES.get(state) ?? `unknown(${state})`;
 }
+
+// control-plane (merge with the 7.3 ABI)
+/** 7.0+: STOP_DEV only while nobody has the disk open (-EBUSY otherwise). */
+export const UBLK_U_CMD_TRY_STOP_DEV = ctrlReadWrite(0x17);
+/** 7.0+, granted to every device by kernels that have TRY_STOP_DEV. */
+export const UBLK_F_SAFE_STOP_DEV = 2 ** 17;
+/** 7.0+: START_DEV does not scan the partition table (`blockdev --rereadpt` still can). */
+export const UBLK_F_NO_AUTO_PART_SCAN = 2 ** 18;

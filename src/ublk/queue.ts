@@ -78,6 +78,10 @@ export class Queue {
   private readonly views: Uint8Array[];
   private handlers!: QueueHandlers;
   private finishedTags = 0;
+  /** Per tag, 1 once it is out of service (see finishTag). */
+  private readonly tagFinished: Uint8Array;
+  /** An ABORT arrived: the device is stopping, or quiescing for a new daemon. */
+  private aborting = false;
   /** Requests whose handler returned a promise that has not settled. */
   private pendingHandlers = 0;
   /** Per tag, the op and length of a pending request, for its settled handler's result. */
@@ -124,6 +128,7 @@ export class Queue {
     this.views = Array.from({ length: depth }, (_, tag) =>
       this.buffers.bytes.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
     );
+    this.tagFinished = new Uint8Array(depth);
     this.tagOp = new Uint8Array(depth);
     this.tagLength = new Uint32Array(depth);
     this.onFulfilled = Array.from({ length: depth }, (_, tag) => (value: IoResult) => {
@@ -250,9 +255,22 @@ export class Queue {
           `ublk queue ${this.config.queueId} tag ${userData}: the kernel refused a command: ${res}`,
         );
       }
-      this.finishedTags++;
+      this.aborting = true;
+      this.finishTag(userData);
     }
   };
+
+  /**
+   * A tag is out of service once the kernel aborted it, or once its last request was committed
+   * after an ABORT: QUIESCE_DEV aborts only the idle tags and requeues every new request, so the
+   * command a commit re-arms then never completes, and closing the ring cancels it (STOP_DEV
+   * would abort it later, which changes nothing).
+   */
+  private finishTag(tag: number): void {
+    if (this.tagFinished[tag]) return;
+    this.tagFinished[tag] = 1;
+    this.finishedTags++;
+  }
 
   private handleRequest(tag: number): void {
     const op = this.descs.op(tag);
@@ -319,6 +337,7 @@ export class Queue {
   private commit(tag: number, result: number): void {
     this.progress++;
     this.sendIoCmd(this.ops.commit, tag, result);
+    if (this.aborting) this.finishTag(tag);
     this.unpark();
   }
 
@@ -361,6 +380,8 @@ export class Queue {
   private async shutdown(): Promise<void> {
     if (this.finishedTags !== this.config.depth) return;
     this.finishedTags = -1; // once
+    // The commits of the last requests, prepared but not yet sent: they complete those requests.
+    this.submit();
     try {
       await this.handlers.close?.();
     } finally {

@@ -35,6 +35,8 @@ const record: DeviceRecord = {
     userRecovery: false,
     userRecoveryReissue: false,
     userRecoveryFailIo: false,
+    noAutoPartScan: false,
+    unprivileged: false,
     foreground: false,
     targetArgs: {},
   },

@@ -1,0 +1,63 @@
+/**
+ * What the running kernel's ublk driver can do, asked of the kernel itself (GET_FEATURES, the flags
+ * ADD_DEV grants, a device's own flags), never guessed from its version; and the one-line refusal
+ * for what it lacks, naming the first kernel that has it.
+ */
+import { UserError } from '../errors.js';
+import { UBLK_F, UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_SAFE_STOP_DEV } from './abi.js';
+import type { Control } from './control.js';
+
+/** The first kernel that has each feature a command or option of ours may need. */
+const FIRST_KERNEL: ReadonlyMap<number, { name: string; since: string }> = new Map([
+  [UBLK_F.UNPRIVILEGED_DEV, { name: 'UNPRIVILEGED_DEV', since: '6.3' }],
+  [UBLK_F.USER_COPY, { name: 'USER_COPY', since: '6.5' }],
+  [UBLK_F.ZONED, { name: 'ZONED', since: '6.6' }],
+  [UBLK_F.USER_RECOVERY_FAIL_IO, { name: 'USER_RECOVERY_FAIL_IO', since: '6.13' }],
+  [UBLK_F.UPDATE_SIZE, { name: 'UPDATE_SIZE', since: '6.16' }],
+  [UBLK_F.QUIESCE, { name: 'QUIESCE', since: '6.16' }],
+  [UBLK_F_SAFE_STOP_DEV, { name: 'SAFE_STOP_DEV', since: '7.0' }],
+  [UBLK_F_NO_AUTO_PART_SCAN, { name: 'NO_AUTO_PART_SCAN', since: '7.0' }],
+]);
+
+/** `UBLK_F_QUIESCE (Linux 6.16+)`, or the bare name of a flag with no entry above. */
+export function describeFeature(flag: number, fallbackName: string): string {
+  const known = FIRST_KERNEL.get(flag);
+  return known ? `UBLK_F_${known.name} (Linux ${known.since}+)` : fallbackName;
+}
+
+/** The refusal of something this kernel's driver cannot do: one line, naming the kernel that can. */
+export function missingFeature(what: string, flag: number): UserError {
+  return new UserError(
+    `${what} needs ${describeFeature(flag, String(flag))}, which this kernel's ublk driver lacks`,
+  );
+}
+
+/**
+ * Flags that change nothing about how a probe device behaves and that a kernel without
+ * GET_FEATURES (before 6.5) may know: ADD_DEV keeps the ones it supports.
+ */
+const PROBE_FLAGS =
+  UBLK_F.URING_CMD_COMP_IN_TASK |
+  UBLK_F.NEED_GET_DATA |
+  UBLK_F.USER_RECOVERY |
+  UBLK_F.USER_RECOVERY_REISSUE |
+  UBLK_F.CMD_IOCTL_ENCODE;
+
+/** GET_FEATURES where the kernel has it; before 6.5, what ADD_DEV grants a throwaway device. */
+export async function kernelFeatures(control: Control): Promise<number> {
+  const features = await control.getFeatures();
+  if (features !== undefined) return features;
+  const probe = await control.addDev({
+    nrHwQueues: 1,
+    queueDepth: 1,
+    maxIoBufBytes: 4096,
+    flags: PROBE_FLAGS,
+  });
+  await control.delDev(probe.devId);
+  return probe.flags;
+}
+
+/** Whether the u64 mask has the flag (bit operators would cut it to 32 bits). */
+export function hasFlag(mask: number, flag: number): boolean {
+  return Math.floor(mask / flag) % 2 === 1;
+}
