@@ -6,9 +6,9 @@ import { close, constants as sysConstants, isErrnoError, open } from '../sys.js'
 import { loadTarget, resolveTargetSource } from '../targets/load.js';
 import type { TargetArgs } from '../cli/args.js';
 import type { Capabilities, TargetSetup } from '../targets/target.js';
-import { AUTO_DEV_ID, deviceStateName, featureNames, UBLK_F, UBLK_S_DEV } from './abi.js';
+import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from './abi.js';
 import { Control, isControlError, type DevInfo } from './control.js';
-import { describeFeature, hasFlag, kernelFeatures, missingFeature } from './features.js';
+import { describeFeature, flagsOf, hasFlag, kernelFeatures, missingFeature } from './features.js';
 import { resizeDevice } from './manage.js';
 import { setIoScheduler } from './io-scheduler.js';
 import { paramsFor } from './params.js';
@@ -300,9 +300,7 @@ export function recoverDevice(devId: number, options: RecoverOptions): Promise<D
 function refuseMissingFlags(asked: number, granted: number): void {
   const missing = asked - (asked & granted);
   if (missing === 0) return;
-  const names = featureNames(missing).map((name) =>
-    describeFeature(UBLK_F[name as keyof typeof UBLK_F] ?? 0, name),
-  );
+  const names = flagsOf(missing).map(describeFeature);
   throw new UserError(`this kernel's ublk driver does not support ${names.join(', ')}`);
 }
 
@@ -490,7 +488,7 @@ async function openCharDevice(devId: number): Promise<number> {
       return open(path, fsConstants.O_RDWR | 0o2000000 /* O_CLOEXEC */, 0);
     } catch (err) {
       const retry = retryable.some((code) => isErrnoError(err, code));
-      if (retry && attempt < 200) {
+      if (retry && attempt < 400) {
         await sleep(50);
         continue;
       }

@@ -4,7 +4,7 @@
  * for what it lacks, naming the first kernel that has it.
  */
 import { UserError } from '../errors.js';
-import { UBLK_F, UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_SAFE_STOP_DEV } from './abi.js';
+import { featureNames, UBLK_F, UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_SAFE_STOP_DEV } from './abi.js';
 import type { Control } from './control.js';
 
 /** The first kernel that has each feature a command or option of ours may need. */
@@ -19,17 +19,24 @@ const FIRST_KERNEL: ReadonlyMap<number, { name: string; since: string }> = new M
   [UBLK_F_NO_AUTO_PART_SCAN, { name: 'NO_AUTO_PART_SCAN', since: '7.0' }],
 ]);
 
-/** `UBLK_F_QUIESCE (Linux 6.16+)`, or the bare name of a flag with no entry above. */
-export function describeFeature(flag: number, fallbackName: string): string {
+/** `QUIESCE (Linux 6.16+)` for a known single flag, else what featureNames calls it. */
+export function describeFeature(flag: number): string {
   const known = FIRST_KERNEL.get(flag);
-  return known ? `UBLK_F_${known.name} (Linux ${known.since}+)` : fallbackName;
+  return known ? `${known.name} (Linux ${known.since}+)` : featureNames(flag).join(', ');
 }
 
 /** The refusal of something this kernel's driver cannot do: one line, naming the kernel that can. */
 export function missingFeature(what: string, flag: number): UserError {
   return new UserError(
-    `${what} needs ${describeFeature(flag, String(flag))}, which this kernel's ublk driver lacks`,
+    `${what} needs UBLK_F_${describeFeature(flag)}, which this kernel's ublk driver lacks`,
   );
+}
+
+/** Each flag set in the mask, lowest first. */
+export function flagsOf(mask: number): number[] {
+  const flags: number[] = [];
+  for (let flag = 1; flag <= mask; flag *= 2) if (hasFlag(mask, flag)) flags.push(flag);
+  return flags;
 }
 
 /**
