@@ -1,10 +1,13 @@
 /**
  * `npm run test:kernel`: the kernel tests (dist/test/kernel/, compiled from test/kernel/) against a
  * real ublk driver. On the host when it has one (root, and /dev/ublk-control or a working
- * `modprobe ublk_drv`), otherwise in the test VM (scripts/lib/vm-run.ts). Ends with the line
+ * `modprobe ublk_drv`), otherwise in the test VM (scripts/lib/vm-run.ts), once per kernel: the
+ * floor and the newest (6.1 and 7.3), or those named by `--kernel 6.12[,7.3]`. Ends with a line
+ * per kernel and the total:
  *
- *   kernel suite ran in the VM on Linux 6.1.0-56-amd64
- *   kernel: 7 passed, 0 failed
+ *   kernel (6.1.0-50-amd64): 63 passed, 0 failed
+ *   kernel (7.3.4+deb13-amd64): 63 passed, 0 failed
+ *   kernel: 126 passed, 0 failed
  *
  * and fails, with a one-line reason, when the suite cannot run, when no test ran, when any test
  * failed, and when any test was skipped or todo: a skipped kernel test is a defect, not a pass.
@@ -142,79 +145,132 @@ function verdict(o: Outcome): string | undefined {
   return undefined;
 }
 
-/**
- * Two lines: where it ran, then the counts alone in the plain `kernel: N passed, N failed` shape
- * that CI reads as a test summary.
- */
-function countsLines(where: string, kernel: string, o: Outcome): string {
+/** `kernel (6.1.0-50-amd64): N passed, N failed` for one kernel's run. */
+function countsLine(label: string, o: Outcome): string {
   const s = o.tap.summary;
-  const n = (v: number | null | undefined) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
-  const skipped = n(s?.skipped) + n(s?.todo);
+  const skipped = count(s?.skipped) + count(s?.todo);
   return (
-    `kernel suite ran in the ${where} on Linux ${s?.kernel ?? kernel}\n` +
-    `kernel: ${n(s?.pass)} passed, ${n(s?.fail) + n(s?.cancelled)} failed` +
+    `${label}: ${count(s?.pass)} passed, ${count(s?.fail) + count(s?.cancelled)} failed` +
     (skipped ? `, ${skipped} skipped` : '')
   );
 }
 
+function count(v: number | null | undefined): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+}
+
+/**
+ * The kernels to run on: `--kernel K[,K...]` (repeatable), else the floor and the newest kernel
+ * that Debian ships (6.1 from bookworm, 7.3 from trixie-backports). Each is what UBLK_VM_KERNEL
+ * takes (scripts/lib/vm-prepare.ts).
+ */
+const DEFAULT_KERNELS = ['6.1', '7.3'];
+
+function kernelsFromArgs(argv: readonly string[]): string[] | undefined {
+  const chosen: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = a === '--kernel' ? argv[++i] : a.startsWith('--kernel=') ? a.slice(9) : null;
+    if (value === null) throw new UserError(`unknown argument ${a}: want --kernel VERSION`);
+    if (!value) throw new UserError('--kernel needs a version (6.1, 6.12, 7.3...)');
+    chosen.push(...value.split(',').filter(Boolean));
+  }
+  return chosen.length ? chosen : undefined;
+}
+
+interface KernelRun {
+  label: string;
+  outcome: Outcome;
+  timing: string[];
+}
+
+async function runInTestVm(request: string): Promise<KernelRun> {
+  const t0 = Date.now();
+  const settings = vmSettingsFromEnv();
+  const assets = await prepareVm(request);
+  const timing = [
+    `preparation ${seconds(assets.elapsedMs)} s${assets.built ? ' (cold cache)' : ''}`,
+  ];
+  console.log(
+    `kernel suite: VM: Linux ${assets.kver}, qemu -accel ${settings.accel}, ` +
+      `${settings.cpus} vCPUs, ${settings.memory}, time limit ${settings.timeoutSec} s`,
+  );
+  const tap = new ReporterTap();
+  const vmStart = Date.now();
+  const vm = await runInVm(assets, {
+    ...settings,
+    argv: nodeTestArgv(),
+    cwd: REPO_ROOT,
+    env: guestEnv(),
+    onStdoutLine: (line) => {
+      const show = tap.line(line);
+      if (show !== undefined && show !== line) process.stdout.write(show + '\n');
+      return show === line;
+    },
+  });
+  const first = tap.firstTestAt;
+  timing.push(
+    `VM boot-to-first-test ${first ? seconds(first - vmStart) + ' s' : '-'}`,
+    `VM boot-to-command ${vm.readyMs !== undefined ? seconds(vm.readyMs) + ' s' : '-'}`,
+  );
+  if (vm.kernelReports > 0) {
+    console.log(
+      `kernel suite: the guest kernel reported ${vm.kernelReports} problem(s) (above, as ` +
+        `[guest kernel]); log: ${vm.kernelLog ?? '-'}`,
+    );
+  }
+  timing.push(`total ${seconds(Date.now() - t0)} s`);
+  const outcome = { exitCode: vm.status, tap, problem: vm.failure };
+  return { label: `kernel (${tap.summary?.kernel ?? assets.kver})`, outcome, timing };
+}
+
+async function runOnTheHost(why: string): Promise<KernelRun> {
+  const t0 = Date.now();
+  console.log(`kernel suite: running on the host, Linux ${release()} (${why})`);
+  const outcome = await runOnHost();
+  const first = outcome.tap.firstTestAt;
+  const timing = [
+    `first test after ${first ? seconds(first - t0) + ' s' : '-'}`,
+    `total ${seconds(Date.now() - t0)} s`,
+  ];
+  return { label: `kernel (${release()})`, outcome, timing };
+}
+
 async function main(): Promise<number> {
   const t0 = Date.now();
-  const where = decideWhere();
+  const requested = kernelsFromArgs(process.argv.slice(2));
   for (const p of testPaths()) {
     if (!existsSync(join(REPO_ROOT, p))) {
       throw new UserError(`${p} does not exist: compile first (npx tsc -p .)`);
     }
   }
-  let outcome: Outcome;
-  let kernel = release();
-  const timing: string[] = [];
+  // A host with ublk runs the suite on its own kernel, unless kernels were asked for by name.
+  const where = requested ? { where: 'VM', why: '--kernel' } : decideWhere();
+  const runs: KernelRun[] = [];
   if (where.where === 'host') {
-    console.log(`kernel suite: running on the host, Linux ${release()} (${where.why})`);
-    outcome = await runOnHost();
-    const first = outcome.tap.firstTestAt;
-    timing.push(`first test after ${first ? seconds(first - t0) + ' s' : '-'}`);
+    runs.push(await runOnTheHost(where.why));
   } else {
-    console.log(`kernel suite: running in the test VM (${where.why})`);
-    const settings = vmSettingsFromEnv();
-    const assets = await prepareVm();
-    kernel = assets.kver;
-    timing.push(`preparation ${seconds(assets.elapsedMs)} s${assets.built ? ' (cold cache)' : ''}`);
-    console.log(
-      `kernel suite: VM: Linux ${assets.kver}, qemu -accel ${settings.accel}, ` +
-        `${settings.cpus} vCPUs, ${settings.memory}, time limit ${settings.timeoutSec} s`,
-    );
-    const tap = new ReporterTap();
-    const vmStart = Date.now();
-    const vm = await runInVm(assets, {
-      ...settings,
-      argv: nodeTestArgv(),
-      cwd: REPO_ROOT,
-      env: guestEnv(),
-      onStdoutLine: (line) => {
-        const show = tap.line(line);
-        if (show !== undefined && show !== line) process.stdout.write(show + '\n');
-        return show === line;
-      },
-    });
-    const first = tap.firstTestAt;
-    timing.push(
-      `VM boot-to-first-test ${first ? seconds(first - vmStart) + ' s' : '-'}`,
-      `VM boot-to-command ${vm.readyMs !== undefined ? seconds(vm.readyMs) + ' s' : '-'}`,
-    );
-    if (vm.kernelReports > 0) {
-      console.log(
-        `kernel suite: the guest kernel reported ${vm.kernelReports} problem(s) (above, as ` +
-          `[guest kernel]); log: ${vm.kernelLog ?? '-'}`,
-      );
-    }
-    outcome = { exitCode: vm.status, tap, problem: vm.failure };
+    const kernels = requested ?? DEFAULT_KERNELS;
+    console.log(`kernel suite: in the test VM on ${kernels.join(' and ')} (${where.why})`);
+    for (const k of kernels) runs.push(await runInTestVm(k));
   }
-  timing.push(`total ${seconds(Date.now() - t0)} s`);
-  console.log(`kernel suite: ${timing.join(', ')}`);
-  const why = verdict(outcome);
-  if (why) console.log(`kernel suite FAILED: ${why}`);
-  console.log(countsLines(where.where, kernel, outcome));
-  return why ? 1 : 0;
+  let failed = false;
+  for (const r of runs) {
+    console.log(`kernel suite: ${r.label}: ${r.timing.join(', ')}`);
+    const why = verdict(r.outcome);
+    if (why) console.log(`kernel suite FAILED on ${r.label}: ${why}`);
+    failed ||= why !== undefined;
+    console.log(countsLine(r.label, r.outcome));
+  }
+  const total = (pick: (s: SuiteSummary) => number) =>
+    runs.reduce((n, r) => n + (r.outcome.tap.summary ? count(pick(r.outcome.tap.summary)) : 0), 0);
+  const skipped = total((s) => s.skipped + s.todo);
+  console.log(`kernel suite: ${runs.length} kernel(s), ${seconds(Date.now() - t0)} s in all`);
+  console.log(
+    `kernel: ${total((s) => s.pass)} passed, ${total((s) => s.fail + s.cancelled)} failed` +
+      (skipped ? `, ${skipped} skipped` : ''),
+  );
+  return failed ? 1 : 0;
 }
 
 main().then(

@@ -1,6 +1,6 @@
 /**
- * `npm run vm -- <command...>`: runs a command as root in a QEMU VM that boots the distribution's
- * kernel (Debian 6.1 here) with ublk_drv loaded, sees the host's files read-only under a tmpfs
+ * `npm run vm -- <command...>`: runs a command as root in a QEMU VM that boots a Debian kernel
+ * (the host's 6.1 by default; UBLK_VM_KERNEL=6.12|7.3 for a newer suite's) with ublk_drv loaded, sees the host's files read-only under a tmpfs
  * overlay, and starts in the caller's working directory. The command's output streams live; its
  * exit status becomes ours. See scripts/lib/vm-run.ts for the plumbing and README for the knobs.
  */
@@ -12,7 +12,8 @@ import { guestEnv, runInVm, vmSettingsFromEnv } from './lib/vm-run.js';
 const USAGE = `usage: npm run vm -- <command> [args...]
 Runs <command> as root in the test VM (the host's files, read-only under a tmpfs overlay, in the
 current directory). No shell is involved: use  npm run vm -- sh -c '...'  for pipes and such.
-Environment: UBLK_VM_TIMEOUT (s, default 3300), UBLK_VM_BOOT_TIMEOUT (s, 300), UBLK_VM_MEM (6G),
+Environment: UBLK_VM_KERNEL (6.1, the default; 6.12, 7.3, or a full Debian version of
+linux-image-amd64), UBLK_VM_TIMEOUT (s, default 3300), UBLK_VM_BOOT_TIMEOUT (s, 300), UBLK_VM_MEM (6G),
 UBLK_VM_CPUS (2), UBLK_VM_TMPFS_SIZE (75%), UBLK_VM_ACCEL (tcg), UBLK_VM_ENV (more variables to
 pass), UBLK_VM_KERNEL_LOG (save the kernel console there), UBLK_VM_VERBOSE=1 (show it live).`;
 

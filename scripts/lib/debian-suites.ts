@@ -17,6 +17,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { cacheRoot, log, run, runOrFail, UserError, which } from './common.js';
 
@@ -133,8 +134,8 @@ export function newestVersion(pkg: string, prefix: string): string {
   return match;
 }
 
-/** The Depends of one exact version, as package names (alternatives and versions dropped). */
-export function dependsOf(pkg: string, version: string): string[] {
+/** The Depends of one exact version: each package with the version it pins, if any. */
+export function dependsOf(pkg: string, version: string): { name: string; version?: string }[] {
   ensureLists();
   const r = runOrFail(`apt-cache show ${pkg}=${version}`, 'apt-cache', [
     ...aptOptions(),
@@ -145,40 +146,51 @@ export function dependsOf(pkg: string, version: string): string[] {
   return line
     .split(',')
     .flatMap((alt) => alt.split('|'))
-    .map((d) => d.trim().split(/[\s(]/)[0])
-    .filter(Boolean);
+    .map((d) => /^\s*([^\s(]+)\s*(?:\(=\s*([^)\s]+)\s*\))?/.exec(d))
+    .filter((m) => m !== null)
+    .map((m) => ({ name: m[1], version: m[2] }));
+}
+
+export interface PackageVersion {
+  name: string;
+  version: string;
 }
 
 /**
- * The files of `pkg` at `version`, unpacked (not installed) into a cache folder of their own,
- * which is returned. Downloaded and unpacked once; concurrent callers race to the same rename.
+ * The files of `packages`, unpacked (not installed) together into one cache folder, whose root
+ * (the packages' `/`) is returned. Downloaded and unpacked once; concurrent callers race to the
+ * same rename, and the loser throws its copy away.
  */
-export function unpackedPackage(pkg: string, version: string): string {
-  const dir = join(suitesDir(), 'unpacked', `${pkg}_${version}`.replace(/[^\w.+-]/g, '_'));
-  if (existsSync(join(dir, '.complete'))) return dir;
+export function unpackedPackages(packages: readonly PackageVersion[]): string {
+  const label = packages.map((p) => `${p.name}_${p.version}`).join('+');
+  const key =
+    packages.length === 1 ? label : createHash('sha256').update(label).digest('hex').slice(0, 16);
+  const dir = join(suitesDir(), 'unpacked', key.replace(/[^\w.+-]/g, '_'));
+  if (existsSync(join(dir, '.complete'))) return join(dir, 'root');
   ensureLists();
   const tmp = `${dir}.tmp-${process.pid}`;
+  const debDir = join(tmp, 'deb');
   rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(join(tmp, 'deb'), { recursive: true });
+  mkdirSync(debDir, { recursive: true });
   // apt's download step may drop privileges to _apt, which must be able to write here.
-  chmodSync(join(tmp, 'deb'), 0o777);
-  log(`downloading ${pkg} ${version}`);
+  chmodSync(debDir, 0o777);
+  log(`downloading ${packages.map((p) => `${p.name} ${p.version}`).join(', ')}`);
+  const specs = packages.map((p) => `${p.name}=${p.version}`);
   runOrFail(
-    `apt-get download ${pkg}=${version}`,
+    `apt-get download ${specs.join(' ')}`,
     'apt-get',
-    [...aptOptions(), 'download', `${pkg}=${version}`],
-    { cwd: join(tmp, 'deb') },
+    [...aptOptions(), 'download', ...specs],
+    { cwd: debDir },
   );
-  const debs = readdirSync(join(tmp, 'deb')).filter((f) => f.endsWith('.deb'));
-  if (debs.length !== 1)
-    throw new UserError(`apt-get download ${pkg}=${version} gave ${debs.length} files`);
-  runOrFail(`unpacking ${debs[0]}`, 'dpkg-deb', [
-    '-x',
-    join(tmp, 'deb', debs[0]),
-    join(tmp, 'root'),
-  ]);
-  rmSync(join(tmp, 'deb'), { recursive: true, force: true });
-  writeFileSync(join(tmp, '.complete'), `${pkg} ${version}\n`);
+  const debs = readdirSync(debDir).filter((f) => f.endsWith('.deb'));
+  if (debs.length !== packages.length) {
+    throw new UserError(`apt-get download ${specs.join(' ')} gave ${debs.length} files`);
+  }
+  for (const deb of debs) {
+    runOrFail(`unpacking ${deb}`, 'dpkg-deb', ['-x', join(debDir, deb), join(tmp, 'root')]);
+  }
+  rmSync(debDir, { recursive: true, force: true });
+  writeFileSync(join(tmp, '.complete'), `${label}\n`);
   mkdirSync(join(suitesDir(), 'unpacked'), { recursive: true });
   try {
     renameSync(tmp, dir);
@@ -186,10 +198,10 @@ export function unpackedPackage(pkg: string, version: string): string {
     rmSync(tmp, { recursive: true, force: true });
     if (!existsSync(join(dir, '.complete'))) throw e;
   }
-  return dir;
+  return join(dir, 'root');
 }
 
 /** The unpacked root (the package's `/`) of the newest `pkg` whose version starts with `prefix`. */
 export function suitePackageRoot(pkg: string, prefix: string): string {
-  return join(unpackedPackage(pkg, newestVersion(pkg, prefix)), 'root');
+  return unpackedPackages([{ name: pkg, version: newestVersion(pkg, prefix) }]);
 }

@@ -3,8 +3,10 @@
  *
  * - Debian packages: QEMU, busybox-static, the distribution kernel image + headers + source, fio...
  *   Installed with apt-get when root; otherwise the exact apt-get line is printed and we fail.
- * - ublk_drv.ko, built out of tree from the distribution's kernel source against its headers
- *   (Debian ships the kernel with CONFIG_BLK_DEV_UBLK unset).
+ * - The kernel: the host's own (bookworm's 6.1), or one of Debian's newer suites (6.12, 7.3)
+ *   unpacked into the cache without installing it (debian-suites.ts); `UBLK_VM_KERNEL` chooses.
+ * - For 6.1, ublk_drv.ko, built out of tree from the distribution's kernel source against its
+ *   headers (bookworm ships the kernel with CONFIG_BLK_DEV_UBLK unset; newer ones ship it).
  * - A modules overlay for the guest: depmod's indexes over the Debian modules plus ublk_drv.ko, so
  *   that `modprobe ublk_drv|null_blk|loop` work in the guest.
  * - An initramfs: static busybox, the virtio/9p/overlay modules and /init (below), which mounts
@@ -34,6 +36,7 @@ import {
 import { basename, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cacheRoot, isRoot, log, run, runOrFail, UserError, verbose, which } from './common.js';
+import { dependsOf, newestVersion, unpackedPackages } from './debian-suites.js';
 
 /** What a VM run needs, all absolute paths on the host (and, through 9p, in the guest). */
 export interface VmAssets {
@@ -74,16 +77,52 @@ const INITRAMFS_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'overlay'];
 
 const MANIFEST = 'manifest.json';
 
-export async function prepareVm(): Promise<VmAssets> {
-  const started = Date.now();
-  ensurePackages(BASE_PACKAGES);
-  const kver = kernelVersion();
+/**
+ * A kernel the VM can boot: where its parts are on the host, and whether ublk_drv must be built
+ * for it (the host's bookworm 6.1 ships ublk disabled; Debian's 6.12 and 7.3 ship the module).
+ */
+interface KernelSource {
+  kver: string;
+  /** The distribution's compressed kernel (bzImage). */
+  bzImage: string;
+  /** Its .config, when the packages carry it (tells whether the vmlinux can be booted). */
+  config: string;
+  modulesDir: string;
+  /** The kernel source tarball and headers to build ublk_drv.ko from; absent when shipped. */
+  ublkBuild?: { tarball: string; headersDir: string };
+  /** What the cache key covers besides this file's text. */
+  stamp: Record<string, unknown>;
+}
+
+/**
+ * The kernel that `request` names (`UBLK_VM_KERNEL` by default):
+ * - empty, or the major.minor of the host's own linux-image-amd64 (6.1): that kernel, installed
+ *   on the host with apt (the floor, with ublk_drv built out of tree);
+ * - a kernel release installed on the host (6.1.0-50-amd64): that one;
+ * - another major.minor (6.12, 7.3): the newest linux-image-amd64 of that version in Debian's
+ *   newer suites, unpacked into the cache (debian-suites.ts);
+ * - a full Debian version of linux-image-amd64 (7.3.4-1~bpo13+1): exactly that one.
+ */
+function resolveKernel(request: string): KernelSource {
+  const host = hostKernelRelease();
+  if (request === '' || request === majorMinor(host)) return hostKernel(host);
+  if (existsSync(`/boot/vmlinuz-${request}`)) return hostKernel(request);
+  const version = /^\d+\.\d+$/.test(request)
+    ? newestVersion('linux-image-amd64', request)
+    : request;
+  return suiteKernel(version);
+}
+
+function majorMinor(kver: string): string {
   const mm = /^(\d+\.\d+)/.exec(kver)?.[1];
   if (!mm) throw new UserError(`cannot read a major.minor version from kernel release ${kver}`);
-  const sourcePkg = `linux-source-${mm}`;
-  ensurePackages([`linux-image-${kver}`, `linux-headers-${kver}`, sourcePkg]);
+  return mm;
+}
 
-  const kernelImage = `/boot/vmlinuz-${kver}`;
+function hostKernel(kver: string): KernelSource {
+  const sourcePkg = `linux-source-${majorMinor(kver)}`;
+  ensurePackages([`linux-image-${kver}`, `linux-headers-${kver}`, sourcePkg]);
+  const bzImage = `/boot/vmlinuz-${kver}`;
   const modulesDir = realpathOrFail(`/lib/modules/${kver}`, `linux-image-${kver}`);
   const headersDir = realpathOrFail(
     existsSync(`/lib/modules/${kver}/build`)
@@ -96,23 +135,77 @@ export async function prepareVm(): Promise<VmAssets> {
   );
   if (!tarball)
     throw new UserError(`/usr/src/${sourcePkg}.tar.xz is missing (package ${sourcePkg})`);
-  if (!existsSync(kernelImage)) throw new UserError(`${kernelImage} is missing`);
+  if (!existsSync(bzImage)) throw new UserError(`${bzImage} is missing`);
+  return {
+    kver,
+    bzImage,
+    config: `/boot/config-${kver}`,
+    modulesDir,
+    ublkBuild: { tarball, headersDir },
+    stamp: {
+      packages: packageVersions([
+        `linux-image-${kver}`,
+        `linux-headers-${kver}`,
+        sourcePkg,
+        'busybox-static',
+        'kmod',
+      ]),
+      image: fileStamp(bzImage),
+      tarball: fileStamp(tarball),
+      modulesDep: fileStamp(join(modulesDir, 'modules.dep')),
+    },
+  };
+}
+
+/**
+ * A kernel of a newer Debian suite: the packages behind its linux-image-amd64 (6.12: one
+ * linux-image-KV; 7.3: linux-image-KV split into linux-binary, linux-modules and linux-base),
+ * unpacked together. Their modules carry no depmod indexes; buildModTree makes them.
+ */
+function suiteKernel(metaVersion: string): KernelSource {
+  const image = dependsOf('linux-image-amd64', metaVersion).find((d) =>
+    /^linux-image-\d/.test(d.name),
+  );
+  if (!image) throw new UserError(`linux-image-amd64 ${metaVersion} names no linux-image-KVER`);
+  const imageVersion = image.version ?? metaVersion;
+  const parts = dependsOf(image.name, imageVersion)
+    .filter((d) => /^linux-(binary|modules|base)-\d/.test(d.name))
+    .map((d) => ({ name: d.name, version: d.version ?? imageVersion }));
+  const root = unpackedPackages([{ name: image.name, version: imageVersion }, ...parts]);
+  const modulesRoot = join(root, 'usr/lib/modules');
+  const kvers = existsSync(modulesRoot) ? readdirSync(modulesRoot) : [];
+  if (kvers.length !== 1) {
+    throw new UserError(`${image.name} ${imageVersion}: expected one kernel in ${modulesRoot}`);
+  }
+  const kver = kvers[0];
+  const modulesDir = join(modulesRoot, kver);
+  const inModules = (name: string) => join(modulesDir, name);
+  const inBoot = (name: string) => join(root, 'boot', `${name}-${kver}`);
+  const bzImage = [inBoot('vmlinuz'), inModules('vmlinuz')].find((p) => existsSync(p));
+  if (!bzImage) throw new UserError(`${image.name} ${imageVersion} has no vmlinuz`);
+  const config = [inBoot('config'), inModules('config')].find((p) => existsSync(p)) ?? '';
+  return {
+    kver,
+    bzImage,
+    config,
+    modulesDir,
+    stamp: { packages: [image.name, ...parts.map((p) => p.name)], version: imageVersion },
+  };
+}
+
+export async function prepareVm(request = process.env.UBLK_VM_KERNEL ?? ''): Promise<VmAssets> {
+  const started = Date.now();
+  ensurePackages(BASE_PACKAGES);
+  const kernel = resolveKernel(request.trim());
+  const { kver } = kernel;
   const qemu = which('qemu-system-x86_64');
   if (!qemu) throw new UserError('qemu-system-x86_64 is not in PATH (package qemu-system-x86)');
   const busybox = findStaticBusybox();
 
   const key = cacheKey({
     kver,
-    packages: packageVersions([
-      `linux-image-${kver}`,
-      `linux-headers-${kver}`,
-      sourcePkg,
-      'busybox-static',
-      'kmod',
-    ]),
-    image: fileStamp(kernelImage),
-    tarball: fileStamp(tarball),
-    modulesDep: fileStamp(join(modulesDir, 'modules.dep')),
+    ...kernel.stamp,
+    tools: packageVersions(['busybox-static', 'kmod']),
     script: createHash('sha256')
       .update(readFileSync(fileURLToPath(import.meta.url)))
       .digest('hex'),
@@ -121,10 +214,10 @@ export async function prepareVm(): Promise<VmAssets> {
   const dir = join(root, `build-${kver}-${key}`);
   const assets = (built: boolean): VmAssets => ({
     kver,
-    kernelImage: existsSync(join(dir, 'vmlinux')) ? join(dir, 'vmlinux') : kernelImage,
+    kernelImage: existsSync(join(dir, 'vmlinux')) ? join(dir, 'vmlinux') : kernel.bzImage,
     initramfs: join(dir, 'initramfs.cpio'),
     modTree: join(dir, 'modtree'),
-    modulesDir,
+    modulesDir: kernel.modulesDir,
     qemu,
     built,
     elapsedMs: Date.now() - started,
@@ -142,17 +235,15 @@ export async function prepareVm(): Promise<VmAssets> {
     const tmp = join(root, `tmp-${key}-${process.pid}`);
     rmSync(tmp, { recursive: true, force: true });
     mkdirSync(tmp, { recursive: true });
-    const ko = buildUblkModule(tmp, tarball, headersDir);
-    buildModTree(tmp, kver, modulesDir, ko);
-    buildInitramfs(tmp, modulesDir, busybox);
-    extractVmlinux(tmp, kernelImage, `/boot/config-${kver}`);
+    const ko = kernel.ublkBuild
+      ? buildUblkModule(tmp, kernel.ublkBuild.tarball, kernel.ublkBuild.headersDir)
+      : undefined;
+    buildModTree(tmp, kver, kernel.modulesDir, ko);
+    buildInitramfs(tmp, kernel.modulesDir, busybox);
+    extractVmlinux(tmp, kernel.bzImage, kernel.config);
     writeFileSync(
       join(tmp, MANIFEST),
-      JSON.stringify(
-        { kver, kernelImage, tarball, headersDir, built: new Date().toISOString() },
-        null,
-        2,
-      ),
+      JSON.stringify({ ...kernel, built: new Date().toISOString() }, null, 2),
     );
     rmSync(join(tmp, 'src'), { recursive: true, force: true });
     rmSync(join(tmp, 'ublk'), { recursive: true, force: true });
@@ -254,13 +345,10 @@ function packageVersions(names: readonly string[]): Record<string, string> {
 }
 
 /**
- * The kernel release of the installed distribution kernel: what the meta package
- * linux-image-amd64 depends on (linux-image-6.1.0-56-amd64 -> 6.1.0-56-amd64), unless
- * UBLK_VM_KERNEL names one.
+ * The kernel release of the host's distribution kernel: what the meta package
+ * linux-image-amd64 depends on (linux-image-6.1.0-56-amd64 -> 6.1.0-56-amd64).
  */
-function kernelVersion(): string {
-  const forced = process.env.UBLK_VM_KERNEL;
-  if (forced) return forced;
+function hostKernelRelease(): string {
   const r = run('dpkg-query', ['-W', '-f=${Depends}', 'linux-image-amd64']);
   const m = /linux-image-(\d[^\s,(|]*)/.exec(r.stdout);
   if (!m)
@@ -442,12 +530,19 @@ function extractVmlinux(tmp: string, bzImage: string, config: string): void {
 // ---------------------------------------------------------------------------------------------
 // modules overlay
 
-function buildModTree(tmp: string, kver: string, modulesDir: string, ko: string): void {
+/**
+ * The overlay for the guest's /lib/modules/<kver>: depmod's indexes over the Debian modules (the
+ * packages of newer suites carry none) plus, where we built it, ublk-ts/ublk_drv.ko.
+ */
+function buildModTree(tmp: string, kver: string, modulesDir: string, ko?: string): void {
   // depmod wants the whole tree: symlink the Debian module folders beside ours.
   const base = join(tmp, 'depmod');
   const tree = join(base, 'lib', 'modules', kver);
-  mkdirSync(join(tree, 'ublk-ts'), { recursive: true });
-  copyFileSync(ko, join(tree, 'ublk-ts', 'ublk_drv.ko'));
+  mkdirSync(tree, { recursive: true });
+  if (ko) {
+    mkdirSync(join(tree, 'ublk-ts'));
+    copyFileSync(ko, join(tree, 'ublk-ts', 'ublk_drv.ko'));
+  }
   for (const name of readdirSync(modulesDir)) {
     const p = join(modulesDir, name);
     if (name === 'build' || name === 'source' || name === 'ublk-ts') continue;
@@ -461,33 +556,40 @@ function buildModTree(tmp: string, kver: string, modulesDir: string, ko: string)
   // The overlay layer: depmod's output and our module, never the symlinks (the guest mounts it
   // above the real /lib/modules/<kver>).
   const out = join(tmp, 'modtree');
-  mkdirSync(join(out, 'ublk-ts'), { recursive: true });
-  copyFileSync(ko, join(out, 'ublk-ts', 'ublk_drv.ko'));
+  mkdirSync(out, { recursive: true });
+  if (ko) {
+    mkdirSync(join(out, 'ublk-ts'));
+    copyFileSync(ko, join(out, 'ublk-ts', 'ublk_drv.ko'));
+  }
   for (const name of readdirSync(tree)) {
     if (name.startsWith('modules.')) copyFileSync(join(tree, name), join(out, name));
   }
   const dep = readFileSync(join(out, 'modules.dep'), 'utf8');
-  if (!/^ublk-ts\/ublk_drv\.ko:/m.test(dep))
-    throw new UserError('depmod did not index ublk_drv.ko');
+  if (!/^\S*ublk_drv\.ko(\.(xz|zst|gz))?:/m.test(dep)) {
+    throw new UserError(`depmod found no ublk_drv.ko for Linux ${kver}`);
+  }
   rmSync(base, { recursive: true, force: true });
 }
 
 // ---------------------------------------------------------------------------------------------
 // initramfs
 
-/** Resolves module names to files and orders them so that dependencies come first. */
-function moduleLoadOrder(modulesDir: string, roots: readonly string[]): string[] {
+/**
+ * Resolves module names to files (relative to the modules folder) and orders them so that
+ * dependencies come first, from the indexes in `modTree`.
+ */
+function moduleLoadOrder(modTree: string, roots: readonly string[]): string[] {
   const norm = (n: string) => n.replace(/-/g, '_');
   const nameOf = (file: string) => norm(basename(file).replace(/\.ko(\.(xz|zst|gz))?$/, ''));
   const deps = new Map<string, { file: string; deps: string[] }>();
-  for (const line of readFileSync(join(modulesDir, 'modules.dep'), 'utf8').split('\n')) {
+  for (const line of readFileSync(join(modTree, 'modules.dep'), 'utf8').split('\n')) {
     const m = /^([^:]+):\s*(.*)$/.exec(line);
     if (!m) continue;
     deps.set(nameOf(m[1]), { file: m[1], deps: m[2].split(/\s+/).filter(Boolean) });
   }
   const builtin = new Set(
-    (existsSync(join(modulesDir, 'modules.builtin'))
-      ? readFileSync(join(modulesDir, 'modules.builtin'), 'utf8').split('\n')
+    (existsSync(join(modTree, 'modules.builtin'))
+      ? readFileSync(join(modTree, 'modules.builtin'), 'utf8').split('\n')
       : []
     )
       .filter(Boolean)
@@ -501,7 +603,7 @@ function moduleLoadOrder(modulesDir: string, roots: readonly string[]): string[]
     const entry = deps.get(name);
     if (!entry) {
       if (builtin.has(name)) return;
-      throw new UserError(`module ${name} is neither in modules.dep nor built in (${modulesDir})`);
+      throw new UserError(`module ${name} is neither in modules.dep nor built in (${modTree})`);
     }
     for (const d of entry.deps) visit(nameOf(d));
     order.push(entry.file);
@@ -562,7 +664,7 @@ function cpioNewc(entries: readonly CpioEntry[]): Buffer {
 }
 
 function buildInitramfs(tmp: string, modulesDir: string, busybox: string): void {
-  const files = moduleLoadOrder(modulesDir, INITRAMFS_MODULES);
+  const files = moduleLoadOrder(join(tmp, 'modtree'), INITRAMFS_MODULES);
   const names = files.map((f) => basename(f).replace(/\.ko(\.(xz|zst|gz))?$/, ''));
   const dir = (name: string): CpioEntry => ({ name, mode: 0o040755 });
   const entries: CpioEntry[] = [
@@ -644,7 +746,9 @@ ln -sf /proc/self/fd/0 $R/dev/stdin
 ln -sf /proc/self/fd/1 $R/dev/stdout
 ln -sf /proc/self/fd/2 $R/dev/stderr
 # The Debian modules, with depmod's indexes for them plus ublk_drv.ko on top.
-mount -t overlay -o "lowerdir=/host$MODTREE:/host$MODDIR" modules "$R$MODDIR" ||
+# (A kernel unpacked from a newer suite has its modules in the cache, not in the host's /lib.)
+mkdir -p "$R/lib/modules/$KVER"
+mount -t overlay -o "lowerdir=/host$MODTREE:/host$MODDIR" modules "$R/lib/modules/$KVER" ||
   fatal "cannot mount the modules overlay"
 J=$R/run/ublk-vm
 mkdir -p $J
