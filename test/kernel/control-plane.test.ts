@@ -38,7 +38,6 @@ import {
   sh,
   stateFiles,
   ublk,
-  ublkNodes,
   waitFor,
   type FioReport,
   type Run,
@@ -109,7 +108,8 @@ function startFio(name: string, args: string[], asUser?: User) {
   const out = join(dir, `${name}.json`);
   const command = ['fio', `--name=${name}`, '--output-format=json', `--output=${out}`, ...args];
   const [file, ...argv] = asUser ? [...asUser.prefix, ...command] : command;
-  const child = spawn(file, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // cwd: fio writes its verify state file there.
+  const child = spawn(file, argv, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir });
   children.add(child);
   let stderr = '';
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
@@ -373,23 +373,25 @@ const userRunDir = (user: User) => join('/tmp', `ublk-${user.uid}`, 'ublksrvd');
 
 /**
  * What udev does for a new ublk node with our rule (udev/99-ublk-dev.rules): runs `ublk chown %k`
- * as root. The VM has no udev daemon, so this watches /dev instead.
+ * as root. The VM has no udev daemon, so a shell loop watches /dev instead: in a process of its
+ * own, since the test's event loop is blocked while a `ublk` command runs.
  */
-function emulateUdev(): () => Promise<void> {
-  const seen = new Set(ublkNodes());
-  const running: Promise<unknown>[] = [];
-  const timer = setInterval(() => {
-    for (const name of ublkNodes()) {
-      if (seen.has(name)) continue;
-      seen.add(name);
-      const child = spawn(process.execPath, [CLI, 'chown', name], { stdio: 'ignore' });
-      running.push(new Promise((resolve) => child.once('exit', resolve)));
-    }
-  }, 50);
-  return async () => {
-    clearInterval(timer);
-    await Promise.all(running);
-  };
+const UDEV_LOOP = `prev=" "
+while :; do
+  cur=" $(cd /dev && ls -d ublk[bc][0-9]* 2>/dev/null | grep -E '^ublk[bc][0-9]+$' | tr '\\n' ' ')"
+  for name in $cur; do
+    case "$prev" in *" $name "*) ;; *) "$NODE" "$CLI" chown "$name" & ;; esac
+  done
+  prev="$cur"
+  sleep 0.1
+done`;
+
+function emulateUdev(): () => void {
+  const child = spawn('sh', ['-c', UDEV_LOOP], {
+    stdio: 'ignore',
+    env: { ...process.env, NODE: process.execPath, CLI },
+  });
+  return () => child.kill('SIGKILL');
 }
 
 test('unprivileged devices: a user adds, serves, lists and deletes their own, and cannot touch others', async () => {
@@ -421,10 +423,15 @@ test('unprivileged devices: a user adds, serves, lists and deletes their own, an
     truncateSync(image, 64 * MiB);
     chownSync(image, alice.uid, statSync(home).gid);
     const rootDevice = addDevice('-t', 'null');
-    for (const target of [
-      ['-t', 'null'],
-      ['-t', 'loop', '-f', image],
-    ]) {
+    // null stores nothing, so it is read; loop is written and verified.
+    const cases = [
+      { target: ['-t', 'null'], io: ['--rw=randread'] },
+      {
+        target: ['-t', 'loop', '-f', image],
+        io: ['--rw=randwrite', '--verify=crc32c', '--verify_fatal=1'],
+      },
+    ];
+    for (const { target, io } of cases) {
       const add = ublkAs(alice, 'add', ...target, '--unprivileged');
       assert.equal(add.status, 0, add.stderr);
       const id = Number(/^dev id (\d+):/m.exec(add.stdout)![1]);
@@ -443,12 +450,10 @@ test('unprivileged devices: a user adds, serves, lists and deletes their own, an
           `--filename=/dev/ublkb${id}`,
           '--ioengine=io_uring',
           '--direct=1',
-          '--rw=randwrite',
           '--bs=4k',
           '--iodepth=16',
           '--size=4m',
-          '--verify=crc32c',
-          '--verify_fatal=1',
+          ...io,
         ],
         alice,
       );
@@ -482,7 +487,7 @@ test('unprivileged devices: a user adds, serves, lists and deletes their own, an
     delDevice(rootDevice);
     assertNothingLeft();
   } finally {
-    await stopUdev();
+    stopUdev();
     chmodSync(control, mode);
   }
 });
