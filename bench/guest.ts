@@ -12,12 +12,29 @@ import { WORKLOADS, type BenchReport, type MemoryReport, type Run } from './work
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
-const peerAt = argv.indexOf('--peer');
-const peer = peerAt >= 0 ? argv[peerAt + 1] : undefined;
+const option = (name: string) => {
+  const at = argv.indexOf(name);
+  return at >= 0 ? argv[at + 1] : undefined;
+};
+const peer = option('--peer');
+/** The kernel's own C server, built for this kernel on the host (bench/kublk.ts). */
+const kublk = option('--kublk');
 const runtimeSec = quick ? 2 : 10;
 /** Every workload runs on every device once per round, so that ratios pair runs close in time. */
 const ROUNDS = quick ? 2 : 3;
 const FILE_SIZE = quick ? '256M' : '1G';
+
+/** The backing file of every ublk loop device, ours and the C servers' (they run in turn). */
+const ULOOP_FILE = '/tmp/bench-uloop.img';
+
+/** kublk, where it was built and this kernel runs it (its `features` needs GET_FEATURES, 6.5+). */
+function kublkRuns(): string | undefined {
+  if (!kublk) return undefined;
+  const r = spawnSync(kublk, ['features'], { encoding: 'utf8' });
+  if (r.status === 0) return kublk;
+  progress(`kublk does not run on this kernel (features: exit ${r.status}): no C rows`);
+  return undefined;
+}
 
 function progress(message: string): void {
   process.stderr.write(`bench: ${message}\n`);
@@ -33,6 +50,8 @@ interface Device {
   name: string;
   path: string;
   baseline?: string;
+  /** The C server's device in the same mode, which this one is also compared with. */
+  peer?: string;
   pid?: number;
   cleanup: () => void;
 }
@@ -147,7 +166,7 @@ function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]):
     for (const w of workloads) {
       for (const d of devices) {
         progress(`round ${round}/${ROUNDS}: ${w.name} on ${d.name}`);
-        const run = { device: d.name, baseline: d.baseline, workload: w.name, round };
+        const run = { device: d.name, baseline: d.baseline, peer: d.peer, workload: w.name, round };
         runs.push({ ...run, ...fio(d, w.args) });
       }
     }
@@ -167,31 +186,39 @@ function main(): BenchReport {
     noScheduler('/dev/nullb0');
     run('modprobe', ['loop']);
     makeFile('/tmp/bench-kloop.img');
-    makeFile('/tmp/bench-uloop.img');
+    makeFile(ULOOP_FILE);
     const loopDev = run('losetup', ['-f', '--show', '/tmp/bench-kloop.img']).trim();
     cleanups.push(() => run('losetup', ['-d', loopDev]));
     noScheduler(loopDev);
     devices.push({ name: 'loop (kernel)', path: loopDev, cleanup: () => undefined });
     const ours = [process.execPath, CLI];
-    devices.push(ublkDevice('ublk-ts null', ours, ['-t', 'null'], 'null_blk'));
-    devices.push(
-      ublkDevice(
-        'ublk-ts loop',
-        ours,
-        ['-t', 'loop', '-f', '/tmp/bench-uloop.img', '--buffered_io'],
-        'loop (kernel)',
-      ),
-    );
+    const c = kublkRuns();
+    if (c) {
+      const depth = ['-q', '1', '-d', '128'];
+      devices.push(ublkDevice('kublk null', [c], ['-t', 'null', ...depth], 'null_blk'));
+      devices.push(
+        ublkDevice('kublk loop', [c], ['-t', 'loop', ...depth, ULOOP_FILE], 'loop (kernel)'),
+        ublkDevice(
+          'kublk loop auto_zc',
+          [c],
+          ['-t', 'loop', ...depth, '--auto_zc', ULOOP_FILE],
+          'loop (kernel)',
+        ),
+      );
+    }
+    devices.push({
+      ...ublkDevice('ublk-ts null', ours, ['-t', 'null'], 'null_blk'),
+      peer: c && 'kublk null',
+    });
+    devices.push({
+      ...ublkDevice('ublk-ts loop', ours, ['-t', 'loop', '-f', ULOOP_FILE], 'loop (kernel)'),
+      peer: c && 'kublk loop',
+    });
     devices.push(ublkDevice('ublk-ts mem', ours, ['-t', 'mem', '--size', FILE_SIZE], 'null_blk'));
     if (peer) {
       devices.push(ublkDevice('peer null', [peer], ['-t', 'null'], 'null_blk'));
       devices.push(
-        ublkDevice(
-          'peer loop',
-          [peer],
-          ['-t', 'loop', '-f', '/tmp/bench-uloop.img'],
-          'loop (kernel)',
-        ),
+        ublkDevice('peer loop', [peer], ['-t', 'loop', '-f', ULOOP_FILE], 'loop (kernel)'),
       );
     }
     const oneQueue = WORKLOADS.filter((w) => !w.twoQueues);

@@ -25,6 +25,8 @@ export interface Run {
   device: string;
   /** The kernel device it is compared with, when it is one of ours. */
   baseline?: string;
+  /** The C server's device in the same mode, when one ran beside it. */
+  peer?: string;
   workload: string;
   round: number;
   iops: number;
@@ -56,6 +58,7 @@ export interface BenchReport {
 export interface Summary {
   device: string;
   baseline?: string;
+  peer?: string;
   workload: string;
   iops: number;
   mbps: number;
@@ -69,6 +72,8 @@ export interface Summary {
   ratio?: number;
   /** Latency workloads: median p50 minus the baseline's, in microseconds. */
   addedP50us?: number;
+  /** Against the same-mode C server, paired like `ratio`; latency workloads: p50 ratio. */
+  peerRatio?: number;
 }
 
 export function median(values: number[]): number {
@@ -82,6 +87,16 @@ const medianOf = (runs: Run[], pick: (r: Run) => number | undefined): number | u
   return values.length ? median(values) : undefined;
 };
 
+/** The median over rounds of `pick(a) / pick(b)` for the runs of `a` and `b` in one round. */
+function pairedRatio(a: Run[], b: Run[], pick: (r: Run) => number | undefined): number | undefined {
+  const ratios = a.flatMap((r) => {
+    const other = b.find((x) => x.round === r.round);
+    const [x, y] = [pick(r), other && pick(other)];
+    return x !== undefined && y !== undefined && y > 0 ? [x / y] : [];
+  });
+  return ratios.length ? median(ratios) : undefined;
+}
+
 /** One summary per device and workload, in the order they first ran. */
 export function summarize(report: BenchReport): Summary[] {
   const keys = [...new Set(report.runs.map((r) => `${r.workload}\u0000${r.device}`))];
@@ -93,6 +108,7 @@ export function summarize(report: BenchReport): Summary[] {
     const summary: Summary = {
       device,
       baseline: runs[0].baseline,
+      peer: runs[0].peer,
       workload,
       iops: medianOf(runs, (r) => r.iops)!,
       mbps: medianOf(runs, (r) => r.mbps)!,
@@ -100,16 +116,19 @@ export function summarize(report: BenchReport): Summary[] {
       p99us: medianOf(runs, (r) => r.p99us),
       daemonCpu: medianOf(runs, (r) => r.daemonCpu),
     };
-    const base = summary.baseline ? runsOf(workload, summary.baseline) : [];
-    if (base.length === 0) return summary;
-    const paired = runs.flatMap((r) => {
-      const b = base.find((x) => x.round === r.round);
-      return b && b.iops > 0 ? [r.iops / b.iops] : [];
-    });
-    if (paired.length) summary.ratio = median(paired);
-    const baseP50 = medianOf(base, (r) => r.p50us);
-    if (WORKLOADS.find((w) => w.name === workload)?.latency && summary.p50us && baseP50) {
-      summary.addedP50us = summary.p50us - baseP50;
+    const latency = WORKLOADS.find((w) => w.name === workload)?.latency ?? false;
+    if (summary.baseline) {
+      const base = runsOf(workload, summary.baseline);
+      summary.ratio = pairedRatio(runs, base, (r) => r.iops);
+      const baseP50 = medianOf(base, (r) => r.p50us);
+      if (latency && summary.p50us && baseP50) summary.addedP50us = summary.p50us - baseP50;
+    }
+    if (summary.peer) {
+      const peer = runsOf(workload, summary.peer);
+      // Higher is better for both: IOPS over the C server's, or its p50 over ours.
+      summary.peerRatio = latency
+        ? pairedRatio(peer, runs, (r) => r.p50us)
+        : pairedRatio(runs, peer, (r) => r.iops);
     }
     return summary;
   });
@@ -120,7 +139,17 @@ const fmt = (n: number | undefined, digits = 0) => (n === undefined ? '-' : n.to
 /** The table: one row per device and workload, ours with a ratio to their kernel baseline. */
 export function formatTable(report: BenchReport): string {
   const rows = [
-    ['workload', 'device', 'IOPS', 'MB/s', 'p50 us', 'p99 us', 'daemon CPU %', 'vs kernel'],
+    [
+      'workload',
+      'device',
+      'IOPS',
+      'MB/s',
+      'p50 us',
+      'p99 us',
+      'daemon CPU %',
+      'vs kernel',
+      'vs C, same mode',
+    ],
   ];
   for (const s of summarize(report)) {
     let versus = '';
@@ -135,6 +164,7 @@ export function formatTable(report: BenchReport): string {
       fmt(s.p99us, 1),
       fmt(s.daemonCpu),
       versus,
+      s.peerRatio === undefined ? '' : `${s.peerRatio.toFixed(2)}x ${s.peer}`,
     ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));

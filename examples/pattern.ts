@@ -5,21 +5,16 @@
  *
  *   ublk add -t ./dist/examples/pattern.js --size 1G
  */
-import { constants } from 'node:os';
-import { parseSize } from '../src/cli/numbers.js';
-import { UserError } from '../src/errors.js';
-import { defineTarget } from '../src/targets/target.js';
-
-const SECTOR = 512;
+import { defineTarget, parseSize, SECTOR, UserError } from 'ublk-ts';
 
 export default defineTarget({
   name: 'pattern',
   options: { size: { type: 'string', description: 'device size, e.g. 1G (default 1G)' } },
   setup(args) {
-    const size = parseSize(typeof args.size === 'string' ? args.size : '1G', 'size');
+    const size = parseSize(args.size ?? '1G', 'size');
     if (size % SECTOR !== 0)
       throw new UserError(`pattern: the size must be a multiple of ${SECTOR}`);
-    // The kernel never sends a write to a read-only device.
+    // The kernel never sends a write to a read-only device, so the target has no write().
     return { size, capabilities: { readOnly: true } };
   },
   queue() {
@@ -32,9 +27,6 @@ export default defineTarget({
           words[i] = sector % 2 ** 32; // low half first: little-endian on the machines ublk runs on
           words[i + 1] = Math.floor(sector / 2 ** 32);
         }
-      },
-      write() {
-        throw Object.assign(new Error('read-only device'), { errno: constants.errno.EROFS });
       },
     };
   },

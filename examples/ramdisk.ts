@@ -8,14 +8,13 @@
  * Memory is committed as it is written and never given back while the device exists; the
  * built-in `-t mem` target frees what is discarded.
  */
-import { parseSize } from '../src/cli/numbers.js';
-import { defineTarget } from '../src/targets/target.js';
+import { defineTarget, parseSize } from 'ublk-ts';
 
-export default defineTarget<{ memory: SharedArrayBuffer }>({
+export default defineTarget({
   name: 'ramdisk',
   options: { size: { type: 'string', description: 'disk size, e.g. 64M or 1G (default 64M)' } },
   setup(args) {
-    const size = parseSize(typeof args.size === 'string' ? args.size : '64M', 'size');
+    const size = parseSize(args.size ?? '64M', 'size');
     return { size, shared: { memory: new SharedArrayBuffer(size) } };
   },
   queue({ memory }) {

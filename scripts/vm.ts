@@ -55,7 +55,7 @@ main().then(
   (e: unknown) => {
     if (e instanceof UserError) {
       log(e.message);
-      process.exit(e.exitCode === 1 ? 125 : e.exitCode);
+      process.exit(125); // the VM's own failure, told apart from the command's exit status
     }
     throw e;
   },

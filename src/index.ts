@@ -7,18 +7,39 @@ export {
   type QueueInfo,
   type RecoverOptions,
 } from './ublk/device.js';
+/** For DeviceOptions.flags: the UBLK_F_ feature bits to ask ADD_DEV for. */
+export { UBLK_F } from './ublk/abi.js';
 export {
   defineTarget,
+  parseSize,
+  SECTOR,
   type Capabilities,
   type IoResult,
+  type MaybePromise,
+  type OptionValues,
   type QueueContext,
   type QueueHandlers,
   type QueueIo,
   type SetupEnv,
   type Target,
+  type TargetArgs,
+  type TargetOptionSpec,
+  type TargetOptionSpecs,
   type TargetSetup,
   type WriteFlags,
   type ZeroFlags,
 } from './targets/target.js';
-export { UserError } from './errors.js';
-export { parseSize } from './cli/numbers.js';
+/** The fallocate(2) modes of QueueIo.fallocate. */
+export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './uring/abi.js';
+export {
+  checkResult,
+  ERROR_CODES,
+  errnoError,
+  errnoName,
+  isErrnoError,
+  isUserError,
+  UserError,
+  type ErrnoContext,
+  type ErrnoError,
+  type UserErrorCode,
+} from './errors.js';

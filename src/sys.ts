@@ -1,5 +1,4 @@
 import { createRequire } from 'node:module';
-import { getSystemErrorName } from 'node:util';
 
 /**
  * Typed access to the native shim (native/sys.c); every other module reaches the OS through
@@ -18,23 +17,14 @@ export interface WatchHandle {
   readonly __brand: 'WatchHandle';
 }
 
-/** Error thrown by a failed system call. `errno` is positive, `code` its name ('ENOENT'). */
-export interface ErrnoError extends Error {
-  readonly code: string;
-  readonly errno: number;
-  readonly syscall: string;
-}
+// Where the other modules have always found them; errors.ts is where they live.
+export { errnoError, isErrnoError, type ErrnoError } from './errors.js';
 
-export function isErrnoError(error: unknown, code?: string): error is ErrnoError {
-  if (!(error instanceof Error)) return false;
-  const { errno, code: actual } = error as Partial<ErrnoError>;
-  return typeof errno === 'number' && typeof actual === 'string' && (!code || actual === code);
-}
-
-/** The error the native side would have thrown, for a -errno returned by a hot-path call. */
-export function errnoError(syscall: string, errno: number): ErrnoError {
-  const code = getSystemErrorName(-errno);
-  return Object.assign(new Error(`${syscall}: ${code}`), { code, errno, syscall });
+/** A dev_t as "major:minor" (glibc's gnu_dev_major/minor), as sysfs and `ls -l` show it. */
+export function majorMinor(dev: number): string {
+  const major = ((dev >> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
+  const minor = (dev & 0xff) | ((dev >> 12) & ~0xff);
+  return `${major}:${minor}`;
 }
 
 export interface Sys {

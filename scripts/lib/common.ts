@@ -7,6 +7,11 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { UserError } from '../../src/errors.js';
+
+// The scripts' one-line failures are the package's own kind: one class, one brand.
+export { UserError };
+
 /** The repository root: this file is compiled to dist/scripts/lib/common.js. */
 export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
 
@@ -20,16 +25,6 @@ function findRepoRoot(start: string): string {
 /** The VM cache folder (git-ignored): `.cache/vm` in the repo, or `$UBLK_VM_CACHE`. */
 export function cacheRoot(): string {
   return resolve(process.env.UBLK_VM_CACHE || join(REPO_ROOT, '.cache', 'vm'));
-}
-
-/** An error whose message is a complete one-line reason, meant for the user as it is. */
-export class UserError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode = 1,
-  ) {
-    super(message);
-  }
 }
 
 export function log(message: string): void {

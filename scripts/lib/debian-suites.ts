@@ -115,7 +115,8 @@ export function suiteVersions(pkg: string): string[] {
   return [...new Set(versions)].sort((a, b) => compareVersions(b, a));
 }
 
-function compareVersions(a: string, b: string): number {
+/** dpkg's order of two Debian versions: positive when `a` is newer. */
+export function compareVersions(a: string, b: string): number {
   if (a === b) return 0;
   return run('dpkg', ['--compare-versions', a, 'gt', b]).status === 0 ? 1 : -1;
 }

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { mkdirSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
-import { loadTarget, resolveTargetSource } from '../targets/load.js';
+import { loadTarget, resolveTargetSource } from '../ublk/target-loader.js';
 import { findTargetType, parseAddArgs, type AddOptions } from './args.js';
 import type { DaemonReport } from './daemon-main.js';
 import { runDir } from './run-dir.js';

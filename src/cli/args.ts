@@ -1,16 +1,11 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UserError } from '../errors.js';
+import { constants } from '../sys.js';
+import type { TargetArgs, TargetOptionSpecs } from '../ublk/target.js';
 import { parseBool01, parseInteger } from './numbers.js';
 
-/** A command-line option a target adds to `ublk add`, in util.parseArgs terms. */
-export interface TargetOptionSpec {
-  type: 'string' | 'boolean';
-  short?: string;
-  /** One line for `ublk help -t TYPE`. */
-  description: string;
-}
-export type TargetOptionSpecs = Readonly<Record<string, TargetOptionSpec>>;
-export type TargetArgs = Record<string, string | boolean | undefined>;
+// The target API's types, re-exported for the CLI code that imports them from here.
+export type { TargetArgs, TargetOptionSpec, TargetOptionSpecs } from '../ublk/target.js';
 
 export interface AddOptions {
   type: string;
@@ -29,11 +24,13 @@ export interface AddOptions {
   /** ublksrv's --unprivileged: UBLK_F_UNPRIVILEGED_DEV (6.3+), a device its non-root user owns. */
   unprivileged: boolean;
   foreground: boolean;
+  /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
+  debugMask: number;
   targetArgs: TargetArgs;
 }
 
 export const ADD_DEFAULTS = { queues: 1, depth: 128, maxIoBufBytes: 512 * 1024 } as const;
-const PAGE_SIZE = 4096;
+const { PAGE_SIZE } = constants;
 const MAX_QUEUES = 4096;
 const MAX_DEPTH = 4096;
 const MAX_IO_BUF_BYTES = 32 << 20;
@@ -131,6 +128,10 @@ export function parseAddArgs(
     noAutoPartScan: values.no_auto_part_scan === true,
     unprivileged: values.unprivileged === true,
     foreground: values.foreground === true,
+    debugMask:
+      str('debug_mask') === undefined
+        ? 0
+        : parseInteger(str('debug_mask')!, 'debug_mask', 0, 0xffff_ffff),
     targetArgs,
   };
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
-import { loadTarget, resolveTargetSource } from '../targets/load.js';
+import { loadTarget, resolveTargetSource } from '../ublk/target-loader.js';
 import { CONTROL_PATH, type Control } from '../ublk/control.js';
 import { openControl } from '../ublk/device.js';
 import { parseDelArgs, parseListArgs, parseRecoverArgs } from './args.js';

@@ -69,12 +69,5 @@ export function recordedDeviceIds(): number[] {
     .sort((a, b) => a - b);
 }
 
-export function isProcessAlive(pid: number): boolean {
-  if (pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+// Whether a record's daemon is still there: the one /proc reading every module uses.
+export { processExists as isProcessAlive } from '../processes.js';

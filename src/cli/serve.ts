@@ -1,6 +1,7 @@
 import { UBLK_F, UBLK_F_NO_AUTO_PART_SCAN } from '../ublk/abi.js';
+import { DEBUG_EVERY_FAILURE } from '../ublk/failure-log.js';
 import { createDevice, recoverDevice, type Device } from '../ublk/device.js';
-import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../targets/load.js';
+import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../ublk/target-loader.js';
 import { UserError } from '../errors.js';
 import type { AddOptions } from './args.js';
 import { readRecord, removeRecord, runDir, writeRecord } from './run-dir.js';
@@ -50,6 +51,7 @@ async function startDevice(
       depth: options.depth,
       maxIoBufBytes: options.maxIoBufBytes,
       flags: requestedFlags(options),
+      logEveryFailure: (options.debugMask & DEBUG_EVERY_FAILURE) !== 0,
     });
     return { device, options, targetSource };
   }
@@ -63,6 +65,8 @@ async function startDevice(
     target: record.targetSource,
     args: record.options.targetArgs,
     startEmpty: job.startEmpty,
+    // Records written before --debug_mask was kept have none.
+    logEveryFailure: ((record.options.debugMask ?? 0) & DEBUG_EVERY_FAILURE) !== 0,
   });
   return { device, options: record.options, targetSource: record.targetSource };
 }

@@ -10,15 +10,15 @@ import {
   type Stats,
 } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { isErrnoCode, UserError } from '../errors.js';
-import { constants as sysConstants, ioctl, mmap, munmap } from '../sys.js';
+import { checkResult, isErrnoError, UserError } from '../errors.js';
+import { constants as sysConstants, ioctl, majorMinor, mmap, munmap } from '../sys.js';
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   Ring,
 } from '../uring/index.js';
-import { defineTarget, type QueueIo } from './target.js';
+import { defineTarget, SECTOR, type QueueIo } from './target.js';
 
 /**
  * ublksrv's loop target: `-t loop -f FILE [--buffered_io] [--offset SECTORS]`.
@@ -36,7 +36,6 @@ import { defineTarget, type QueueIo } from './target.js';
  * `direct_io`.
  */
 
-const SECTOR = 512;
 const { EOPNOTSUPP, EIO } = osConstants.errno;
 
 /**
@@ -55,28 +54,18 @@ interface LoopShared {
   syncLog?: string;
 }
 
-function errnoError(res: number, what: string): Error {
-  return Object.assign(new Error(`${what} failed: errno ${-res}`), { errno: -res });
-}
-
-/** An errno-carrying Error for a negative io_uring result; the result itself otherwise. */
-function check(res: number, what: string): number {
-  if (res < 0) throw errnoError(res, what);
-  return res;
-}
-
 function openError(path: string, err: unknown): never {
-  if (isErrnoCode(err, 'ENOENT')) throw new UserError(`loop: backing file ${path} does not exist`);
-  if (isErrnoCode(err, 'EACCES') || isErrnoCode(err, 'EPERM')) {
+  if (isErrnoError(err, 'ENOENT')) throw new UserError(`loop: backing file ${path} does not exist`);
+  if (isErrnoError(err, 'EACCES') || isErrnoError(err, 'EPERM')) {
     throw new UserError(`loop: cannot open ${path} for reading and writing: permission denied`);
   }
-  if (isErrnoCode(err, 'EROFS')) {
+  if (isErrnoError(err, 'EROFS')) {
     throw new UserError(`loop: cannot open ${path} for writing: read-only file system`);
   }
-  if (isErrnoCode(err, 'EISDIR')) {
+  if (isErrnoError(err, 'EISDIR')) {
     throw new UserError(`loop: ${path} is a directory, not a file or block device`);
   }
-  if (isErrnoCode(err, 'ETXTBSY') || isErrnoCode(err, 'EBUSY')) {
+  if (isErrnoError(err, 'ETXTBSY') || isErrnoError(err, 'EBUSY')) {
     throw new UserError(`loop: ${path} is busy (in use elsewhere)`);
   }
   throw new UserError(`loop: cannot open ${path}: ${(err as Error).message}`);
@@ -99,13 +88,6 @@ function blockDeviceSize(fd: number): number {
   return Number(out[0]);
 }
 
-/** "major:minor" of a device number (glibc's gnu_dev_major/minor). */
-function devNumbers(rdev: number): string {
-  const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-  const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff);
-  return `${major}:${minor}`;
-}
-
 /** Whether a block device accepts discards: its queue's discard_max_bytes (a partition's parent's). */
 function blockDeviceDiscards(rdev: number): boolean {
   const value = queueAttribute(rdev, 'discard_max_bytes');
@@ -114,7 +96,7 @@ function blockDeviceDiscards(rdev: number): boolean {
 
 /** A number from a block device's /sys/.../queue/ (a partition's from its disk's). */
 function queueAttribute(dev: number, name: string): number | undefined {
-  const dir = `/sys/dev/block/${devNumbers(dev)}`;
+  const dir = `/sys/dev/block/${majorMinor(dev)}`;
   for (const path of [`${dir}/queue/${name}`, `${dir}/../queue/${name}`]) {
     try {
       const value = Number(readFileSync(path, 'utf8').trim());
@@ -168,7 +150,7 @@ function directIoBlockSize(fd: number, fsDev: number): number | undefined {
         readSync(fd, new Uint8Array(mapping.buffer, 0, bs), 0, bs, 0);
         return bs;
       } catch (err) {
-        if (!isErrnoCode(err, 'EINVAL')) throw err;
+        if (!isErrnoError(err, 'EINVAL')) throw err;
       }
     }
     return undefined;
@@ -186,7 +168,7 @@ function parseOffset(text: string | undefined): number {
   return value;
 }
 
-export default defineTarget<LoopShared>({
+export default defineTarget({
   name: 'loop',
   options: {
     file: { type: 'string', short: 'f', description: 'backing file or block device (required)' },
@@ -205,7 +187,7 @@ export default defineTarget<LoopShared>({
     if (typeof path !== 'string' || path === '') {
       throw new UserError('loop: no backing file: use -f FILE');
     }
-    const offsetSectors = parseOffset(args.offset as string | undefined);
+    const offsetSectors = parseOffset(args.offset);
     const offset = offsetSectors * SECTOR;
     let direct = args.buffered_io !== true;
 
@@ -228,7 +210,7 @@ export default defineTarget<LoopShared>({
         fd = openSync(path, openFlags(direct));
       } catch (err) {
         // tmpfs (before Linux 6.6) and some others refuse O_DIRECT at open: use the page cache.
-        if (!direct || !isErrnoCode(err, 'EINVAL')) openError(path, err);
+        if (!direct || !isErrnoError(err, 'EINVAL')) openError(path, err);
         direct = false;
         fd = openSync(path, openFlags(false));
       }
@@ -295,13 +277,13 @@ export default defineTarget<LoopShared>({
           discard: discard ? { granularity: physical } : false,
           writeZeroes,
         },
-        shared: { fd, offset, blockDevice, syncLog },
+        shared: { fd, offset, blockDevice, syncLog } satisfies LoopShared,
         info: { backing_file: path, direct_io: direct ? 1 : 0, offset: offsetSectors },
         close: () => closeSync(openFd),
       };
     } catch (err) {
       if (fd >= 0) closeSync(fd);
-      if (isErrnoCode(err, 'EACCES') || isErrnoCode(err, 'EPERM') || isErrnoCode(err, 'EROFS')) {
+      if (isErrnoError(err, 'EACCES') || isErrnoError(err, 'EPERM') || isErrnoError(err, 'EROFS')) {
         openError(path, err);
       }
       throw err;
@@ -309,35 +291,24 @@ export default defineTarget<LoopShared>({
   },
 
   queue({ fd, offset: base, blockDevice, syncLog }, { io }) {
-    const fdatasync = async (kind: 'flush' | 'fua') => {
-      check(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
-      if (syncLog) appendFileSync(syncLog, `${kind}\n`);
-    };
+    const sync = async () => void checkResult(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
+    // Decided once per queue: without the test aid, FLUSH and FUA are the bare fdatasync.
+    const [flush, fuaSync] = syncLog
+      ? [loggedSync(sync, syncLog, 'flush'), loggedSync(sync, syncLog, 'fua')]
+      : [sync, sync];
     const zeroes = new ZeroRange(io, fd, blockDevice);
     return {
       async read(buf, offset) {
-        let done = 0;
-        while (done < buf.length) {
-          const n = check(await io.read(fd, buf.subarray(done), base + offset + done), 'read');
-          if (n === 0) {
-            // End of file: the file shrank under us. A short READ would only be requeued by the
-            // kernel, so the rest reads as zeros, like a hole.
-            buf.fill(0, done);
-            break;
-          }
-          done += n;
-        }
+        const done = await io.readFully(fd, buf, base + offset);
+        // Short only at the end of the file, which shrank under us. A short READ would only be
+        // requeued by the kernel, so the rest reads as zeros, like a hole.
+        if (done < buf.length) buf.fill(0, done);
       },
       async write(buf, offset, { fua }) {
-        let done = 0;
-        while (done < buf.length) {
-          const n = check(await io.write(fd, buf.subarray(done), base + offset + done), 'write');
-          if (n === 0) throw errnoError(-EIO, 'write');
-          done += n;
-        }
-        if (fua) await fdatasync('fua');
+        await io.writeFully(fd, buf, base + offset);
+        if (fua) await fuaSync();
       },
-      flush: () => fdatasync('flush'),
+      flush,
       async discard(offset, length) {
         if (blockDevice) {
           // fallocate(2) offers a block device only "write zeroes" (PUNCH_HOLE): a real discard
@@ -346,7 +317,7 @@ export default defineTarget<LoopShared>({
           blkdiscard(fd, base + offset, length);
           return;
         }
-        check(
+        checkResult(
           await io.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, base + offset, length),
           'discard',
         );
@@ -377,24 +348,32 @@ class ZeroRange {
   async run(offset: number, length: number, noUnmap: boolean): Promise<void> {
     if (!noUnmap && this.punchWorks) {
       const res = await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-      if (res !== -EOPNOTSUPP) return void check(res, 'write zeroes (punch hole)');
+      if (res !== -EOPNOTSUPP) return void checkResult(res, 'write zeroes (punch hole)');
       this.punchWorks = false;
     }
     if (this.zeroRangeWorks || this.blockDevice) {
       const res = await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
-      if (res !== -EOPNOTSUPP) return void check(res, 'write zeroes (zero range)');
+      if (res !== -EOPNOTSUPP) return void checkResult(res, 'write zeroes (zero range)');
       this.zeroRangeWorks = false;
     }
-    check(
+    checkResult(
       await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
       'write zeroes (punch hole)',
     );
-    if (noUnmap) check(await this.fallocate(FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
+    if (noUnmap) checkResult(await this.fallocate(FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
   }
 
   private fallocate(mode: number, offset: number, length: number): Promise<number> {
     return this.io.fallocate(this.fd, mode, offset, length);
   }
+}
+
+/** The sync, then its line in the sync log (SYNC_LOG_ENV). */
+function loggedSync(sync: () => Promise<void>, log: string, kind: string): () => Promise<void> {
+  return async () => {
+    await sync();
+    appendFileSync(log, `${kind}\n`);
+  };
 }
 
 function openFlags(direct: boolean): number {

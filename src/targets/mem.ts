@@ -1,10 +1,10 @@
 import { closeSync, ftruncateSync } from 'node:fs';
 import { constants as osConstants, totalmem } from 'node:os';
-import { parseSize } from '../cli/numbers.js';
-import { UserError } from '../errors.js';
+import { checkResult, errnoError, UserError } from '../errors.js';
 import { constants as sysConstants, memfdCreate } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/index.js';
-import { defineTarget } from './target.js';
+import { parseSize } from './size.js';
+import { defineTarget, SECTOR } from './target.js';
 
 /**
  * `-t mem --size SIZE`: a sparse RAM disk that every queue of the device shares.
@@ -29,14 +29,8 @@ import { defineTarget } from './target.js';
  */
 
 const { EIO } = osConstants.errno;
-const SECTOR = 512;
 
-function check(res: number, what: string): number {
-  if (res < 0) throw Object.assign(new Error(`${what} failed: errno ${-res}`), { errno: -res });
-  return res;
-}
-
-export default defineTarget<{ fd: number }>({
+export default defineTarget({
   name: 'mem',
   options: {
     size: { type: 'string', description: 'device size, e.g. 512M or 2G (required)' },
@@ -78,32 +72,23 @@ export default defineTarget<{ fd: number }>({
 
   queue({ fd }, { io }) {
     const punch = async (offset: number, length: number) =>
-      check(
+      checkResult(
         await io.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
         'punch hole',
       );
     return {
       async read(buf, offset) {
-        // A read within the file's size is never short, but take what comes and go on.
-        for (let done = 0; done < buf.length;) {
-          const n = check(await io.read(fd, buf.subarray(done), offset + done), 'read');
-          if (n === 0) throw Object.assign(new Error('read past the end'), { errno: EIO });
-          done += n;
-        }
+        // Within the file's size, which the device's is: never short.
+        if ((await io.readFully(fd, buf, offset)) < buf.length) throw errnoError('read', EIO);
       },
-      async write(buf, offset) {
-        for (let done = 0; done < buf.length;) {
-          const n = check(await io.write(fd, buf.subarray(done), offset + done), 'write');
-          if (n === 0) throw Object.assign(new Error('write made no progress'), { errno: EIO });
-          done += n;
-        }
-      },
+      write: (buf, offset) => io.writeFully(fd, buf, offset),
       discard: punch,
       async writeZeroes(offset, length, { noUnmap }) {
         await punch(offset, length);
         // The caller wants the zeroes to stay allocated: allocate the hole again (tmpfs has no
         // ZERO_RANGE).
-        if (noUnmap) check(await io.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
+        if (noUnmap)
+          checkResult(await io.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
       },
     };
   },

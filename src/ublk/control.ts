@@ -1,6 +1,12 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { close as closeSys, isErrnoError, open as openFd } from '../sys.js';
+import { errnoName } from '../errors.js';
+import {
+  close as closeSys,
+  constants as sysConstants,
+  isErrnoError,
+  open as openFd,
+} from '../sys.js';
 import { IoBuffer, IORING_SETUP_SQE128, Ring } from '../uring/index.js';
 import {
   AUTO_DEV_ID,
@@ -26,7 +32,6 @@ export const CONTROL_PATH = '/dev/ublk-control';
 export type DevInfo = StructValue<typeof DEV_INFO>;
 type CommandName = keyof typeof UBLK_U_CMD | 'TRY_STOP_DEV';
 
-const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([name, n]) => [n, name]));
 const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
 const EINVAL = osConstants.errno.EINVAL;
 
@@ -39,7 +44,7 @@ export class ControlError extends Error {
     readonly devId: number,
     readonly errno: number,
   ) {
-    const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+    const code = errnoName(errno);
     super(`${command} of ublk device ${devId === AUTO_DEV_ID ? '(new)' : devId} failed: ${code}`);
     this.code = code;
   }
@@ -104,7 +109,7 @@ export class Control {
 
   /** Opens /dev/ublk-control; throws the open(2) error (ENOENT: no ublk_drv, EACCES...). */
   static open(): Control {
-    const fd = openFd(CONTROL_PATH, fsConstants.O_RDWR | 0o2000000 /* O_CLOEXEC */, 0);
+    const fd = openFd(CONTROL_PATH, fsConstants.O_RDWR | sysConstants.O_CLOEXEC, 0);
     let ring: Ring;
     try {
       ring = Ring.create({ entries: 16, flags: IORING_SETUP_SQE128 });

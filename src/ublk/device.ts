@@ -2,10 +2,10 @@ import { constants as fsConstants, existsSync, readdirSync, readFileSync, statSy
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import { UserError } from '../errors.js';
-import { close, constants as sysConstants, isErrnoError, open } from '../sys.js';
-import { loadTarget, resolveTargetSource } from '../targets/load.js';
-import type { TargetArgs } from '../cli/args.js';
-import type { Capabilities, TargetSetup } from '../targets/target.js';
+import { processExists, processRunning } from '../processes.js';
+import { close, constants as sysConstants, isErrnoError, majorMinor, open } from '../sys.js';
+import { loadTarget, resolveTargetSource } from './target-loader.js';
+import { SECTOR, type Capabilities, type TargetArgs, type TargetSetup } from './target.js';
 import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from './abi.js';
 import { Control, isControlError, type DevInfo } from './control.js';
 import { describeFeature, flagsOf, hasFlag, kernelFeatures, missingFeature } from './features.js';
@@ -13,8 +13,6 @@ import { resizeDevice } from './manage.js';
 import { setIoScheduler } from './io-scheduler.js';
 import { paramsFor } from './params.js';
 import type { QueueWorkerData, QueueWorkerMessage } from './queue-worker.js';
-
-const SECTOR = 512;
 
 export interface DeviceOptions {
   /** A built-in target name (null, loop, mem) or the path of a target module. */
@@ -30,6 +28,8 @@ export interface DeviceOptions {
   flags?: number;
   /** The block layer's I/O scheduler for the device (sysfs name); default 'none'. */
   ioScheduler?: string;
+  /** Log every request a handler fails, not only the first of each cause. */
+  logEveryFailure?: boolean;
 }
 
 export interface RecoverOptions {
@@ -44,6 +44,8 @@ export interface RecoverOptions {
    * (START_USER_RECOVERY answers EBUSY until then). Default 30 s.
    */
   waitMs?: number;
+  /** As in DeviceOptions. */
+  logEveryFailure?: boolean;
 }
 
 export interface QueueInfo {
@@ -213,7 +215,7 @@ export class Device {
       const params = paramsFor(setup.size, caps, info.maxIoBufBytes, sysConstants.PAGE_SIZE);
       charFd = await openCharDevice(info.devId);
       await control.setParams(info.devId, params);
-      const queues = await startQueues(control, info, charFd, source, setup.shared, workers);
+      const queues = await startQueues(control, info, charFd, source, setup, workers, options);
       await control.startDev(info.devId, process.pid);
       setIoScheduler(info.devId, options.ioScheduler);
       info = await control.getDevInfo(info.devId);
@@ -262,7 +264,7 @@ export class Device {
       await startUserRecovery(control, info, options.waitMs ?? 30_000);
       started = true;
       charFd = await openCharDevice(devId);
-      const queues = await startQueues(control, info, charFd, source, setup.shared, workers);
+      const queues = await startQueues(control, info, charFd, source, setup, workers, options);
       await control.endUserRecovery(devId, process.pid);
       info = await control.getDevInfo(devId);
       return new Device(info, queues, target.name, control, charFd, setup, workers);
@@ -438,43 +440,6 @@ async function startUserRecovery(control: Control, info: DevInfo, waitMs: number
   }
 }
 
-/** /proc/PID/stat's state letter and kernel task flags; undefined when there is no such process. */
-function procStat(pid: number): { state: string; flags: number } | undefined {
-  if (!(pid > 0)) return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold spaces.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { state: fields[0], flags: Number(fields[6]) };
-  } catch {
-    return undefined;
-  }
-}
-
-const PF_EXITING = 0x4;
-
-/** The process still holds resources: it exists and has not finished exiting (a zombie has). */
-function processExists(pid: number): boolean {
-  const stat = procStat(pid);
-  return stat !== undefined && stat.state !== 'Z' && stat.state !== 'X';
-}
-
-/** Running and not dying: not exiting, no SIGKILL pending (what `kill -9` leaves until it ends). */
-function processRunning(pid: number): boolean {
-  const stat = procStat(pid);
-  if (!stat || stat.state === 'Z' || stat.state === 'X' || stat.flags & PF_EXITING) return false;
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    for (const field of ['SigPnd', 'ShdPnd']) {
-      const mask = new RegExp(`^${field}:\\s*([0-9a-f]+)$`, 'm').exec(status)?.[1] ?? '0';
-      if ((BigInt(`0x${mask}`) >> 8n) & 1n) return false; // SIGKILL is signal 9, bit 8
-    }
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * The kernel creates /dev/ublkcN during ADD_DEV, but udev may still hold it for a moment, and for
  * an unprivileged device it is root's until udev's rule gives it to its owner (`ublk chown`):
@@ -485,7 +450,7 @@ async function openCharDevice(devId: number): Promise<number> {
   const retryable = ['ENOENT', 'EBUSY', 'EACCES', 'EPERM'];
   for (let attempt = 0; ; attempt++) {
     try {
-      return open(path, fsConstants.O_RDWR | 0o2000000 /* O_CLOEXEC */, 0);
+      return open(path, fsConstants.O_RDWR | sysConstants.O_CLOEXEC, 0);
     } catch (err) {
       const retry = retryable.some((code) => isErrnoError(err, code));
       if (retry && attempt < 400) {
@@ -512,20 +477,24 @@ async function startQueues(
   info: DevInfo,
   charFd: number,
   targetSource: string,
-  shared: unknown,
+  setup: TargetSetup,
   workers: Worker[],
+  { logEveryFailure }: { logEveryFailure?: boolean },
 ): Promise<QueueInfo[]> {
   const ready: Promise<QueueInfo>[] = [];
   for (let queueId = 0; queueId < info.nrHwQueues; queueId++) {
     const affinity = await control.getQueueAffinity(info.devId, queueId);
     const data: QueueWorkerData = {
+      devId: info.devId,
       queueId,
       depth: info.queueDepth,
       bufferBytes: info.maxIoBufBytes,
       charFd,
       encodedOpcodes: (info.flags & UBLK_F.CMD_IOCTL_ENCODE) !== 0,
       targetSource,
-      shared,
+      shared: setup.shared,
+      capabilities: setup.capabilities ?? {},
+      logEveryFailure,
       affinity,
     };
     const worker = new Worker(WORKER_URL, { workerData: data });
@@ -630,11 +599,4 @@ async function abandon(
 /** "major:minor" of a device node, "0:0" when it does not exist. */
 export function deviceNumbers(path: string): string {
   return existsSync(path) ? majorMinor(statSync(path).rdev) : '0:0';
-}
-
-/** A dev_t as "major:minor" (glibc's gnu_dev_major/minor). */
-function majorMinor(dev: number): string {
-  const major = ((dev >> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
-  const minor = (dev & 0xff) | ((dev >> 12) & ~0xff);
-  return `${major}:${minor}`;
 }

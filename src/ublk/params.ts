@@ -1,8 +1,7 @@
 import { UserError } from '../errors.js';
-import type { Capabilities } from '../targets/target.js';
+import { SECTOR, type Capabilities } from './target.js';
 import { UBLK_ATTR, type UblkParamsInput } from './abi.js';
 
-const SECTOR = 512;
 /** The kernel's limits are u32 sector counts. */
 const MAX_SECTORS_U32 = 0xffff_ffff;
 

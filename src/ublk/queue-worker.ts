@@ -1,12 +1,17 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { constants, gettid, isErrnoError, prctl, schedSetaffinity } from '../sys.js';
-import { loadTarget } from '../targets/load.js';
+import { isErrnoError } from '../errors.js';
+import { constants, gettid, prctl, schedSetaffinity } from '../sys.js';
+import { loadTarget } from './target-loader.js';
+import { checkHandlers } from './handler-check.js';
 import { Queue, type QueueConfig } from './queue.js';
+import type { Capabilities } from './target.js';
 
 /** What the daemon's main thread hands each queue thread. */
 export interface QueueWorkerData extends QueueConfig {
   targetSource: string;
   shared: unknown;
+  /** What the target's setup declared: the handlers its queue() must return. */
+  capabilities: Capabilities;
   affinity: number[];
 }
 
@@ -25,12 +30,13 @@ try {
 if (data.affinity.length > 0) schedSetaffinity(0, data.affinity);
 
 const target = await loadTarget(data.targetSource);
-const queue = new Queue(data);
+const queue = Queue.open(data);
 const handlers = await target.queue(data.shared, {
   queueId: data.queueId,
   depth: data.depth,
   io: queue.io,
 });
+checkHandlers(target.name, data.capabilities, handlers);
 queue.start(handlers);
 port.postMessage({ type: 'ready', tid: gettid() } satisfies QueueWorkerMessage);
 await queue.done;

@@ -1,7 +1,7 @@
+import { errnoError } from '../errors.js';
 import {
   close,
   constants,
-  errnoError,
   eventfd,
   ioUringRegister,
   readEventfd,

@@ -22,7 +22,7 @@ import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
-import { CLI, daemonPids, delAll, sh, ublkNodes, type Run } from './support/cli.js';
+import { CLI, daemonPids, delAll, RUN_DIR, sh, ublkNodes, type Run } from './support/cli.js';
 import {
   assertNoDevice,
   assertSameBytes,
@@ -40,6 +40,8 @@ const RAMDISK = module('../../examples/ramdisk.js');
 const PATTERN = module('../../examples/pattern.js');
 const FAULTY = module('./fixtures/faulty.js');
 const NOT_A_TARGET = module('./fixtures/not-a-target.js');
+const NO_FLUSH = module('./fixtures/no-flush.js');
+const DAEMON_LOG = join(RUN_DIR, 'daemon.log');
 const SHAPES = module('./fixtures/shapes.js');
 
 let dir: string;
@@ -94,8 +96,9 @@ test('examples/pattern.js: every sector reads back as its own number; writes are
   });
 });
 
-test('a target whose read throws: EIO for exactly that read, the device keeps serving', async () => {
+test('a target whose read throws: EIO for exactly that read, logged once; the device keeps serving', async () => {
   const failAt = 5 * MiB + 4096 + 100; // inside the 4 KiB block at 5 MiB + 4 KiB
+  const logStart = existsSync(DAEMON_LOG) ? readFileSync(DAEMON_LOG, 'utf8').length : 0;
   await withDevice(['-t', FAULTY, '--size', '16M', '--fail_at', String(failAt)], (id, dev) => {
     const data = randomBytes(16 * MiB);
     writeAt(dev, 0, data); // the test reads some of it back: beside the failing block and beyond
@@ -122,6 +125,15 @@ test('a target whose read throws: EIO for exactly that read, the device keeps se
       'after',
     );
     assert.notEqual(read(bad).status, 0, 'and fails again, every time');
+    const logged = readFileSync(DAEMON_LOG, 'utf8')
+      .slice(logStart)
+      .split('\n')
+      .filter((line) => line.startsWith(`ublk device ${id} queue 0 tag `));
+    assert.equal(logged.length, 1, `the failure logged once, its repeat counted later: ${logged}`);
+    assert.match(
+      logged[0],
+      new RegExp(`tag \\d+: READ of 4096 bytes at offset ${bad} failed with EIO: injected failure`),
+    );
     assert.equal(listed(id).state, 'LIVE', 'the device is still up');
     const more = randomBytes(4 * MiB);
     writeAt(dev, 8 * MiB, more);
@@ -229,6 +241,11 @@ test('bad input: one clear line, exit 1, and no device', async (t) => {
       'a module that does not export a target',
       addAsync('-t', NOT_A_TARGET),
       /not-a-target\.js does not export a target/,
+    ],
+    [
+      'a target that declares a capability without its handler',
+      addAsync('-t', NO_FLUSH),
+      /target no-flush: queue\(\) returned no flush\(\) for its volatileCache capability/,
     ],
     [
       'mem: a size beyond the machine memory',

@@ -8,7 +8,8 @@ import {
   parseRecoverArgs,
 } from '../../src/cli/args.js';
 import { UserError } from '../../src/errors.js';
-import { parseInteger, parseSize } from '../../src/cli/numbers.js';
+import { parseInteger } from '../../src/cli/numbers.js';
+import { parseSize } from '../../src/targets/size.js';
 
 const LOOP_OPTIONS = {
   file: { type: 'string', short: 'f', description: 'backing file' },
@@ -33,6 +34,7 @@ test('add: ublksrv defaults', () => {
       noAutoPartScan: false,
       unprivileged: false,
       foreground: false,
+      debugMask: 0,
       targetArgs: undefined,
     },
   );
@@ -58,6 +60,8 @@ test('add: every standard option, short and long, and target options', () => {
       '--foreground',
       '--no_auto_part_scan',
       '--unprivileged',
+      '--debug_mask',
+      '0x1',
       '-f',
       '/tmp/x.img',
       '--buffered_io',
@@ -75,6 +79,7 @@ test('add: every standard option, short and long, and target options', () => {
   assert.equal(o.foreground, true);
   assert.equal(o.noAutoPartScan, true);
   assert.equal(o.unprivileged, true);
+  assert.equal(o.debugMask, 1);
   assert.deepEqual(o.targetArgs, { file: '/tmp/x.img', buffered_io: true });
 });
 
@@ -88,6 +93,7 @@ test('add: bad input is a one-line UserError', () => {
     ['-t', 'null', '-n', '-1'],
     ['-t', 'null', '--max_io_buf_bytes', '5000'],
     ['-t', 'null', '-r', '2'],
+    ['-t', 'null', '--debug_mask', 'all'],
     ['-t', 'null', '--bogus'],
     ['-t', 'null', '-f', 'x'],
     ['-t', 'null', 'stray'],

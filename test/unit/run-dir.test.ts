@@ -30,6 +30,7 @@ const record: DeviceRecord = {
     ...ADD_DEFAULTS,
     type: 'null',
     devId: 7,
+    debugMask: 0,
     uringComp: false,
     needGetData: false,
     userRecovery: false,

@@ -18,8 +18,7 @@ import { after, test } from 'node:test';
 import { UserError } from '../../src/errors.js';
 import loop from '../../src/targets/loop.js';
 import mem from '../../src/targets/mem.js';
-import type { TargetArgs } from '../../src/cli/args.js';
-import type { TargetSetup } from '../../src/targets/target.js';
+import type { TargetArgs, TargetSetup } from '../../src/targets/target.js';
 
 const env = { recovering: false, startEmpty: false };
 const dir = mkdtempSync(join(tmpdir(), 'ublk-targets-unit-'));

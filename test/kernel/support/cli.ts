@@ -58,9 +58,7 @@ export function daemonPids(): number[] {
     .map(Number);
 }
 
-export function isAlive(pid: number): boolean {
-  return existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
-}
+export { processExists as isAlive } from '../../../src/processes.js';
 
 export async function waitFor(what: string, check: () => boolean, ms = 60_000): Promise<void> {
   for (const deadline = Date.now() + ms; Date.now() < deadline;) {

@@ -1,13 +1,13 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { UserError } from '../errors.js';
+import { ERROR_CODES, UserError } from '../errors.js';
 import type { Target } from './target.js';
 
 const BUILT_IN: Record<string, string> = {
-  null: './null.js',
-  loop: './loop.js',
-  mem: './mem.js',
+  null: '../targets/null.js',
+  loop: '../targets/loop.js',
+  mem: '../targets/mem.js',
 };
 
 /** ublksrv's numeric target types, for `list`'s target line; user modules have none of theirs. */
@@ -31,10 +31,6 @@ export function resolveTargetSource(type: string): string {
   return pathToFileURL(path).href;
 }
 
-export function isBuiltInSource(source: string): boolean {
-  return Object.values(BUILT_IN).some((p) => new URL(p, import.meta.url).href === source);
-}
-
 export async function loadTarget(source: string): Promise<Target> {
   let mod: { default?: Partial<Target> };
   try {
@@ -51,6 +47,7 @@ export async function loadTarget(source: string): Promise<Target> {
   ) {
     throw new UserError(
       `${source} does not export a target: its default export must be defineTarget({ name, setup, queue })`,
+      { code: ERROR_CODES.INVALID_TARGET },
     );
   }
   return target as Target;

@@ -1,0 +1,226 @@
+import { constants } from 'node:os';
+import { errnoError } from '../errors.js';
+import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO, type IoDescTable } from './abi.js';
+import type { FailureLog } from './failure-log.js';
+import { SECTOR, type IoResult, type QueueHandlers } from './target.js';
+
+const { EIO, EOPNOTSUPP } = constants.errno;
+
+/** What the state machine needs of the ring: one IO command for a tag, sent at the next enter. */
+export interface IoCommandSink {
+  sendIoCmd(cmdOp: number, tag: number, result: number): void;
+}
+
+/** The descriptor fields the state machine reads (IoDescTable over the kernel's mapping). */
+export type IoDescriptors = Pick<IoDescTable, 'op' | 'opFlags' | 'nrSectors' | 'startSector'>;
+
+export interface TagStatesConfig {
+  queueId: number;
+  depth: number;
+  /** Size of each tag's slice of the queue's buffer. */
+  bufferBytes: number;
+  /** The device was granted UBLK_F_CMD_IOCTL_ENCODE: IO commands use encoded opcodes. */
+  encodedOpcodes: boolean;
+}
+
+/**
+ * The per-tag state machine of one hardware queue: each tag cycles FETCH_REQ -> request in the
+ * descriptor -> target handler -> COMMIT_AND_FETCH_REQ with the result (NEED_GET_DATA first for a
+ * write, when the device has it), until the kernel answers ABORT when the device stops or is
+ * quiesced. It knows
+ * nothing of how the ring is waited on: the scheduler (queue.ts) feeds it completions and sends
+ * what it asks for.
+ */
+export class TagStates {
+  /** Requests whose handler returned a promise that has not settled. */
+  pendingHandlers = 0;
+  /** Tags out of service (see finish): all of them once the device stopped or was quiesced. */
+  private finishedTags = 0;
+  /** Per tag, 1 once it is out of service. */
+  private readonly tagFinished: Uint8Array;
+  /** An ABORT arrived: the device is stopping, or quiescing for a new daemon. */
+  private aborting = false;
+
+  private handlers!: QueueHandlers;
+  private readonly ops: { fetch: number; commit: number; getData: number };
+  private readonly views: Uint8Array[];
+  /** Per tag, the op, offset and length of a pending request, for its settled handler's result. */
+  private readonly tagOp: Uint8Array;
+  private readonly tagOffset: Float64Array;
+  private readonly tagLength: Uint32Array;
+  /** Per tag, made once: the callbacks of a pending handler's promise. */
+  private readonly onFulfilled: ((value: IoResult) => void)[];
+  private readonly onRejected: ((err: unknown) => void)[];
+
+  constructor(
+    private readonly config: TagStatesConfig,
+    private readonly descs: IoDescriptors,
+    /** The queue's IO buffer: tag t owns bytes [t * bufferBytes, (t + 1) * bufferBytes). */
+    private readonly buffer: Uint8Array,
+    private readonly sink: IoCommandSink,
+    private readonly failures: FailureLog,
+  ) {
+    const { depth, bufferBytes } = config;
+    this.ops = config.encodedOpcodes
+      ? {
+          fetch: UBLK_U_IO.FETCH_REQ,
+          commit: UBLK_U_IO.COMMIT_AND_FETCH_REQ,
+          getData: UBLK_U_IO.NEED_GET_DATA,
+        }
+      : {
+          fetch: UBLK_IO.FETCH_REQ,
+          commit: UBLK_IO.COMMIT_AND_FETCH_REQ,
+          getData: UBLK_IO.NEED_GET_DATA,
+        };
+    this.views = Array.from({ length: depth }, (_, tag) =>
+      buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
+    );
+    this.tagFinished = new Uint8Array(depth);
+    this.tagOp = new Uint8Array(depth);
+    this.tagOffset = new Float64Array(depth);
+    this.tagLength = new Uint32Array(depth);
+    this.onFulfilled = Array.from({ length: depth }, (_, tag) => (value: IoResult) => {
+      this.pendingHandlers--;
+      this.commit(tag, checkedResult(this.tagOp[tag], this.tagLength[tag], value));
+    });
+    this.onRejected = Array.from({ length: depth }, (_, tag) => (err: unknown) => {
+      this.pendingHandlers--;
+      this.fail(tag, this.tagOp[tag], this.tagOffset[tag], this.tagLength[tag], err);
+    });
+  }
+
+  /** Every tag is out of service: the queue can close its ring. */
+  get allFinished(): boolean {
+    return this.finishedTags === this.config.depth;
+  }
+
+  /** Fetches every tag. The kernel's START_DEV (or END_USER_RECOVERY) waits for exactly this. */
+  start(handlers: QueueHandlers): void {
+    this.handlers = handlers;
+    for (let tag = 0; tag < this.config.depth; tag++) this.sink.sendIoCmd(this.ops.fetch, tag, -1);
+  }
+
+  /** The CQE of a tag's FETCH, COMMIT_AND_FETCH or NEED_GET_DATA command. */
+  complete(tag: number, res: number): void {
+    if (res === UBLK_IO_RES.OK) {
+      this.handleRequest(tag);
+    } else if (res === UBLK_IO_RES.NEED_GET_DATA) {
+      this.sink.sendIoCmd(this.ops.getData, tag, 0);
+    } else if (res === UBLK_IO_RES.ABORT) {
+      this.aborting = true;
+      this.finish(tag);
+    } else {
+      // A refused command leaves the tag out of service for good (and a refused FETCH would keep
+      // START_DEV or END_USER_RECOVERY waiting forever): fail the queue thread, which ends the
+      // daemon and lets the kernel's monitor take the device over (recovery, or DEAD).
+      throw errnoError('ublk IO command', -res, { queueId: this.config.queueId, tag });
+    }
+  }
+
+  /** The queue is shutting down: no request is in flight. */
+  closeHandlers(): void | Promise<void> {
+    return this.handlers.close?.();
+  }
+
+  private handleRequest(tag: number): void {
+    const op = this.descs.op(tag);
+    const length = this.descs.nrSectors(tag) * SECTOR;
+    const offset = this.descs.startSector(tag) * SECTOR;
+    let result: IoResult | Promise<IoResult>;
+    try {
+      result = this.dispatch(tag, op, offset, length);
+    } catch (err) {
+      this.fail(tag, op, offset, length, err);
+      return;
+    }
+    if (result instanceof Promise) {
+      this.tagOp[tag] = op;
+      this.tagOffset[tag] = offset;
+      this.tagLength[tag] = length;
+      this.pendingHandlers++;
+      result.then(this.onFulfilled[tag], this.onRejected[tag]);
+    } else {
+      this.commit(tag, checkedResult(op, length, result));
+    }
+  }
+
+  private dispatch(
+    tag: number,
+    op: number,
+    offset: number,
+    length: number,
+  ): IoResult | Promise<IoResult> {
+    const h = this.handlers;
+    switch (op) {
+      case UBLK_IO_OP.READ:
+        return h.read(this.view(tag, length), offset);
+      case UBLK_IO_OP.WRITE:
+        return h.write
+          ? h.write(this.view(tag, length), offset, {
+              fua: (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0,
+            })
+          : -EOPNOTSUPP;
+      case UBLK_IO_OP.FLUSH:
+        return h.flush ? h.flush() : -EOPNOTSUPP;
+      case UBLK_IO_OP.DISCARD:
+        return h.discard ? h.discard(offset, length) : -EOPNOTSUPP;
+      case UBLK_IO_OP.WRITE_ZEROES:
+        return h.writeZeroes
+          ? h.writeZeroes(offset, length, {
+              noUnmap: (this.descs.opFlags(tag) & UBLK_IO_F.NOUNMAP) !== 0,
+            })
+          : -EOPNOTSUPP;
+      default:
+        return -EOPNOTSUPP;
+    }
+  }
+
+  /** The tag's buffer cut to the request, reusing the previous view when the length repeats. */
+  private view(tag: number, length: number): Uint8Array {
+    let view = this.views[tag];
+    if (view.length !== length) {
+      const start = tag * this.config.bufferBytes;
+      view = this.buffer.subarray(start, start + length);
+      this.views[tag] = view;
+    }
+    return view;
+  }
+
+  /** A handler that threw or rejected: that request fails with the error's errno, logged. */
+  private fail(tag: number, op: number, offset: number, length: number, err: unknown): void {
+    const result = errnoResult(err);
+    this.failures.record({ tag, op, offset, length, result }, err);
+    this.commit(tag, result);
+  }
+
+  private commit(tag: number, result: number): void {
+    this.sink.sendIoCmd(this.ops.commit, tag, result);
+    if (this.aborting) this.finish(tag);
+  }
+
+  /**
+   * A tag is out of service once the kernel aborted it, or once its last request was committed
+   * after an ABORT: QUIESCE_DEV aborts only the idle tags and requeues every new request, so the
+   * command a commit re-arms then never completes, and closing the ring cancels it (STOP_DEV
+   * would abort it later, which changes nothing).
+   */
+  private finish(tag: number): void {
+    if (this.tagFinished[tag]) return;
+    this.tagFinished[tag] = 1;
+    this.finishedTags++;
+  }
+}
+
+/** A handler's value as the kernel wants it: bytes for READ/WRITE, 0 for the others. */
+function checkedResult(op: number, length: number, value: IoResult): number {
+  if (value === undefined) return op === UBLK_IO_OP.READ || op === UBLK_IO_OP.WRITE ? length : 0;
+  if (!Number.isInteger(value) || value > length) return -EIO;
+  if (value < 0) return value;
+  return op === UBLK_IO_OP.READ || op === UBLK_IO_OP.WRITE ? value : 0;
+}
+
+/** A thrown error's errno (positive as in our errors, negative as in Node's), else EIO. */
+function errnoResult(err: unknown): number {
+  const errno = (err as { errno?: unknown } | null)?.errno;
+  return typeof errno === 'number' && errno !== 0 ? -Math.abs(errno) : -EIO;
+}

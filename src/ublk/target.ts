@@ -1,0 +1,160 @@
+/**
+ * The contract between a ublk device and the target that serves it: what the daemon calls, what a
+ * target module exports. It sits in the ublk layer because the device and its queues consume it;
+ * target authors reach it through src/targets/target.ts or the package's index.
+ */
+
+/** ublk counts offsets and lengths in 512-byte sectors, whatever the device's block size. */
+export const SECTOR = 512;
+
+/** A command-line option a target adds to `ublk add`, in util.parseArgs terms. */
+export interface TargetOptionSpec {
+  type: 'string' | 'boolean';
+  short?: string;
+  /** One line for `ublk help -t TYPE`. */
+  description: string;
+}
+export type TargetOptionSpecs = Readonly<Record<string, TargetOptionSpec>>;
+
+/** The values `setup` gets for a target's options: a string or a boolean each, as declared. */
+export type OptionValues<Options extends TargetOptionSpecs> = {
+  -readonly [Name in keyof Options]?: Options[Name]['type'] extends 'string'
+    ? string
+    : Options[Name]['type'] extends 'boolean'
+      ? boolean
+      : string | boolean;
+};
+
+/** Target arguments whose options are not known statically (a module loaded by path). */
+export type TargetArgs = Record<string, string | boolean | undefined>;
+
+/**
+ * The developer-facing contract of a block device target.
+ *
+ * A target lives in a module whose default export is `defineTarget({...})`. The daemon imports it
+ * twice over: once in its main thread, where `setup` runs once per device, and once in every queue
+ * thread (the kernel wants one thread per hardware queue), where `queue` builds the request
+ * handlers for that queue. Whatever the queues must share (a path, an fd number, a
+ * SharedArrayBuffer) goes through `setup`'s `shared` value, which is structured-cloned to them.
+ */
+export interface Target<Shared = unknown, Options extends TargetOptionSpecs = TargetOptionSpecs> {
+  /** Shown by `ublk list` and used as the target's type name. */
+  name: string;
+  /** Command-line options this target adds to `ublk add`, in node:util parseArgs terms. */
+  options?: Options;
+  /** Main thread, once per device: validate arguments, open backing stores, decide the geometry. */
+  setup(
+    args: OptionValues<Options>,
+    env: SetupEnv,
+  ): TargetSetup<Shared> | Promise<TargetSetup<Shared>>;
+  /** Each queue thread: return the handlers that serve that queue's requests. */
+  queue(shared: Shared, ctx: QueueContext): QueueHandlers | Promise<QueueHandlers>;
+}
+
+export interface SetupEnv {
+  /**
+   * True when a new daemon takes over a device whose daemon died (`ublk recover`): setup gets the
+   * arguments the device was added with, must come back with the same size, and serves the data
+   * the dead daemon served. A target whose data lived only in the dead daemon (in memory) cannot:
+   * its setup must throw a UserError unless `startEmpty`, or users see their data vanish.
+   */
+  recovering: boolean;
+  /** Accept starting without the data of the previous daemon (`recover --start_empty`). */
+  startEmpty: boolean;
+}
+
+export interface TargetSetup<Shared = unknown> {
+  /** Device size in bytes; a multiple of the logical block size. */
+  size: number;
+  capabilities?: Capabilities;
+  shared?: Shared;
+  /** Extra fields for `ublk list`'s `target {...}` line (name, type and dev_size are added). */
+  info?: Record<string, unknown>;
+  /** Main thread, after the device is gone. */
+  close?(): void | Promise<void>;
+}
+
+/**
+ * What the device can do. Each maps to a ublk parameter, so the kernel never sends a request the
+ * target did not declare: no FLUSH without `volatileCache`, no DISCARD without `discard`...
+ */
+export interface Capabilities {
+  /** 512 (default) to 4096, a power of two. */
+  logicalBlockSize?: number;
+  /** Defaults to the logical block size. */
+  physicalBlockSize?: number;
+  readOnly?: boolean;
+  rotational?: boolean;
+  /** Writes may sit in a cache until FLUSH: the kernel then sends `flush()` and honours fsync. */
+  volatileCache?: boolean;
+  /** Forced-unit-access writes: `write(..., { fua: true })` must be durable when it resolves. */
+  fua?: boolean;
+  /** DISCARD support; granularity defaults to the physical block size. */
+  discard?: boolean | { granularity?: number; alignment?: number; maxBytes?: number };
+  writeZeroes?: boolean | { maxBytes?: number };
+  /** Largest single request in bytes; the daemon's per-tag buffer size bounds it too. */
+  maxIoBytes?: number;
+}
+
+/** What a request handler may return: a byte count, or nothing for "all of it" / success. */
+export type IoResult = number | void;
+export type MaybePromise<T> = T | Promise<T>;
+
+/**
+ * Request handlers of one queue. `buf` is the request's slice of the queue's IO buffer: fill it on
+ * read, consume it on write, and do not keep it after the handler settles. A handler that throws or
+ * rejects fails that one request with EIO (or with the errno its error carries, e.g. an error with
+ * `errno: 28` fails with ENOSPC) and nothing else.
+ *
+ * Each declared capability needs its handler (checked when the queue starts, see
+ * src/ublk/handler-check.ts): `write` unless `readOnly`, `flush` with `volatileCache`, `discard` and
+ * `writeZeroes` with theirs. A handler without its capability is never called.
+ *
+ * Extension point: a handler answers with a value that the queue commits once it settles. Serving
+ * a request with exactly one ring IO (zero copy, where the kernel lends the request's pages, or a
+ * hot path without a promise) needs a way to say "this request's result is that ring IO's": a
+ * QueueIo call that takes the request rather than a buffer, whose completion the tag state machine
+ * commits directly (TagStates.complete in src/ublk/tag-states.ts is where it would land).
+ */
+export interface QueueHandlers {
+  read(buf: Uint8Array, offset: number): MaybePromise<IoResult>;
+  /** Optional only for a `readOnly` device, to which the kernel sends no write. */
+  write?(buf: Uint8Array, offset: number, flags: WriteFlags): MaybePromise<IoResult>;
+  flush?(): MaybePromise<IoResult>;
+  discard?(offset: number, length: number): MaybePromise<IoResult>;
+  writeZeroes?(offset: number, length: number, flags: ZeroFlags): MaybePromise<IoResult>;
+  /** The queue is shutting down; no request is in flight. */
+  close?(): MaybePromise<void>;
+}
+
+export interface WriteFlags {
+  fua: boolean;
+}
+export interface ZeroFlags {
+  /** The caller wants the range allocated (no hole punching). */
+  noUnmap: boolean;
+}
+
+/** What a queue thread offers its handlers. */
+export interface QueueContext {
+  queueId: number;
+  depth: number;
+  /** IO on the queue's own io_uring, batched with the queue's commits into one syscall. */
+  io: QueueIo;
+}
+
+/**
+ * IO on the queue's io_uring. `buf` must be the request's buffer or a subarray of it. The raw calls
+ * resolve with the kernel's result (bytes, or -errno); the whole-buffer ones loop over short IO and
+ * throw an ErrnoError on failure.
+ */
+export interface QueueIo {
+  read(fd: number, buf: Uint8Array, offset: number): Promise<number>;
+  write(fd: number, buf: Uint8Array, offset: number): Promise<number>;
+  /** Reads until `buf` is full or the file ends: the bytes read, fewer only at the end of file. */
+  readFully(fd: number, buf: Uint8Array, offset: number): Promise<number>;
+  /** Writes all of `buf`; a write that makes no progress fails with EIO. */
+  writeFully(fd: number, buf: Uint8Array, offset: number): Promise<void>;
+  fsync(fd: number, opts?: { dataOnly?: boolean }): Promise<number>;
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>;
+}
