@@ -20,6 +20,8 @@ export interface AddOptions {
   userRecovery: boolean;
   userRecoveryReissue: boolean;
   userRecoveryFailIo: boolean;
+  /** kublk's --no_auto_part_scan: UBLK_F.NO_AUTO_PART_SCAN (7.0+). */
+  noAutoPartScan: boolean;
   /** ublksrv's --unprivileged: UBLK_F_UNPRIVILEGED_DEV (6.3+), a device its non-root user owns. */
   unprivileged: boolean;
   foreground: boolean;
@@ -65,6 +67,7 @@ const STANDARD_ADD_OPTIONS = {
   max_io_buf_bytes: { type: 'string' },
   foreground: { type: 'boolean' },
   debug_mask: { type: 'string' },
+  no_auto_part_scan: { type: 'boolean' },
   unprivileged: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -85,7 +88,7 @@ export function findTargetType(argv: readonly string[]): string {
   throw new UserError('no target type given: use -t TYPE (null, loop, mem or ./module.js)');
 }
 
-function strictParse(
+export function strictParse(
   command: string,
   argv: readonly string[],
   options: ParseArgsConfig['options'],
@@ -144,6 +147,7 @@ export function parseAddArgs(
     userRecovery: flag('user_recovery', 'user_recovery (-r)') || reissue || failIo,
     userRecoveryReissue: reissue,
     userRecoveryFailIo: failIo,
+    noAutoPartScan: values.no_auto_part_scan === true,
     unprivileged: values.unprivileged === true,
     foreground: values.foreground === true,
     debugMask:
@@ -167,6 +171,8 @@ export interface DelOptions {
   devId?: number;
   all: boolean;
   async: boolean;
+  /** kublk's `stop --safe`: TRY_STOP_DEV, refused while the block device is open (7.0+). */
+  safe: boolean;
 }
 
 export function parseDelArgs(argv: readonly string[]): DelOptions {
@@ -174,6 +180,7 @@ export function parseDelArgs(argv: readonly string[]): DelOptions {
     number: { type: 'string', short: 'n' },
     all: { type: 'boolean', short: 'a' },
     async: { type: 'boolean' },
+    safe: { type: 'boolean' },
   });
   const all = values.all === true;
   if (values.number === undefined && !all) {
@@ -183,6 +190,7 @@ export function parseDelArgs(argv: readonly string[]): DelOptions {
     devId: all ? undefined : parseInteger(values.number as string, 'device id', 0, 0xfffff),
     all,
     async: values.async === true,
+    safe: values.safe === true,
   };
 }
 

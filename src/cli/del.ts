@@ -1,6 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../errors.js';
-import { isControlError, type Control } from '../ublk/control.js';
+import { UBLK_F } from '../ublk/abi.js';
+import { isControlError, type Control, type DevInfo } from '../ublk/control.js';
+import { explainControlError } from '../ublk/device.js';
+import { hasFlag, missingFeature } from '../ublk/features.js';
 import type { DelOptions } from './args.js';
 import { knownDeviceIds } from './devices.js';
 import { isProcessAlive, readRecord, removeRecord } from './run-dir.js';
@@ -21,17 +24,22 @@ async function waitForExit(pid: number, ms: number): Promise<boolean> {
  * DEL_DEV. A daemon that does not let go is killed, since DEL_DEV would otherwise wait for it
  * forever while holding the driver's global lock.
  */
-export async function deleteDevice(control: Control, devId: number, async = false): Promise<void> {
+export async function deleteDevice(
+  control: Control,
+  devId: number,
+  { async = false, safe = false } = {},
+): Promise<void> {
   let info;
   try {
     info = await control.getDevInfo(devId);
   } catch (err) {
-    if (!isControlError(err, 'ENODEV')) throw err;
+    if (!isControlError(err, 'ENODEV')) throw explainControlError(err, devId);
     removeRecord(devId);
     throw new UserError(`there is no ublk device ${devId}`);
   }
   const pid = readRecord(devId)?.pid ?? info.ublksrvPid;
-  await control.stopDev(devId).catch((err: unknown) => {
+  await (safe ? safeStop(control, info) : control.stopDev(devId)).catch((err: unknown) => {
+    // ENODEV: no disk any more (DEAD), so nobody has it open: on to DEL_DEV.
     if (!isControlError(err, 'ENODEV')) throw err;
   });
   if (pid > 0 && pid !== process.pid && !(await waitForExit(pid, DAEMON_EXIT_MS))) {
@@ -46,6 +54,21 @@ export async function deleteDevice(control: Control, devId: number, async = fals
   removeRecord(devId);
 }
 
+/** TRY_STOP_DEV: the device stays as it was, served, while anyone has the disk open. */
+async function safeStop(control: Control, info: DevInfo): Promise<void> {
+  if (!hasFlag(info.flags, UBLK_F.SAFE_STOP_DEV)) {
+    throw missingFeature('del --safe', UBLK_F.SAFE_STOP_DEV);
+  }
+  await control.tryStopDev(info.devId).catch((err: unknown) => {
+    if (isControlError(err, 'EBUSY')) {
+      throw new UserError(
+        `device ${info.devId} is open (EBUSY): not deleted; close /dev/ublkb${info.devId} or del without --safe`,
+      );
+    }
+    throw err;
+  });
+}
+
 async function deleteCommand(control: Control, devId: number, async: boolean): Promise<void> {
   if (async && (await control.delDevAsync(devId))) return;
   if (async)
@@ -54,9 +77,9 @@ async function deleteCommand(control: Control, devId: number, async: boolean): P
 }
 
 export async function delCommand(control: Control, options: DelOptions): Promise<void> {
-  if (options.devId !== undefined) return deleteDevice(control, options.devId, options.async);
+  if (options.devId !== undefined) return deleteDevice(control, options.devId, options);
   for (const id of knownDeviceIds()) {
-    await deleteDevice(control, id, options.async).catch((err: unknown) => {
+    await deleteDevice(control, id, options).catch((err: unknown) => {
       if (!(err instanceof UserError)) throw err;
     });
   }

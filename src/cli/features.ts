@@ -1,5 +1,6 @@
 import { UBLK_F } from '../ublk/abi.js';
 import type { Control } from '../ublk/control.js';
+import { kernelFeatures } from '../ublk/features.js';
 
 /**
  * ublksrv's names in `ublk features`, so its output reads the same; the bits ublksrv has no name
@@ -20,31 +21,6 @@ const UBLKSRV_NAMES: Record<number, string> = {
   [UBLK_F.AUTO_BUF_REG]: 'AUTO_ZC',
 };
 const NAME_OF = new Map<number, string>(Object.entries(UBLK_F).map(([name, bit]) => [bit, name]));
-
-/**
- * Flags that change nothing about how a probe device behaves and that a kernel without
- * GET_FEATURES (before 6.5) may know: ADD_DEV keeps the ones it supports.
- */
-const PROBE_FLAGS =
-  UBLK_F.URING_CMD_COMP_IN_TASK |
-  UBLK_F.NEED_GET_DATA |
-  UBLK_F.USER_RECOVERY |
-  UBLK_F.USER_RECOVERY_REISSUE |
-  UBLK_F.CMD_IOCTL_ENCODE;
-
-/** GET_FEATURES where the kernel has it; before 6.5, what ADD_DEV grants a throwaway device. */
-export async function kernelFeatures(control: Control): Promise<number> {
-  const features = await control.getFeatures();
-  if (features !== undefined) return features;
-  const probe = await control.addDev({
-    nrHwQueues: 1,
-    queueDepth: 1,
-    maxIoBufBytes: 4096,
-    flags: PROBE_FLAGS,
-  });
-  await control.delDev(probe.devId);
-  return probe.flags;
-}
 
 export async function featuresCommand(control: Control): Promise<string> {
   return formatFeatures(await kernelFeatures(control));

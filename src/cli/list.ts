@@ -1,6 +1,6 @@
 import { deviceStateName } from '../ublk/abi.js';
 import { isControlError, type Control } from '../ublk/control.js';
-import { deviceNumbers } from '../ublk/device.js';
+import { deviceNumbers, explainControlError } from '../ublk/device.js';
 import { UserError } from '../errors.js';
 import type { ListOptions } from './args.js';
 import { knownDeviceIds } from './devices.js';
@@ -56,7 +56,15 @@ export async function listCommand(control: Control, options: ListOptions): Promi
   const ids = options.devId === undefined ? knownDeviceIds() : [options.devId];
   const listings: DeviceListing[] = [];
   for (const id of ids) {
-    const listing = await describeDevice(control, id);
+    let listing;
+    try {
+      listing = await describeDevice(control, id);
+    } catch (err) {
+      // Another user's device (or root's, to a user): the kernel shows it to its owner only.
+      const hidden = isControlError(err, 'EPERM') || isControlError(err, 'EACCES');
+      if (hidden && options.devId === undefined) continue;
+      throw explainControlError(err, id);
+    }
     if (listing) listings.push(listing);
     else if (options.devId !== undefined) throw new UserError(`there is no ublk device ${id}`);
   }

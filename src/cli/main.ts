@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
 import { loadTarget, resolveTargetSource } from '../ublk/target-loader.js';
 import { CONTROL_PATH, type Control } from '../ublk/control.js';
@@ -10,6 +10,7 @@ import { delCommand } from './del.js';
 import { featuresCommand } from './features.js';
 import { listCommand } from './list.js';
 import { listLayout } from './list-format.js';
+import { chownCommand, quiesceCommand, updateSizeCommand } from './manage.js';
 import { recoverCommand } from './recover.js';
 import { serve } from './serve.js';
 
@@ -37,16 +38,23 @@ ublk -v [--version]
 ublk -h [--help]
 `;
 
-/** ublk control commands need CAP_SYS_ADMIN; say so before the kernel answers EPERM. */
-function requireRoot(command: string): void {
-  if (process.getuid?.() !== 0) {
-    throw new UserError(
-      `${command} needs root (ublk control commands need CAP_SYS_ADMIN): use sudo`,
-    );
-  }
+/**
+ * ublk control commands need CAP_SYS_ADMIN, except on an unprivileged device (Linux 6.3+), which
+ * its owner controls through a /dev/ublk-control that udev's rule opened to users: say so before
+ * the kernel answers EPERM.
+ */
+function requireControl(command: string): void {
   if (!existsSync(CONTROL_PATH)) {
     throw new UserError(
       `no ${CONTROL_PATH}: load the ublk driver with 'modprobe ublk_drv' (Linux 6.0+ built with CONFIG_BLK_DEV_UBLK)`,
+    );
+  }
+  if (process.getuid?.() === 0) return;
+  try {
+    accessSync(CONTROL_PATH, fsConstants.R_OK | fsConstants.W_OK);
+  } catch {
+    throw new UserError(
+      `${command} needs root (ublk control commands need CAP_SYS_ADMIN), or for an unprivileged device (--unprivileged) a ${CONTROL_PATH} open to users (udev/99-ublk-dev.rules): use sudo`,
     );
   }
 }
@@ -79,7 +87,7 @@ async function run(argv: string[]): Promise<number> {
       // A bad UBLK_LIST_FORMAT fails before the device exists, not when it is printed.
       const layout = listLayout();
       const { options, source } = await parseAdd(rest);
-      requireRoot('ublk add');
+      requireControl('ublk add');
       const job = { kind: 'add', options, targetSource: source } as const;
       const devId = options.foreground ? (await serve(job)).id : await startDaemon(job);
       process.stdout.write(
@@ -89,30 +97,42 @@ async function run(argv: string[]): Promise<number> {
       return 0;
     }
     case 'del':
-      requireRoot('ublk del');
+      requireControl('ublk del');
       await withControl((c) => delCommand(c, parseDelArgs(rest)));
       return 0;
     case 'list': {
       const options = parseListArgs(rest);
-      requireRoot('ublk list');
+      requireControl('ublk list');
       process.stdout.write(await withControl((c) => listCommand(c, options)));
       return 0;
     }
     case 'features':
-      requireRoot('ublk features');
+      requireControl('ublk features');
       process.stdout.write(await withControl(featuresCommand));
       return 0;
     case 'recover': {
       const layout = listLayout();
       const options = parseRecoverArgs(rest);
-      requireRoot('ublk recover');
-      const devId = await recoverCommand(options);
+      requireControl('ublk recover');
+      const devId = await withControl((c) => recoverCommand(c, options));
       process.stdout.write(
         await withControl((c) => listCommand(c, { devId, json: false, layout })),
       );
       // In the foreground, the device keeps this process alive until it is stopped.
       return 0;
     }
+    case 'quiesce':
+      requireControl('ublk quiesce');
+      process.stdout.write(await withControl((c) => quiesceCommand(c, rest)));
+      return 0;
+    case 'update_size':
+      requireControl('ublk update_size');
+      await withControl((c) => updateSizeCommand(c, rest));
+      return 0;
+    case 'chown':
+      requireControl('ublk chown');
+      await withControl((c) => chownCommand(c, rest));
+      return 0;
     case 'help':
     case '-h':
     case '--help':

@@ -1,4 +1,6 @@
 import { UserError } from '../errors.js';
+import type { Control } from '../ublk/control.js';
+import { explainControlError } from '../ublk/device.js';
 import type { RecoverOptions } from './args.js';
 import { startDaemon } from './add.js';
 import { readRecord, runDir } from './run-dir.js';
@@ -10,7 +12,11 @@ import { serve } from './serve.js';
  * come from the device's record in the run dir, so built-in targets and target modules alike come
  * back as they were added. Resolves with the device id once the device is LIVE again.
  */
-export async function recoverCommand(options: RecoverOptions): Promise<number> {
+export async function recoverCommand(control: Control, options: RecoverOptions): Promise<number> {
+  // The kernel's verdict first: another user's device is refused as such, whatever the run dir.
+  await control.getDevInfo(options.devId).catch((err: unknown) => {
+    throw explainControlError(err, options.devId);
+  });
   if (!readRecord(options.devId)) {
     throw new UserError(
       `no record of device ${options.devId} in ${runDir()}: recover takes the target and its options from the record that 'ublk add' wrote`,

@@ -1,4 +1,5 @@
 import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddOptions } from './args.js';
 
@@ -17,8 +18,15 @@ export interface DeviceRecord {
   options: AddOptions;
 }
 
+/**
+ * /run/ublksrvd for root, as ublksrv; a user serving unprivileged devices keeps their records in
+ * their own runtime dir, which no other user can write.
+ */
 export function runDir(): string {
-  return process.env.UBLK_RUN_DIR ?? '/run/ublksrvd';
+  if (process.env.UBLK_RUN_DIR) return process.env.UBLK_RUN_DIR;
+  const uid = process.getuid?.() ?? 0;
+  if (uid === 0) return '/run/ublksrvd';
+  return join(process.env.XDG_RUNTIME_DIR ?? join(tmpdir(), `ublk-${uid}`), 'ublksrvd');
 }
 
 function recordPath(devId: number): string {

@@ -12,7 +12,9 @@ export function requestedFlags(o: AddOptions): number {
     (o.needGetData ? UBLK_F.NEED_GET_DATA : 0) |
     (o.userRecovery ? UBLK_F.USER_RECOVERY : 0) |
     (o.userRecoveryReissue ? UBLK_F.USER_RECOVERY_REISSUE : 0) |
-    (o.userRecoveryFailIo ? UBLK_F.USER_RECOVERY_FAIL_IO : 0)
+    (o.userRecoveryFailIo ? UBLK_F.USER_RECOVERY_FAIL_IO : 0) |
+    (o.unprivileged ? UBLK_F.UNPRIVILEGED_DEV : 0) |
+    (o.noAutoPartScan ? UBLK_F.NO_AUTO_PART_SCAN : 0)
   );
 }
 
@@ -98,8 +100,13 @@ export async function serve(job: ServeJob): Promise<Device> {
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
   device.closed.then(
-    () => {
-      removeRecord(device.id);
+    (end) => {
+      // A device handed over by `ublk quiesce` keeps its record: `ublk recover` reads it.
+      if (end === 'handed-over') {
+        console.error(`ublk daemon ${process.pid}: device ${device.id} quiesced, handed over`);
+      } else {
+        removeRecord(device.id);
+      }
       process.exit(0);
     },
     (err: unknown) => fail('failed, daemon exiting', err),

@@ -14,6 +14,7 @@ import {
   DEV_INFO,
   NO_QUEUE_ID,
   UBLK_CMD,
+  UBLK_F,
   UBLK_FEATURES_LEN,
   UBLK_U_CMD,
   decodeParams,
@@ -59,6 +60,8 @@ interface CommandArgs {
   /** Bytes the kernel reads (the prefix of the command buffer) and the length it may use. */
   input?: Uint8Array;
   len?: number;
+  /** Prefix the buffer with /dev/ublkcN (see submit). */
+  withPath?: boolean;
 }
 
 /**
@@ -69,6 +72,17 @@ interface CommandArgs {
  * kernel takes encoded opcodes. A legacy command refused as unsupported switches back.
  */
 let useEncoded: boolean | undefined;
+
+/**
+ * Whether the kernel has GET_DEV_INFO2 (6.3+), learnt by trying it: older kernels answer
+ * EOPNOTSUPP and get GET_DEV_INFO.
+ */
+let hasDevInfo2: boolean | undefined;
+
+/** The char device whose permissions the kernel checks for an unprivileged device's commands. */
+export function charDevicePath(devId: number): string {
+  return `/dev/ublkc${devId}`;
+}
 
 /**
  * The ublk control device: every control command of the protocol, each an io_uring URING_CMD on a
@@ -116,13 +130,46 @@ export class Control {
     const devId = info.devId ?? AUTO_DEV_ID;
     const bytes = new Uint8Array(DEV_INFO.size);
     encodeStruct(DEV_INFO, { ...info, devId }, bytes);
-    await this.run('ADD_DEV', { devId, input: bytes, len: DEV_INFO.size });
-    return decodeStruct(DEV_INFO, this.buffer.bytes);
+    const reply = await this.run('ADD_DEV', { devId, input: bytes, len: DEV_INFO.size });
+    return this.learn(decodeStruct(DEV_INFO, reply));
   }
 
+  /**
+   * GET_DEV_INFO2 where the kernel has it (6.3+), which also serves unprivileged devices (the
+   * kernel checks the caller's access to /dev/ublkcN, whose path prefixes the buffer);
+   * GET_DEV_INFO otherwise.
+   */
   async getDevInfo(devId: number): Promise<DevInfo> {
-    await this.run('GET_DEV_INFO', { devId, len: DEV_INFO.size });
-    return decodeStruct(DEV_INFO, this.buffer.bytes);
+    let refused: unknown;
+    if (hasDevInfo2 !== false) {
+      try {
+        const reply = await this.run('GET_DEV_INFO2', {
+          devId,
+          len: DEV_INFO.size,
+          withPath: true,
+        });
+        hasDevInfo2 = true;
+        return this.learn(decodeStruct(DEV_INFO, reply));
+      } catch (err) {
+        if (isControlError(err, 'EOPNOTSUPP')) hasDevInfo2 = false;
+        else if (isControlError(err, 'ENODEV')) throw err;
+        // Else the path check failed (no node, or not the caller's): GET_DEV_INFO still answers
+        // root about a privileged device; anything else keeps the first refusal.
+        else refused = err;
+      }
+    }
+    try {
+      const reply = await this.run('GET_DEV_INFO', { devId, len: DEV_INFO.size });
+      return this.learn(decodeStruct(DEV_INFO, reply));
+    } catch (err) {
+      throw refused ?? err;
+    }
+  }
+
+  /** Every later command about an unprivileged device carries its /dev/ublkcN path. */
+  private learn(info: DevInfo): DevInfo {
+    if (info.flags & UBLK_F.UNPRIVILEGED_DEV) this.unprivileged.add(info.devId);
+    return info;
   }
 
   /** `pid` is the serving process (6.17+ checks it is the tgid that opened /dev/ublkcN). */
@@ -132,6 +179,28 @@ export class Control {
 
   async stopDev(devId: number): Promise<void> {
     await this.run('STOP_DEV', { devId });
+  }
+
+  /**
+   * TRY_STOP_DEV (7.0+, devices granted UBLK_F.SAFE_STOP_DEV): STOP_DEV unless the block device
+   * is open, which fails with EBUSY and leaves the device as it was.
+   */
+  async tryStopDev(devId: number): Promise<void> {
+    await this.run('TRY_STOP_DEV', { devId });
+  }
+
+  /** UPDATE_SIZE (6.16+): the started device's capacity becomes `sectors` (512 bytes each). */
+  async updateSize(devId: number, sectors: number): Promise<void> {
+    await this.run('UPDATE_SIZE', { devId, data0: sectors });
+  }
+
+  /**
+   * QUIESCE_DEV (6.16+, devices granted UBLK_F_QUIESCE): holds new IO, waits up to `timeoutMs`
+   * (0: forever) until each queue has an idle tag, then aborts the daemon's idle tags, so that it
+   * can let go and a new daemon recover the device. EBUSY when the wait timed out.
+   */
+  async quiesceDev(devId: number, timeoutMs: number): Promise<void> {
+    await this.run('QUIESCE_DEV', { devId, data0: timeoutMs });
   }
 
   /** Waits until nothing references /dev/ublkcN any more (fds, mappings, rings). */
@@ -144,9 +213,10 @@ export class Control {
    * the kernel does not have it (the command exists only ioctl-encoded).
    */
   async delDevAsync(devId: number): Promise<boolean> {
-    const res = await this.submit(UBLK_U_CMD.DEL_DEV_ASYNC, { devId });
+    const res = await this.submit(UBLK_U_CMD.DEL_DEV_ASYNC, this.withPathFor({ devId }));
     if (res === -EOPNOTSUPP || res === -EINVAL) return false;
     if (res < 0) throw new ControlError('DEL_DEV_ASYNC', devId, -res);
+    this.unprivileged.delete(devId);
     return true;
   }
 
@@ -157,16 +227,20 @@ export class Control {
 
   async getParams(devId: number): Promise<UblkParams> {
     const request = encodeParams({});
-    await this.run('GET_PARAMS', { devId, input: request, len: request.length });
-    return decodeParams(this.buffer.bytes.subarray(0, request.length));
+    const reply = await this.run('GET_PARAMS', { devId, input: request, len: request.length });
+    return decodeParams(reply.subarray(0, request.length));
   }
 
   /** The CPUs the kernel maps to a hardware queue. */
   async getQueueAffinity(devId: number, queueId: number): Promise<number[]> {
     const len = 128; // a cpu_set_t: 1024 CPUs
-    await this.run('GET_QUEUE_AFFINITY', { devId, queueId: NO_QUEUE_ID, data0: queueId, len });
+    const mask = await this.run('GET_QUEUE_AFFINITY', {
+      devId,
+      queueId: NO_QUEUE_ID,
+      data0: queueId,
+      len,
+    });
     const cpus: number[] = [];
-    const mask = this.buffer.bytes;
     for (let cpu = 0; cpu < len * 8; cpu++) {
       if (mask[cpu >> 3] & (1 << (cpu & 7))) cpus.push(cpu);
     }
@@ -192,17 +266,27 @@ export class Control {
     return view.getUint32(0, true) + view.getUint32(4, true) * 2 ** 32;
   }
 
-  private async run(command: CommandName, args: CommandArgs): Promise<number> {
+  /** Devices known to be unprivileged: their commands carry the /dev/ublkcN path. */
+  private readonly unprivileged = new Set<number>();
+
+  private withPathFor(args: CommandArgs): CommandArgs {
+    return this.unprivileged.has(args.devId) ? { ...args, withPath: true } : args;
+  }
+
+  /** Runs a command; resolves with the kernel's reply: the payload after any path prefix. */
+  private async run(command: CommandName, plain: CommandArgs): Promise<Uint8Array> {
     if (useEncoded === undefined) useEncoded = (await this.getFeatures()) !== undefined;
+    const args = this.withPathFor(plain);
     const legacy = (UBLK_CMD as Record<string, number | undefined>)[command];
+    const encodedOp = UBLK_U_CMD[command];
     let res: number;
     if (useEncoded || legacy === undefined) {
-      res = await this.submit(UBLK_U_CMD[command], args);
+      res = await this.submit(encodedOp, args);
     } else {
       res = await this.submit(legacy, args);
       if (res === -EOPNOTSUPP || res === -EINVAL) {
         // A kernel built without legacy opcodes that also predates GET_FEATURES.
-        const encoded = await this.submit(UBLK_U_CMD[command], args);
+        const encoded = await this.submit(encodedOp, args);
         if (encoded !== -EOPNOTSUPP && encoded !== -EINVAL) {
           useEncoded = true;
           res = encoded;
@@ -210,16 +294,21 @@ export class Control {
       }
     }
     if (res < 0) throw new ControlError(command, args.devId, -res);
-    return res;
+    if (command === 'DEL_DEV') this.unprivileged.delete(args.devId);
+    return this.buffer.bytes.subarray(args.withPath ? pathBytes(args.devId).length : 0);
   }
 
   private submit(cmdOp: number, args: CommandArgs): Promise<number> {
     // One command at a time: they share the payload buffer, and none is on a hot path.
     return this.serial(() => {
-      const len = args.len ?? 0;
+      // An unprivileged device's commands (and GET_DEV_INFO2) start the buffer with the path of
+      // /dev/ublkcN, counted in len and in dev_path_len; the kernel skips it before the payload.
+      const path = args.withPath ? pathBytes(args.devId) : new Uint8Array(0);
+      const len = path.length + (args.len ?? 0);
       // Zeroed first: some replies are shorter than the buffer they are given.
-      this.buffer.bytes.fill(0, 0, Math.max(len, args.input?.length ?? 0));
-      if (args.input) this.buffer.bytes.set(args.input);
+      this.buffer.bytes.fill(0, 0, Math.max(len, path.length + (args.input?.length ?? 0)));
+      this.buffer.bytes.set(path);
+      if (args.input) this.buffer.bytes.set(args.input, path.length);
       const userData = this.nextUserData++;
       const cmd = this.ring.sq.prepUringCmd(this.fd, cmdOp, userData);
       if (!cmd) throw new Error('control ring full');
@@ -231,6 +320,7 @@ export class Control {
           len,
           addr: len > 0 ? this.buffer.address : 0,
           data0: args.data0 ?? 0,
+          devPathLen: path.length,
         },
         new Uint8Array(cmd.buffer, cmd.byteOffset, CTRL_CMD.size),
       );
@@ -250,6 +340,10 @@ export class Control {
     this.queue = next.catch(() => undefined);
     return next;
   }
+}
+
+function pathBytes(devId: number): Uint8Array {
+  return new TextEncoder().encode(charDevicePath(devId));
 }
 
 function closeQuietly(fd: number): void {

@@ -6,8 +6,10 @@ import { processExists, processRunning } from '../processes.js';
 import { close, constants as sysConstants, isErrnoError, majorMinor, open } from '../sys.js';
 import { loadTarget, resolveTargetSource } from './target-loader.js';
 import { SECTOR, type Capabilities, type TargetArgs, type TargetSetup } from './target.js';
-import { AUTO_DEV_ID, deviceStateName, featureNames, UBLK_F, UBLK_S_DEV } from './abi.js';
+import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from './abi.js';
 import { Control, isControlError, type DevInfo } from './control.js';
+import { describeFeature, flagsOf, hasFlag, kernelFeatures, missingFeature } from './features.js';
+import { resizeDevice } from './manage.js';
 import { setIoScheduler } from './io-scheduler.js';
 import { paramsFor } from './params.js';
 import type { QueueWorkerData, QueueWorkerMessage } from './queue-worker.js';
@@ -77,18 +79,14 @@ export function explainControlError(err: unknown, devId: number): unknown {
   }
   if (isControlError(err, 'ENODEV')) return new UserError(`there is no ublk device ${devId}`);
   if (isControlError(err, 'EPERM') || isControlError(err, 'EACCES')) {
-    return new UserError(`${(err as Error).message}: run as root (sudo)`);
+    const who =
+      process.getuid?.() === 0
+        ? 'run as root (sudo)'
+        : "it is not yours: run as root, or as the device's owner";
+    return new UserError(`${(err as Error).message}: ${who}`);
   }
   return err;
 }
-
-/** Flags an older kernel may lack, with the first kernel that has them: for the refusal message. */
-const FLAG_SINCE: Record<number, string> = {
-  [UBLK_F.USER_RECOVERY_FAIL_IO]: '6.13',
-  [UBLK_F.UNPRIVILEGED_DEV]: '6.3',
-  [UBLK_F.USER_COPY]: '6.5',
-  [UBLK_F.ZONED]: '6.6',
-};
 
 /**
  * A running ublk device served by this process: one worker thread per hardware queue, the target's
@@ -98,11 +96,13 @@ const FLAG_SINCE: Record<number, string> = {
  */
 export class Device {
   /**
-   * Resolves once the device is deleted and everything of it released, whoever stopped it. Rejects
-   * when a queue thread fails (an uncaught error in a handler, say): the device is then left to the
+   * Resolves once this process no longer serves the device, everything of it released: with
+   * 'deleted' once it is deleted, whoever stopped it, or 'handed-over' when `ublk quiesce`
+   * (QUIESCE_DEV) took it from this process, alive, for a new daemon to recover. Rejects when a
+   * queue thread fails (an uncaught error in a handler, say): the device is then left to the
    * kernel, which notices that its server died (recovery, or DEAD), and the process should exit.
    */
-  readonly closed: Promise<void>;
+  readonly closed: Promise<'deleted' | 'handed-over'>;
   private stopping: Promise<void> | undefined;
 
   readonly target: { name: string; size: number; info: Record<string, unknown> };
@@ -120,8 +120,38 @@ export class Device {
   ) {
     this.target = { name: targetName, size: setup.size, info: setup.info ?? {} };
     this.queuesStopped = allExited(workers);
-    // A stop from outside (STOP_DEV by `ublk del`) shows up as every queue ending on its own.
-    this.closed = this.queuesStopped.then(() => this.stop());
+    // A stop or a quiesce from outside (`ublk del`, `ublk quiesce`) shows up as every queue
+    // ending on its own.
+    this.closed = this.queuesStopped.then(() => this.afterQueuesEnded());
+  }
+
+  /**
+   * STOP_DEV leaves the device DEAD before it aborts the tags; QUIESCE_DEV aborts the tags of a
+   * device that stays LIVE (QUIESCED once this process lets go of /dev/ublkcN). A quiesced device
+   * is released, not deleted: its requests wait for the daemon that recovers it.
+   */
+  private async afterQueuesEnded(): Promise<'deleted' | 'handed-over'> {
+    if (!this.stopping) {
+      const state = await this.control
+        .getDevInfo(this.id)
+        .then((now) => now.state)
+        .catch(() => UBLK_S_DEV.DEAD);
+      if (state !== UBLK_S_DEV.DEAD && (this.info.flags & UBLK_F.USER_RECOVERY) !== 0) {
+        this.stopping = handOver(this.charFd, this.control, this.setup);
+        await this.stopping;
+        return 'handed-over';
+      }
+    }
+    await this.stop();
+    return 'deleted';
+  }
+
+  /**
+   * UPDATE_SIZE (UBLK_F_UPDATE_SIZE, Linux 6.16+): the device's capacity becomes `bytes`. The
+   * target must be able to serve the new size (a loop target's file grown first, say).
+   */
+  async resize(bytes: number): Promise<void> {
+    await resizeDevice(this.control, this.id, bytes);
   }
 
   get id(): number {
@@ -162,18 +192,26 @@ export class Device {
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
       const devId = options.id ?? AUTO_DEV_ID;
+      const { flags, required } = await addDevFlags(control, options.flags ?? 0);
       info = await control
         .addDev({
           devId,
           nrHwQueues: options.queues ?? 1,
           queueDepth: options.depth ?? 128,
           maxIoBufBytes: options.maxIoBufBytes ?? 524288,
-          flags: options.flags ?? 0,
+          flags,
         })
         .catch((err: unknown) => {
+          if (hasFlag(flags, UBLK_F.UNPRIVILEGED_DEV) && isControlError(err, 'EPERM')) {
+            // Before 6.3 every control command needs CAP_SYS_ADMIN.
+            throw missingFeature(
+              'an unprivileged device (--unprivileged)',
+              UBLK_F.UNPRIVILEGED_DEV,
+            );
+          }
           throw explainControlError(err, devId);
         });
-      refuseMissingFlags(options.flags ?? 0, info.flags);
+      refuseMissingFlags(required, info.flags);
       const params = paramsFor(setup.size, caps, info.maxIoBufBytes, sysConstants.PAGE_SIZE);
       charFd = await openCharDevice(info.devId);
       await control.setParams(info.devId, params);
@@ -264,11 +302,48 @@ export function recoverDevice(devId: number, options: RecoverOptions): Promise<D
 function refuseMissingFlags(asked: number, granted: number): void {
   const missing = asked - (asked & granted);
   if (missing === 0) return;
-  const names = featureNames(missing).map((name) => {
-    const since = FLAG_SINCE[UBLK_F[name as keyof typeof UBLK_F]];
-    return since ? `${name} (Linux ${since}+)` : name;
-  });
+  const names = flagsOf(missing).map(describeFeature);
   throw new UserError(`this kernel's ublk driver does not support ${names.join(', ')}`);
+}
+
+const RECOVERY_FLAGS =
+  UBLK_F.USER_RECOVERY | UBLK_F.USER_RECOVERY_REISSUE | UBLK_F.USER_RECOVERY_FAIL_IO;
+
+/**
+ * The flags to send with ADD_DEV, and those the kernel must grant, refusing what cannot work
+ * before anything exists in the kernel.
+ *
+ * - A recoverable device also asks for QUIESCE where the kernel has it (as kublk does), so that
+ *   `ublk quiesce` can hand it to a new daemon. QUIESCE (6.16) postdates GET_FEATURES (6.5): a
+ *   kernel without GET_FEATURES has no QUIESCE.
+ * - UNPRIVILEGED_DEV: the kernel drops it for a caller with CAP_SYS_ADMIN (the device is then an
+ *   ordinary one), so for root whether the kernel has it is asked of GET_FEATURES; for anyone
+ *   else ADD_DEV itself answers (EPERM before 6.3). The kernel also silently drops recovery from
+ *   an unprivileged device, which is refused here in words.
+ */
+async function addDevFlags(
+  control: Control,
+  asked: number,
+): Promise<{ flags: number; required: number }> {
+  let flags = asked;
+  let required = asked;
+  if (hasFlag(asked, UBLK_F.USER_RECOVERY)) {
+    const features = await control.getFeatures();
+    if (features !== undefined && hasFlag(features, UBLK_F.QUIESCE)) flags += UBLK_F.QUIESCE;
+  }
+  if (hasFlag(asked, UBLK_F.UNPRIVILEGED_DEV)) {
+    if (process.getuid?.() === 0) {
+      if (!hasFlag(await kernelFeatures(control), UBLK_F.UNPRIVILEGED_DEV)) {
+        throw missingFeature('an unprivileged device (--unprivileged)', UBLK_F.UNPRIVILEGED_DEV);
+      }
+      required -= UBLK_F.UNPRIVILEGED_DEV;
+    } else if ((asked & RECOVERY_FLAGS) !== 0) {
+      throw new UserError(
+        'an unprivileged device cannot be recovered (the kernel allows recovery to root only): drop -r, -i and -e',
+      );
+    }
+  }
+  return { flags, required };
 }
 
 /** Whether a device can be taken over at all, said before anything is changed. */
@@ -365,16 +440,29 @@ async function startUserRecovery(control: Control, info: DevInfo, waitMs: number
   }
 }
 
-/** The kernel creates /dev/ublkcN during ADD_DEV, but udev may still hold it for a moment. */
+/**
+ * The kernel creates /dev/ublkcN during ADD_DEV, but udev may still hold it for a moment, and for
+ * an unprivileged device it is root's until udev's rule gives it to its owner (`ublk chown`):
+ * wait for that, as ublksrv does.
+ */
 async function openCharDevice(devId: number): Promise<number> {
   const path = `/dev/ublkc${devId}`;
+  const retryable = ['ENOENT', 'EBUSY', 'EACCES', 'EPERM'];
   for (let attempt = 0; ; attempt++) {
     try {
       return open(path, fsConstants.O_RDWR | sysConstants.O_CLOEXEC, 0);
     } catch (err) {
-      const retry = isErrnoError(err, 'ENOENT') || isErrnoError(err, 'EBUSY');
-      if (!retry || attempt >= 100) throw err;
-      await sleep(50);
+      const retry = retryable.some((code) => isErrnoError(err, code));
+      if (retry && attempt < 400) {
+        await sleep(50);
+        continue;
+      }
+      if (isErrnoError(err, 'EACCES') || isErrnoError(err, 'EPERM')) {
+        throw new UserError(
+          `permission denied on ${path}: an unprivileged device's nodes are given to their owner by udev (install udev/99-ublk-dev.rules, see the README)`,
+        );
+      }
+      throw err;
     }
   }
 }
@@ -472,6 +560,13 @@ async function release(
     control.close();
     await setup.close?.();
   }
+}
+
+/** Lets go of a quiesced device without deleting it: the next daemon recovers it. */
+async function handOver(charFd: number, control: Control, setup: TargetSetup): Promise<void> {
+  if (charFd >= 0) close(charFd);
+  control.close();
+  await setup.close?.();
 }
 
 /** Undoes a half-made device, so a failed create leaves nothing behind in the kernel. */

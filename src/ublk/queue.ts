@@ -83,7 +83,7 @@ type Settle = (res: number) => void;
  */
 export class Queue implements IoCommandSink {
   readonly io: QueueIo;
-  /** Resolves once every tag was aborted and the queue's memory and ring are released. */
+  /** Resolves once every tag is out of service and the queue's memory and ring are released. */
   readonly done: Promise<void>;
 
   private readonly ring: QueueRing;
@@ -195,7 +195,7 @@ export class Queue implements IoCommandSink {
     this.turnScheduled = false;
     const tags = this.tags;
     for (let batch = 0; batch < BATCHES_PER_TURN; batch++) {
-      if (tags.allAborted && this.targetIoInFlight === 0) return this.shutdown();
+      if (tags.allFinished && this.targetIoInFlight === 0) return this.shutdown();
       if (tags.pendingHandlers > 0 && this.targetIoInFlight === 0) {
         // Only the event loop can settle these handlers: wait there, for it or for the ring,
         // unless CQEs are ready already.
@@ -280,6 +280,8 @@ export class Queue implements IoCommandSink {
   private async shutdown(): Promise<void> {
     if (this.shutDown) return;
     this.shutDown = true;
+    // The commits of the last requests, prepared but not yet sent: they complete those requests.
+    this.submit();
     try {
       await this.tags.closeHandlers();
     } finally {

@@ -26,15 +26,20 @@ export interface TagStatesConfig {
 /**
  * The per-tag state machine of one hardware queue: each tag cycles FETCH_REQ -> request in the
  * descriptor -> target handler -> COMMIT_AND_FETCH_REQ with the result (NEED_GET_DATA first for a
- * write, when the device has it), until the kernel answers ABORT when the device stops. It knows
+ * write, when the device has it), until the kernel answers ABORT when the device stops or is
+ * quiesced. It knows
  * nothing of how the ring is waited on: the scheduler (queue.ts) feeds it completions and sends
  * what it asks for.
  */
 export class TagStates {
   /** Requests whose handler returned a promise that has not settled. */
   pendingHandlers = 0;
-  /** Tags the kernel answered ABORT: all of them once the device stopped. */
-  abortedTags = 0;
+  /** Tags out of service (see finish): all of them once the device stopped or was quiesced. */
+  private finishedTags = 0;
+  /** Per tag, 1 once it is out of service. */
+  private readonly tagFinished: Uint8Array;
+  /** An ABORT arrived: the device is stopping, or quiescing for a new daemon. */
+  private aborting = false;
 
   private handlers!: QueueHandlers;
   private readonly ops: { fetch: number; commit: number; getData: number };
@@ -70,6 +75,7 @@ export class TagStates {
     this.views = Array.from({ length: depth }, (_, tag) =>
       buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
     );
+    this.tagFinished = new Uint8Array(depth);
     this.tagOp = new Uint8Array(depth);
     this.tagOffset = new Float64Array(depth);
     this.tagLength = new Uint32Array(depth);
@@ -83,8 +89,9 @@ export class TagStates {
     });
   }
 
-  get allAborted(): boolean {
-    return this.abortedTags === this.config.depth;
+  /** Every tag is out of service: the queue can close its ring. */
+  get allFinished(): boolean {
+    return this.finishedTags === this.config.depth;
   }
 
   /** Fetches every tag. The kernel's START_DEV (or END_USER_RECOVERY) waits for exactly this. */
@@ -100,7 +107,8 @@ export class TagStates {
     } else if (res === UBLK_IO_RES.NEED_GET_DATA) {
       this.sink.sendIoCmd(this.ops.getData, tag, 0);
     } else if (res === UBLK_IO_RES.ABORT) {
-      this.abortedTags++; // the device is stopping, and this tag is done
+      this.aborting = true;
+      this.finish(tag);
     } else {
       // A refused command leaves the tag out of service for good (and a refused FETCH would keep
       // START_DEV or END_USER_RECOVERY waiting forever): fail the queue thread, which ends the
@@ -187,6 +195,19 @@ export class TagStates {
 
   private commit(tag: number, result: number): void {
     this.sink.sendIoCmd(this.ops.commit, tag, result);
+    if (this.aborting) this.finish(tag);
+  }
+
+  /**
+   * A tag is out of service once the kernel aborted it, or once its last request was committed
+   * after an ABORT: QUIESCE_DEV aborts only the idle tags and requeues every new request, so the
+   * command a commit re-arms then never completes, and closing the ring cancels it (STOP_DEV
+   * would abort it later, which changes nothing).
+   */
+  private finish(tag: number): void {
+    if (this.tagFinished[tag]) return;
+    this.tagFinished[tag] = 1;
+    this.finishedTags++;
   }
 }
 

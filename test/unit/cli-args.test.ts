@@ -31,6 +31,7 @@ test('add: ublksrv defaults', () => {
       userRecovery: false,
       userRecoveryReissue: false,
       userRecoveryFailIo: false,
+      noAutoPartScan: false,
       unprivileged: false,
       foreground: false,
       debugMask: 0,
@@ -57,6 +58,8 @@ test('add: every standard option, short and long, and target options', () => {
       '--max_io_buf_bytes',
       '1048576',
       '--foreground',
+      '--no_auto_part_scan',
+      '--unprivileged',
       '--debug_mask',
       '0x1',
       '-f',
@@ -74,6 +77,8 @@ test('add: every standard option, short and long, and target options', () => {
   assert.equal(o.userRecovery, true, 'reissue implies recovery, as in ublksrv');
   assert.equal(o.maxIoBufBytes, 1048576);
   assert.equal(o.foreground, true);
+  assert.equal(o.noAutoPartScan, true);
+  assert.equal(o.unprivileged, true);
   assert.equal(o.debugMask, 1);
   assert.deepEqual(o.targetArgs, { file: '/tmp/x.img', buffered_io: true });
 });
@@ -141,8 +146,19 @@ test('findTargetType finds -t in every spelling, and says what to do without it'
 });
 
 test('del, list and recover', () => {
-  assert.deepEqual(parseDelArgs(['-n', '2']), { devId: 2, all: false, async: false });
-  assert.deepEqual(parseDelArgs(['-a']), { devId: undefined, all: true, async: false });
+  assert.deepEqual(parseDelArgs(['-n', '2']), {
+    devId: 2,
+    all: false,
+    async: false,
+    safe: false,
+  });
+  assert.deepEqual(parseDelArgs(['-a']), {
+    devId: undefined,
+    all: true,
+    async: false,
+    safe: false,
+  });
+  assert.equal(parseDelArgs(['-n', '2', '--safe']).safe, true);
   assert.throws(() => parseDelArgs([]), UserError);
   assert.throws(() => parseDelArgs(['-n', 'x']), UserError);
   assert.deepEqual(parseListArgs([], {}), { devId: undefined, json: false, layout: '1.8' });

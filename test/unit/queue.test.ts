@@ -304,5 +304,27 @@ test('TagStates on its own: a refused FETCH throws where the completion is handl
     (err: unknown) => isErrnoError(err, 'EINVAL'),
   );
   tags.complete(0, UBLK_IO_RES.ABORT);
-  assert.ok(tags.allAborted);
+  assert.ok(tags.allFinished);
+});
+
+test('TagStates after an ABORT (quiesce): a tag whose request is committed is out of service', async () => {
+  const sent: number[] = [];
+  let finishRead!: () => void;
+  const tags = new TagStates(
+    { queueId: 0, depth: 2, bufferBytes: 4096, encodedOpcodes: false },
+    new StandInDescriptors(),
+    new Uint8Array(2 * 4096),
+    { sendIoCmd: (cmdOp) => void sent.push(cmdOp) },
+    new FailureLog({ devId: 0, queueId: 0, write: () => undefined }),
+  );
+  tags.start({ read: () => new Promise<void>((resolve) => (finishRead = resolve)) });
+  tags.complete(0, UBLK_IO_RES.OK); // tag 0's request reaches its (pending) handler
+  tags.complete(1, UBLK_IO_RES.ABORT); // QUIESCE_DEV aborts the idle tag only
+  assert.ok(!tags.allFinished, 'tag 0 still has its request');
+  finishRead();
+  await settle();
+  assert.equal(sent.at(-1), UBLK_IO.COMMIT_AND_FETCH_REQ, 'the request is completed');
+  assert.ok(tags.allFinished, 'and its re-armed command is left to the ring close');
+  tags.complete(0, UBLK_IO_RES.ABORT); // a later abort of it counts once
+  assert.ok(tags.allFinished);
 });

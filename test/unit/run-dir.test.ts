@@ -36,6 +36,7 @@ const record: DeviceRecord = {
     userRecovery: false,
     userRecoveryReissue: false,
     userRecoveryFailIo: false,
+    noAutoPartScan: false,
     unprivileged: false,
     foreground: false,
     targetArgs: {},
