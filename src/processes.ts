@@ -1,6 +1,10 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, type Stats } from 'node:fs';
+import { majorMinor } from './sys.js';
 
-/* Whether a process is there, read from /proc: the one place every module asks. */
+/*
+ * What /proc tells of processes: whether one is there, and what this one holds open. The one
+ * place every module asks.
+ */
 
 /** /proc/PID/stat's state letter and kernel task flags; undefined when there is no such process. */
 function procStat(pid: number): { state: string; flags: number } | undefined {
@@ -37,4 +41,32 @@ export function processRunning(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Whether an open file is on one of `devices` ("major:minor"): a node of one of them, or a file on
+ * a file system that lives on one.
+ */
+export function isOnDevice(
+  st: Pick<Stats, 'dev' | 'rdev' | 'isBlockDevice'>,
+  devices: ReadonlySet<string>,
+): boolean {
+  return (
+    (st.isBlockDevice() && devices.has(majorMinor(st.rdev))) || devices.has(majorMinor(st.dev))
+  );
+}
+
+/** The first fd of this process whose open file is on one of `devices` (see isOnDevice). */
+export function ownFdOnDevice(devices: ReadonlySet<string>): string | undefined {
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let st;
+    try {
+      // Follows the fd's link to the open file itself: no path lookup, no IO.
+      st = statSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the fd of the directory listing itself, already closed
+    }
+    if (isOnDevice(st, devices)) return fd;
+  }
+  return undefined;
 }

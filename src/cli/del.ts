@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../errors.js';
 import { UBLK_F } from '../ublk/abi.js';
 import { isControlError, type Control, type DevInfo } from '../ublk/control.js';
-import { explainControlError } from '../ublk/device.js';
+import { explainControlError } from '../ublk/control-errors.js';
 import { hasFlag, missingFeature } from '../ublk/features.js';
 import type { DelOptions } from './args.js';
 import { knownDeviceIds } from './devices.js';

@@ -1,6 +1,8 @@
+import { existsSync, statSync } from 'node:fs';
 import { deviceStateName } from '../ublk/abi.js';
 import { isControlError, type Control } from '../ublk/control.js';
-import { deviceNumbers, explainControlError } from '../ublk/device.js';
+import { majorMinor } from '../sys.js';
+import { explainControlError } from '../ublk/control-errors.js';
 import { UserError } from '../errors.js';
 import type { ListOptions } from './args.js';
 import { knownDeviceIds } from './devices.js';
@@ -50,6 +52,11 @@ export async function describeDevice(
     queues,
     target: record?.target,
   };
+}
+
+/** "major:minor" of a device node, as `list` shows it: "0:0" when it does not exist. */
+export function deviceNumbers(path: string): string {
+  return existsSync(path) ? majorMinor(statSync(path).rdev) : '0:0';
 }
 
 export async function listCommand(control: Control, options: ListOptions): Promise<string> {

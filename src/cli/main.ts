@@ -3,7 +3,7 @@ import { accessSync, constants as fsConstants, existsSync, readFileSync } from '
 import { UserError } from '../errors.js';
 import { loadTarget, resolveTargetSource } from '../ublk/target-loader.js';
 import { CONTROL_PATH, type Control } from '../ublk/control.js';
-import { openControl } from '../ublk/device.js';
+import { openControl } from '../ublk/control-errors.js';
 import { parseDelArgs, parseListArgs, parseRecoverArgs } from './args.js';
 import { parseAdd, startDaemon } from './add.js';
 import { delCommand } from './del.js';

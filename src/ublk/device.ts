@@ -1,13 +1,14 @@
-import { constants as fsConstants, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { constants as fsConstants, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
 import { UserError } from '../errors.js';
-import { processExists, processRunning } from '../processes.js';
-import { close, constants as sysConstants, isErrnoError, majorMinor, open } from '../sys.js';
+import { ownFdOnDevice, processExists, processRunning } from '../processes.js';
+import { close, constants as sysConstants, isErrnoError, open } from '../sys.js';
 import { loadTarget, resolveTargetSource } from './target-loader.js';
 import { SECTOR, type Capabilities, type TargetArgs, type TargetSetup } from './target.js';
 import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from './abi.js';
-import { Control, isControlError, type DevInfo } from './control.js';
+import { isControlError, type Control, type DevInfo } from './control.js';
+import { explainControlError, openControl } from './control-errors.js';
 import { describeFeature, flagsOf, hasFlag, kernelFeatures, missingFeature } from './features.js';
 import { resizeDevice } from './manage.js';
 import { setIoScheduler } from './io-scheduler.js';
@@ -55,37 +56,21 @@ export interface QueueInfo {
 
 const WORKER_URL = new URL('./queue-worker.js', import.meta.url);
 
-/** Opens /dev/ublk-control with the fix for each way it can fail. */
-export function openControl(): Control {
-  try {
-    return Control.open();
-  } catch (err) {
-    if (isErrnoError(err, 'ENOENT')) {
-      throw new UserError(
-        "no /dev/ublk-control: load the ublk driver with 'modprobe ublk_drv' (Linux 6.0+ built with CONFIG_BLK_DEV_UBLK)",
-      );
-    }
-    if (isErrnoError(err, 'EACCES') || isErrnoError(err, 'EPERM')) {
-      throw new UserError('permission denied on /dev/ublk-control: run as root (sudo)');
-    }
-    throw err;
-  }
+/** A queue's worker thread, and its end as watchExit reports it. */
+interface QueueThread {
+  worker: Worker;
+  exited: Promise<void>;
 }
 
-/** A control error the user can act on, in words; anything else unchanged. */
-export function explainControlError(err: unknown, devId: number): unknown {
-  if (isControlError(err, 'EEXIST')) {
-    return new UserError(`device id ${devId} is already in use: pick another -n, or omit it`);
-  }
-  if (isControlError(err, 'ENODEV')) return new UserError(`there is no ublk device ${devId}`);
-  if (isControlError(err, 'EPERM') || isControlError(err, 'EACCES')) {
-    const who =
-      process.getuid?.() === 0
-        ? 'run as root (sudo)'
-        : "it is not yours: run as root, or as the device's owner";
-    return new UserError(`${(err as Error).message}: ${who}`);
-  }
-  return err;
+/**
+ * What serving a device holds, acquired in this order; every way out (a failed start-up, a stop, a
+ * hand-over) lets go of it in reverse through {@link release}.
+ */
+interface Held {
+  control: Control;
+  setup: TargetSetup;
+  charFd: number;
+  threads: QueueThread[];
 }
 
 /**
@@ -113,13 +98,10 @@ export class Device {
     readonly info: DevInfo,
     readonly queues: QueueInfo[],
     targetName: string,
-    private readonly control: Control,
-    private readonly charFd: number,
-    private readonly setup: TargetSetup,
-    workers: Worker[],
+    private readonly held: Held,
   ) {
-    this.target = { name: targetName, size: setup.size, info: setup.info ?? {} };
-    this.queuesStopped = allExited(workers);
+    this.target = { name: targetName, size: held.setup.size, info: held.setup.info ?? {} };
+    this.queuesStopped = allExited(held.threads);
     // A stop or a quiesce from outside (`ublk del`, `ublk quiesce`) shows up as every queue
     // ending on its own.
     this.closed = this.queuesStopped.then(() => this.afterQueuesEnded());
@@ -132,12 +114,13 @@ export class Device {
    */
   private async afterQueuesEnded(): Promise<'deleted' | 'handed-over'> {
     if (!this.stopping) {
-      const state = await this.control
+      const state = await this.held.control
         .getDevInfo(this.id)
         .then((now) => now.state)
         .catch(() => UBLK_S_DEV.DEAD);
       if (state !== UBLK_S_DEV.DEAD && (this.info.flags & UBLK_F.USER_RECOVERY) !== 0) {
-        this.stopping = handOver(this.charFd, this.control, this.setup);
+        // Released, not deleted: the next daemon recovers it.
+        this.stopping = release(this.held);
         await this.stopping;
         return 'handed-over';
       }
@@ -151,7 +134,7 @@ export class Device {
    * target must be able to serve the new size (a loop target's file grown first, say).
    */
   async resize(bytes: number): Promise<void> {
-    await resizeDevice(this.control, this.id, bytes);
+    await resizeDevice(this.held.control, this.id, bytes);
   }
 
   get id(): number {
@@ -167,12 +150,12 @@ export class Device {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       try {
-        await this.control.stopDev(this.id);
+        await this.held.control.stopDev(this.id);
       } catch (err) {
         if (!isControlError(err, 'ENODEV')) throw err;
       }
       await this.queuesStopped;
-      await release(this.charFd, this.control, this.id, this.setup);
+      await release(this.held, this.id);
     })();
     return this.stopping;
   }
@@ -184,15 +167,16 @@ export class Device {
     const setup = await target.setup(options.args ?? {}, { recovering: false, startEmpty: false });
     const caps: Capabilities = setup.capabilities ?? {};
     let control: Control | undefined;
-    let info: DevInfo | undefined;
-    let charFd = -1;
-    const workers: Worker[] = [];
+    let info: DevInfo;
+    let required: number;
     try {
       control = openControl();
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
       const devId = options.id ?? AUTO_DEV_ID;
-      const { flags, required } = await addDevFlags(control, options.flags ?? 0);
+      const addFlags = await addDevFlags(control, options.flags ?? 0);
+      const flags = addFlags.flags;
+      required = addFlags.required;
       info = await control
         .addDev({
           devId,
@@ -211,19 +195,26 @@ export class Device {
           }
           throw explainControlError(err, devId);
         });
-      refuseMissingFlags(required, info.flags);
-      const params = paramsFor(setup.size, caps, info.maxIoBufBytes, sysConstants.PAGE_SIZE);
-      charFd = await openCharDevice(info.devId);
-      await control.setParams(info.devId, params);
-      const queues = await startQueues(control, info, charFd, source, setup, workers, options);
-      await control.startDev(info.devId, process.pid);
-      setIoScheduler(info.devId, options.ioScheduler);
-      info = await control.getDevInfo(info.devId);
-      return new Device(info, queues, target.name, control, charFd, setup, workers);
     } catch (err) {
-      await abandon(control, info, charFd, workers, setup);
+      control?.close();
+      await setup.close?.();
       throw err;
     }
+    const added = info;
+    const held: Held = { control, setup, charFd: -1, threads: [] };
+    const started = await startServing(held, added, source, options, {
+      configure: async (ctl) => {
+        refuseMissingFlags(required, added.flags);
+        const params = paramsFor(setup.size, caps, added.maxIoBufBytes, sysConstants.PAGE_SIZE);
+        await ctl.setParams(added.devId, params);
+      },
+      start: async (ctl) => {
+        await ctl.startDev(added.devId, process.pid);
+        setIoScheduler(added.devId, options.ioScheduler);
+      },
+      deleteOnFailure: true,
+    });
+    return new Device(started.info, started.queues, target.name, held);
   }
 
   /**
@@ -239,13 +230,11 @@ export class Device {
     const target = await loadTarget(source);
     const control = openControl();
     let setup: TargetSetup | undefined;
-    let started = false;
-    let charFd = -1;
-    const workers: Worker[] = [];
+    let info: DevInfo;
     try {
       // Everything that can be refused is checked before START_USER_RECOVERY, after which a
       // failure leaves the device waiting for a daemon (QUIESCED) until `ublk del`.
-      let info = await control.getDevInfo(devId).catch((err: unknown) => {
+      info = await control.getDevInfo(devId).catch((err: unknown) => {
         throw explainControlError(err, devId);
       });
       refuseUnrecoverable(info);
@@ -262,26 +251,24 @@ export class Device {
         );
       }
       await startUserRecovery(control, info, options.waitMs ?? 30_000);
-      started = true;
-      charFd = await openCharDevice(devId);
-      const queues = await startQueues(control, info, charFd, source, setup, workers, options);
-      await control.endUserRecovery(devId, process.pid);
-      info = await control.getDevInfo(devId);
-      return new Device(info, queues, target.name, control, charFd, setup, workers);
     } catch (err) {
-      // Never STOP_DEV or DEL_DEV here: the device and its data stay for another try or `del`.
-      await Promise.all(workers.map((w) => w.terminate()));
-      if (charFd >= 0) close(charFd);
       control.close();
       await setup?.close?.();
-      if (started && !(err instanceof UserError)) {
-        throw new Error(
-          `recovery of ublk device ${devId} failed after START_USER_RECOVERY (${(err as Error).message}); it waits QUIESCED for a new daemon: remove it with 'ublk del -n ${devId}'`,
-          { cause: err },
-        );
-      }
       throw err;
     }
+    const held: Held = { control, setup, charFd: -1, threads: [] };
+    const started = await startServing(held, info, source, options, {
+      start: (ctl) => ctl.endUserRecovery(devId, process.pid),
+      // The device and its data stay for another try or `del`.
+      deleteOnFailure: false,
+    }).catch((err: unknown) => {
+      if (err instanceof UserError) throw err;
+      throw new Error(
+        `recovery of ublk device ${devId} failed after START_USER_RECOVERY (${(err as Error).message}); it waits QUIESCED for a new daemon: remove it with 'ublk del -n ${devId}'`,
+        { cause: err },
+      );
+    });
+    return new Device(started.info, started.queues, target.name, held);
   }
 }
 
@@ -387,19 +374,11 @@ function refuseOwnDevice(devId: number): void {
   } catch {
     if (own.size === 0) return; // no block device (yet): nothing of it can be held
   }
-  for (const fd of readdirSync('/proc/self/fd')) {
-    let st;
-    try {
-      // Follows the fd's link to the open file itself: no path lookup, no IO.
-      st = statSync(`/proc/self/fd/${fd}`);
-    } catch {
-      continue; // the fd of the directory listing itself, already closed
-    }
-    if ((st.isBlockDevice() && own.has(majorMinor(st.rdev))) || own.has(majorMinor(st.dev))) {
-      throw new UserError(
-        `the target uses /dev/${disk}, the device it would serve (fd ${fd}): a daemon must never do IO to its own device`,
-      );
-    }
+  const fd = ownFdOnDevice(own);
+  if (fd !== undefined) {
+    throw new UserError(
+      `the target uses /dev/${disk}, the device it would serve (fd ${fd}): a daemon must never do IO to its own device`,
+    );
   }
 }
 
@@ -467,18 +446,66 @@ async function openCharDevice(devId: number): Promise<number> {
   }
 }
 
+/** How starting a new device and taking one over differ, around the start-up they share. */
+interface StartSteps {
+  /** Once /dev/ublkcN is open, before the queues fetch: SET_PARAMS for a new device. */
+  configure?: (control: Control) => Promise<void>;
+  /** Makes the device LIVE, served by this process: START_DEV or END_USER_RECOVERY. */
+  start: (control: Control) => Promise<void>;
+  /**
+   * Whether a failure deletes the device: a new one leaves nothing in the kernel, a recovered one
+   * keeps its data, QUIESCED, for another try.
+   */
+  deleteOnFailure: boolean;
+}
+
 /**
- * One worker per hardware queue, pushed to `workers` as they are made so that a failure leaves the
- * caller able to stop them; resolves once every queue has fetched all its tags. Used alike to
- * start a new device (before START_DEV) and to take one over (before END_USER_RECOVERY).
+ * The start-up of a device that exists in the kernel, shared by create (after ADD_DEV) and recover
+ * (after START_USER_RECOVERY): open /dev/ublkcN, start one queue thread per hardware queue, start
+ * the device. A failure undoes what was done, in reverse, through {@link undoStart}.
+ */
+async function startServing(
+  held: Held,
+  info: DevInfo,
+  targetSource: string,
+  options: { logEveryFailure?: boolean },
+  steps: StartSteps,
+): Promise<{ info: DevInfo; queues: QueueInfo[] }> {
+  try {
+    held.charFd = await openCharDevice(info.devId);
+    await steps.configure?.(held.control);
+    const queues = await startQueues(held, info, targetSource, options);
+    await steps.start(held.control);
+    return { info: await held.control.getDevInfo(info.devId), queues };
+  } catch (err) {
+    await undoStart(held, info.devId, steps.deleteOnFailure);
+    throw err;
+  }
+}
+
+/**
+ * Undoes a half-started device in reverse order. When it is to be deleted: STOP_DEV aborts every
+ * fetched tag, started or not, and the queue threads, serving until each is answered, close their
+ * rings and unmap, which DEL_DEV waits for. A thread that does not end in time is terminated.
+ */
+async function undoStart(held: Held, devId: number, deleteDevice: boolean): Promise<void> {
+  const exits = held.threads.map((t) => t.exited);
+  if (deleteDevice && exits.length > 0) {
+    await held.control.stopDev(devId).catch(() => undefined);
+    await Promise.race([Promise.allSettled(exits), sleep(10_000)]);
+  }
+  await Promise.all(held.threads.map((t) => t.worker.terminate()));
+  await release(held, deleteDevice ? devId : undefined).catch(() => undefined);
+}
+
+/**
+ * One worker per hardware queue, added to `held.threads` as they are made so that a failure leaves
+ * them to be stopped; resolves once every queue has fetched all its tags.
  */
 async function startQueues(
-  control: Control,
+  { control, charFd, setup, threads }: Held,
   info: DevInfo,
-  charFd: number,
   targetSource: string,
-  setup: TargetSetup,
-  workers: Worker[],
   { logEveryFailure }: { logEveryFailure?: boolean },
 ): Promise<QueueInfo[]> {
   const ready: Promise<QueueInfo>[] = [];
@@ -498,8 +525,7 @@ async function startQueues(
       affinity,
     };
     const worker = new Worker(WORKER_URL, { workerData: data });
-    exitOf.set(worker, watchExit(worker, queueId));
-    workers.push(worker);
+    threads.push({ worker, exited: watchExit(worker, queueId) });
     ready.push(
       new Promise((resolve, reject) => {
         worker.on('message', (msg: QueueWorkerMessage) => {
@@ -535,68 +561,26 @@ function watchExit(worker: Worker, queueId: number): Promise<void> {
   return exited;
 }
 
-const exitOf = new WeakMap<Worker, Promise<void>>();
-
 /** Every queue ended: resolves when all exited cleanly, rejects as soon as one failed. */
-function allExited(workers: Worker[]): Promise<void> {
-  const all = Promise.all(workers.map((w) => exitOf.get(w))).then(() => undefined);
+function allExited(threads: QueueThread[]): Promise<void> {
+  const all = Promise.all(threads.map((t) => t.exited)).then(() => undefined);
   all.catch(() => undefined);
   return all;
 }
 
-async function release(
-  charFd: number,
-  control: Control,
-  devId: number,
-  setup: TargetSetup,
-): Promise<void> {
-  if (charFd >= 0) close(charFd);
+/**
+ * Closes /dev/ublkcN, deletes the device when `deleteId` is given, closes the control device and
+ * the target. Without `deleteId` the device stays (quiesced or recovering) for a next daemon.
+ */
+async function release(held: Held, deleteId?: number): Promise<void> {
+  if (held.charFd >= 0) close(held.charFd);
   try {
     // Waits until nothing references /dev/ublkcN; every queue thread has unmapped by now.
-    await control.delDev(devId);
+    if (deleteId !== undefined) await held.control.delDev(deleteId);
   } catch (err) {
     if (!isControlError(err, 'ENODEV')) throw err;
   } finally {
-    control.close();
-    await setup.close?.();
+    held.control.close();
+    await held.setup.close?.();
   }
-}
-
-/** Lets go of a quiesced device without deleting it: the next daemon recovers it. */
-async function handOver(charFd: number, control: Control, setup: TargetSetup): Promise<void> {
-  if (charFd >= 0) close(charFd);
-  control.close();
-  await setup.close?.();
-}
-
-/** Undoes a half-made device, so a failed create leaves nothing behind in the kernel. */
-async function abandon(
-  control: Control | undefined,
-  info: DevInfo | undefined,
-  charFd: number,
-  workers: Worker[],
-  setup: TargetSetup,
-): Promise<void> {
-  if (!control) {
-    await setup.close?.();
-    return;
-  }
-  if (!info) {
-    control.close();
-    await setup.close?.();
-    return;
-  }
-  if (workers.length > 0) {
-    // STOP_DEV aborts every fetched tag, started or not; the queue threads then release their
-    // rings and mappings, which DEL_DEV waits for.
-    await control.stopDev(info.devId).catch(() => undefined);
-    await Promise.race([Promise.allSettled(workers.map((w) => exitOf.get(w))), sleep(10_000)]);
-    await Promise.all(workers.map((w) => w.terminate()));
-  }
-  await release(charFd, control, info.devId, setup).catch(() => undefined);
-}
-
-/** "major:minor" of a device node, "0:0" when it does not exist. */
-export function deviceNumbers(path: string): string {
-  return existsSync(path) ? majorMinor(statSync(path).rdev) : '0:0';
 }

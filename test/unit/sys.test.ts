@@ -319,3 +319,12 @@ test('ioctl BLKGETSIZE64 matches sysfs', () => {
     sys.close(device.fd);
   }
 });
+
+test('majorMinor decodes a dev_t as glibc does, large numbers included', () => {
+  assert.equal(sys.majorMinor(0x0103), '1:3'); // /dev/null
+  assert.equal(sys.majorMinor(0), '0:0');
+  // major 259, minor 300: the minor's high bits sit above the major's low ones (bits 20-31).
+  assert.equal(sys.majorMinor((259 << 8) | 44 | (1 << 20)), '259:300');
+  // major 4096: a major's bits from the twelfth up stand at bit 44 and above.
+  assert.equal(sys.majorMinor(2 ** 44), '4096:0');
+});
