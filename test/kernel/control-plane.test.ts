@@ -437,7 +437,8 @@ test('unprivileged devices: a user adds, serves, lists and deletes their own, an
       const id = Number(/^dev id (\d+):/m.exec(add.stdout)![1]);
       const owner = `owner: ${alice.uid}:${statSync(home).gid}`;
       assert.ok(add.stdout.includes(owner), add.stdout);
-      const flags = Number(/ flags (0x[0-9a-f]+) /.exec(add.stdout)![1]);
+      // The 1.8 layout's own line: `\tflags 0x... [ NAME ... ]`.
+      const flags = Number(/^\tflags (0x[0-9a-f]+) \[/m.exec(add.stdout)![1]);
       assert.ok(hasFlag(flags, UBLK_F.UNPRIVILEGED_DEV), `flags ${flags.toString(16)}`);
       await waitFor(
         '/dev/ublkbN given to its owner',
