@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { basename } from 'node:path';
+import { UBLK_F } from '../src/ublk/abi.js';
 import { WORKLOADS, type BenchReport, type MemoryReport, type Run } from './workloads.js';
 
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
@@ -26,6 +27,8 @@ const FILE_SIZE = quick ? '256M' : '1G';
 
 /** The backing file of every ublk loop device, ours and the C servers' (they run in turn). */
 const ULOOP_FILE = '/tmp/bench-uloop.img';
+/** Our rows without a mode in their name copy, as a kernel without zero copy makes them. */
+const COPY = '--no_auto_zc';
 
 /** kublk, where it was built and this kernel runs it (its `features` needs GET_FEATURES, 6.5+). */
 function kublkRuns(): string | undefined {
@@ -34,6 +37,15 @@ function kublkRuns(): string | undefined {
   if (r.status === 0) return kublk;
   progress(`kublk does not run on this kernel (features: exit ${r.status}): no C rows`);
   return undefined;
+}
+
+/** Whether this kernel reports AUTO_BUF_REG, which our `--auto_zc` rows need. */
+function zeroCopyRuns(ours: string[]): boolean {
+  const text = run(ours[0], [...ours.slice(1), 'features']);
+  const features = Number(/^ublk_drv features: (0x[0-9a-f]+)$/m.exec(text)?.[1] ?? 0);
+  if ((features & UBLK_F.AUTO_BUF_REG) !== 0) return true;
+  progress('this kernel has no AUTO_BUF_REG: no auto_zc rows');
+  return false;
 }
 
 function progress(message: string): void {
@@ -207,14 +219,31 @@ function main(): BenchReport {
       );
     }
     devices.push({
-      ...ublkDevice('ublk-ts null', ours, ['-t', 'null'], 'null_blk'),
+      ...ublkDevice('ublk-ts null', ours, ['-t', 'null', COPY], 'null_blk'),
       peer: c && 'kublk null',
     });
     devices.push({
-      ...ublkDevice('ublk-ts loop', ours, ['-t', 'loop', '-f', ULOOP_FILE], 'loop (kernel)'),
+      ...ublkDevice('ublk-ts loop', ours, ['-t', 'loop', '-f', ULOOP_FILE, COPY], 'loop (kernel)'),
       peer: c && 'kublk loop',
     });
-    devices.push(ublkDevice('ublk-ts mem', ours, ['-t', 'mem', '--size', FILE_SIZE], 'null_blk'));
+    devices.push(
+      ublkDevice('ublk-ts mem', ours, ['-t', 'mem', '--size', FILE_SIZE, COPY], 'null_blk'),
+    );
+    if (zeroCopyRuns(ours)) {
+      const zc = '--auto_zc';
+      devices.push({
+        ...ublkDevice(
+          'ublk-ts loop auto_zc',
+          ours,
+          ['-t', 'loop', '-f', ULOOP_FILE, zc],
+          'loop (kernel)',
+        ),
+        peer: c && 'kublk loop auto_zc',
+      });
+      devices.push(
+        ublkDevice('ublk-ts mem auto_zc', ours, ['-t', 'mem', '--size', FILE_SIZE, zc], 'null_blk'),
+      );
+    }
     if (peer) {
       devices.push(ublkDevice('peer null', [peer], ['-t', 'null'], 'null_blk'));
       devices.push(
@@ -228,11 +257,11 @@ function main(): BenchReport {
 
     const q2 = [
       devices[0],
-      ublkDevice('ublk-ts null -q 2', ours, ['-t', 'null', '-q', '2'], 'null_blk'),
+      ublkDevice('ublk-ts null -q 2', ours, ['-t', 'null', '-q', '2', COPY], 'null_blk'),
       ublkDevice(
         'ublk-ts mem -q 2',
         ours,
-        ['-t', 'mem', '--size', FILE_SIZE, '-q', '2'],
+        ['-t', 'mem', '--size', FILE_SIZE, '-q', '2', COPY],
         'null_blk',
       ),
     ];

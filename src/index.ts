@@ -20,6 +20,7 @@ export {
   type QueueContext,
   type QueueHandlers,
   type QueueIo,
+  type RingForward,
   type SetupEnv,
   type Target,
   type TargetArgs,

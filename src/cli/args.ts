@@ -25,6 +25,11 @@ export interface AddOptions {
   /** ublksrv's --unprivileged: UBLK_F_UNPRIVILEGED_DEV (6.3+), a device its non-root user owns. */
   unprivileged: boolean;
   foreground: boolean;
+  /**
+   * Zero copy with UBLK_F_AUTO_BUF_REG (6.16+): true with --auto_zc (required), false with
+   * --no_auto_zc, undefined for the default (used where the target and the kernel can).
+   */
+  autoZc?: boolean;
   /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
   debugMask: number;
   targetArgs: TargetArgs;
@@ -44,13 +49,11 @@ const UNIMPLEMENTED_ADD_OPTIONS = {
   zerocopy: { type: 'boolean', short: 'z' },
   'batch-io': { type: 'boolean', short: 'b' },
   usercopy: { type: 'boolean' },
-  auto_zc: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
 const UNIMPLEMENTED_LACKS: Readonly<Record<keyof typeof UNIMPLEMENTED_ADD_OPTIONS, string>> = {
   zerocopy: 'zero copy (UBLK_F_SUPPORT_ZERO_COPY, REGISTER_IO_BUF)',
   'batch-io': 'batch IO (UBLK_F_BATCH_IO, PREP/COMMIT/FETCH_IO_CMDS)',
   usercopy: 'user copy (UBLK_F_USER_COPY, pread/pwrite on /dev/ublkcN)',
-  auto_zc: 'automatic buffer registration (UBLK_F_AUTO_BUF_REG)',
 };
 
 /** ublksrv's standard `add` options; names and letters are those of ublksrv so scripts keep working. */
@@ -66,6 +69,8 @@ const STANDARD_ADD_OPTIONS = {
   user_recovery_fail_io: { type: 'string', short: 'e' },
   max_io_buf_bytes: { type: 'string' },
   foreground: { type: 'boolean' },
+  auto_zc: { type: 'boolean' },
+  no_auto_zc: { type: 'boolean' },
   debug_mask: { type: 'string' },
   no_auto_part_scan: { type: 'boolean' },
   unprivileged: { type: 'boolean' },
@@ -150,12 +155,18 @@ export function parseAddArgs(
     noAutoPartScan: values.no_auto_part_scan === true,
     unprivileged: values.unprivileged === true,
     foreground: values.foreground === true,
+    autoZc: autoZc(values.auto_zc === true, values.no_auto_zc === true),
     debugMask:
       str('debug_mask') === undefined
         ? 0
         : parseInteger(str('debug_mask')!, 'debug_mask', 0, 0xffff_ffff),
     targetArgs,
   };
+}
+
+function autoZc(on: boolean, off: boolean): boolean | undefined {
+  if (on && off) throw new UserError('--auto_zc and --no_auto_zc exclude each other');
+  return on ? true : off ? false : undefined;
 }
 
 function refuseUnimplemented(values: Record<string, string | boolean | undefined>): void {

@@ -51,6 +51,7 @@ async function startDevice(
       depth: options.depth,
       maxIoBufBytes: options.maxIoBufBytes,
       flags: requestedFlags(options),
+      zeroCopy: options.autoZc,
       logEveryFailure: (options.debugMask & DEBUG_EVERY_FAILURE) !== 0,
     });
     return { device, options, targetSource };

@@ -25,7 +25,7 @@ import { defineTarget, SECTOR, type QueueIo } from './target.js';
  *
  * The device is FILE (a regular file or a block device) from byte `offset * 512` to its end. Reads
  * and writes go on the queue's own io_uring straight between the backing file and the request
- * buffer; FLUSH is an fdatasync of the backing file, a FUA write is a write followed by one.
+ * buffer (or, with zero copy, the request's own pages); FLUSH is an fdatasync of the backing file, a FUA write is a write followed by one.
  * DISCARD and WRITE_ZEROES become fallocate(2) as in the kernel's loop driver (PUNCH_HOLE, or
  * ZERO_RANGE for a WRITE_ZEROES that must not unmap), except DISCARD on a block device, which is
  * the BLKDISCARD ioctl.
@@ -276,6 +276,7 @@ export default defineTarget({
           fua: true,
           discard: discard ? { granularity: physical } : false,
           writeZeroes,
+          zeroCopy: true,
         },
         shared: { fd, offset, blockDevice, syncLog } satisfies LoopShared,
         info: { backing_file: path, direct_io: direct ? 1 : 0, offset: offsetSectors },
@@ -291,37 +292,23 @@ export default defineTarget({
   },
 
   queue({ fd, offset: base, blockDevice, syncLog }, { io }) {
-    const sync = async () => void checkResult(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
-    // Decided once per queue: without the test aid, FLUSH and FUA are the bare fdatasync.
-    const [flush, fuaSync] = syncLog
-      ? [loggedSync(sync, syncLog, 'flush'), loggedSync(sync, syncLog, 'fua')]
-      : [sync, sync];
     const zeroes = new ZeroRange(io, fd, blockDevice);
     return {
-      async read(buf, offset) {
-        const done = await io.readFully(fd, buf, base + offset);
-        // Short only at the end of the file, which shrank under us. A short READ would only be
-        // requeued by the kernel, so the rest reads as zeros, like a hole.
-        if (done < buf.length) buf.fill(0, done);
+      // Reads, writes (FUA: then fdatasync), FLUSH (fdatasync) and a file's DISCARD (a punched
+      // hole) are ring IO the queue runs itself, with no promise per request and, with --auto_zc,
+      // no copy: see RingForward.
+      forward: {
+        fd,
+        offset: base,
+        sync: true,
+        discard: !blockDevice,
+        onSync: syncLog ? (kind) => appendFileSync(syncLog, `${kind}\n`) : undefined,
       },
-      async write(buf, offset, { fua }) {
-        await io.writeFully(fd, buf, base + offset);
-        if (fua) await fuaSync();
-      },
-      flush,
-      async discard(offset, length) {
-        if (blockDevice) {
-          // fallocate(2) offers a block device only "write zeroes" (PUNCH_HOLE): a real discard
-          // is the BLKDISCARD ioctl, which io_uring cannot carry on Linux 6.1. It blocks this
-          // queue while it runs, as in ublksrv; discards are rare and the kernel splits them.
-          blkdiscard(fd, base + offset, length);
-          return;
-        }
-        checkResult(
-          await io.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, base + offset, length),
-          'discard',
-        );
-      },
+      // Only a block device's DISCARD: fallocate(2) offers a block device only "write zeroes"
+      // (PUNCH_HOLE); a real discard is the BLKDISCARD ioctl, which io_uring cannot carry on
+      // Linux 6.1. It blocks this queue while it runs, as in ublksrv; discards are rare and the
+      // kernel splits them.
+      discard: (offset, length) => blkdiscard(fd, base + offset, length),
       async writeZeroes(offset, length, { noUnmap }) {
         await zeroes.run(base + offset, length, noUnmap);
       },
@@ -366,14 +353,6 @@ class ZeroRange {
   private fallocate(mode: number, offset: number, length: number): Promise<number> {
     return this.io.fallocate(this.fd, mode, offset, length);
   }
-}
-
-/** The sync, then its line in the sync log (SYNC_LOG_ENV). */
-function loggedSync(sync: () => Promise<void>, log: string, kind: string): () => Promise<void> {
-  return async () => {
-    await sync();
-    appendFileSync(log, `${kind}\n`);
-  };
 }
 
 function openFlags(direct: boolean): number {

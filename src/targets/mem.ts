@@ -1,6 +1,6 @@
 import { closeSync, ftruncateSync } from 'node:fs';
-import { constants as osConstants, totalmem } from 'node:os';
-import { checkResult, errnoError, UserError } from '../errors.js';
+import { totalmem } from 'node:os';
+import { checkResult, UserError } from '../errors.js';
 import { constants as sysConstants, memfdCreate } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/index.js';
 import { parseSize } from './size.js';
@@ -27,8 +27,6 @@ import { defineTarget, SECTOR } from './target.js';
  * The data lives as long as the daemon: it is gone after `ublk del`, and after the daemon dies;
  * `ublk recover` then needs --start_empty to go on with an empty disk.
  */
-
-const { EIO } = osConstants.errno;
 
 export default defineTarget({
   name: 'mem',
@@ -64,27 +62,20 @@ export default defineTarget({
     }
     return {
       size,
-      capabilities: { physicalBlockSize: 4096, discard: true, writeZeroes: true },
+      capabilities: { physicalBlockSize: 4096, discard: true, writeZeroes: true, zeroCopy: true },
       shared: { fd },
       close: () => closeSync(fd),
     };
   },
 
   queue({ fd }, { io }) {
-    const punch = async (offset: number, length: number) =>
-      checkResult(
-        await io.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
-        'punch hole',
-      );
     return {
-      async read(buf, offset) {
-        // Within the file's size, which the device's is: never short.
-        if ((await io.readFully(fd, buf, offset)) < buf.length) throw errnoError('read', EIO);
-      },
-      write: (buf, offset) => io.writeFully(fd, buf, offset),
-      discard: punch,
+      // Reads, writes and DISCARD (a punched hole) are ring IO the queue runs itself: see
+      // RingForward.
+      forward: { fd, offset: 0, discard: true },
       async writeZeroes(offset, length, { noUnmap }) {
-        await punch(offset, length);
+        const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+        checkResult(await io.fallocate(fd, mode, offset, length), 'punch hole');
         // The caller wants the zeroes to stay allocated: allocate the hole again (tmpfs has no
         // ZERO_RANGE).
         if (noUnmap)

@@ -13,6 +13,7 @@ export type {
   QueueContext,
   QueueHandlers,
   QueueIo,
+  RingForward,
   SetupEnv,
   Target,
   TargetArgs,

@@ -27,6 +27,13 @@ export interface DeviceOptions {
   maxIoBufBytes?: number;
   /** Extra UBLK_F flags to ask for (recovery...); only what the kernel grants is used. */
   flags?: number;
+  /**
+   * Zero copy (UBLK_F_AUTO_BUF_REG): true requires it (refused where the target or the kernel
+   * cannot), false never uses it; by default it is used where the target declares zeroCopy, the
+   * kernel reports AUTO_BUF_REG in GET_FEATURES, and neither NEED_GET_DATA (a copy-mode flag) nor
+   * UNPRIVILEGED_DEV is asked for.
+   */
+  zeroCopy?: boolean;
   /** The block layer's I/O scheduler for the device (sysfs name); default 'none'. */
   ioScheduler?: string;
   /** Log every request a handler fails, not only the first of each cause. */
@@ -173,8 +180,9 @@ export class Device {
       control = openControl();
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
+      const zeroCopy = await zeroCopyFlag(control, target.name, caps, options);
       const devId = options.id ?? AUTO_DEV_ID;
-      const addFlags = await addDevFlags(control, options.flags ?? 0);
+      const addFlags = await addDevFlags(control, (options.flags ?? 0) | zeroCopy);
       const flags = addFlags.flags;
       required = addFlags.required;
       info = await control
@@ -291,6 +299,34 @@ function refuseMissingFlags(asked: number, granted: number): void {
   if (missing === 0) return;
   const names = flagsOf(missing).map(describeFeature);
   throw new UserError(`this kernel's ublk driver does not support ${names.join(', ')}`);
+}
+
+/**
+ * UBLK_F_AUTO_BUF_REG or 0, as DeviceOptions.zeroCopy asks. Zero copy needs a target whose
+ * handlers never touch the data, and a kernel that reports the feature (GET_FEATURES; 6.1 has no
+ * GET_FEATURES at all).
+ */
+async function zeroCopyFlag(
+  control: Control,
+  targetName: string,
+  caps: Capabilities,
+  options: DeviceOptions,
+): Promise<number> {
+  if (options.zeroCopy === false) return 0;
+  const required = options.zeroCopy === true;
+  // The default leaves out devices asking for a copy-mode flag, and unprivileged ones (zero copy
+  // lends a request's pages to the server, which the kernel may refuse an untrusted one).
+  const copyOrUntrusted = UBLK_F.NEED_GET_DATA | UBLK_F.UNPRIVILEGED_DEV;
+  if (!required && ((options.flags ?? 0) & copyOrUntrusted) !== 0) return 0;
+  if (caps.zeroCopy !== true) {
+    if (!required) return 0;
+    throw new UserError(
+      `target ${targetName} handles request data in JavaScript, so it cannot use zero copy (--auto_zc): that needs a target declaring zeroCopy (loop, mem, null)`,
+    );
+  }
+  if (hasFlag((await control.getFeatures()) ?? 0, UBLK_F.AUTO_BUF_REG)) return UBLK_F.AUTO_BUF_REG;
+  if (!required) return 0;
+  throw missingFeature('zero copy (--auto_zc)', UBLK_F.AUTO_BUF_REG);
 }
 
 const RECOVERY_FLAGS =
@@ -518,6 +554,7 @@ async function startQueues(
       bufferBytes: info.maxIoBufBytes,
       charFd,
       encodedOpcodes: (info.flags & UBLK_F.CMD_IOCTL_ENCODE) !== 0,
+      autoBufReg: (info.flags & UBLK_F.AUTO_BUF_REG) !== 0,
       targetSource,
       shared: setup.shared,
       capabilities: setup.capabilities ?? {},

@@ -12,17 +12,20 @@ export function checkHandlers(
   handlers: QueueHandlers,
 ): void {
   const missing: string[] = [];
-  if (typeof handlers.read !== 'function') missing.push('read() (every target serves reads)');
-  if (!caps.readOnly && typeof handlers.write !== 'function') {
+  const forward = handlers.forward;
+  if (!forward && typeof handlers.read !== 'function') {
+    missing.push('read() (every target serves reads)');
+  }
+  if (!forward && !caps.readOnly && typeof handlers.write !== 'function') {
     missing.push('write() (or declare readOnly)');
   }
-  const needs: [keyof Capabilities, keyof QueueHandlers][] = [
-    ['volatileCache', 'flush'],
-    ['discard', 'discard'],
-    ['writeZeroes', 'writeZeroes'],
+  const needs: [keyof Capabilities, keyof QueueHandlers, boolean][] = [
+    ['volatileCache', 'flush', forward?.sync === true],
+    ['discard', 'discard', forward?.discard === true],
+    ['writeZeroes', 'writeZeroes', false],
   ];
-  for (const [capability, handler] of needs) {
-    if (caps[capability] && typeof handlers[handler] !== 'function') {
+  for (const [capability, handler, forwarded] of needs) {
+    if (caps[capability] && !forwarded && typeof handlers[handler] !== 'function') {
       missing.push(`${handler}() for its ${capability} capability`);
     }
   }

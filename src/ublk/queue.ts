@@ -11,6 +11,7 @@ import {
 } from '../uring/index.js';
 import { IoDescTable, ioDescMmapLength, ioDescMmapOffset, writeIoCmd } from './abi.js';
 import { FailureLog } from './failure-log.js';
+import { FORWARDED_IO_BASE, type ForwardRing } from './forwarded-io.js';
 import {
   TagStates,
   type IoCommandSink,
@@ -33,14 +34,17 @@ export type QueueRing = Pick<
   Ring,
   'submit' | 'submitAndWait' | 'drain' | 'awaitCqeInEventLoop' | 'cancelEventLoopWait' | 'close'
 > & {
-  sq: Pick<Ring['sq'], 'prepUringCmd' | 'prepRead' | 'prepWrite' | 'prepFsync' | 'prepFallocate'>;
+  sq: Pick<Ring['sq'], 'prepUringCmd'> & ForwardRing['sq'];
 };
 
 /** What a queue runs on: its ring, the kernel's descriptors and the tags' buffer. */
 export interface QueueResources {
   ring: QueueRing;
   descs: IoDescriptors;
-  /** Page-aligned memory the kernel copies requests to and from, and its address. */
+  /**
+   * Page-aligned memory the kernel copies requests to and from, and its address; empty with zero
+   * copy (autoBufReg), where the kernel lends the requests' own pages.
+   */
   buffer: { bytes: Uint8Array; address: number };
   /** Unmaps the descriptors and frees the buffer, after the ring is closed. */
   release(): void;
@@ -51,7 +55,10 @@ export interface QueueResources {
 }
 
 const { ETIME, EBUSY } = osConstants.errno;
-/** user_data below this is a tag's ublk command; from it up, a target IO's slot. */
+/**
+ * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
+ * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag).
+ */
 const TARGET_IO_BASE = 1 << 16;
 /**
  * Longest kernel wait while handlers are pending: they may also wait for something only the event
@@ -112,14 +119,27 @@ export class Queue implements IoCommandSink {
       ioDescMmapLength(depth, page),
       false,
     ).buffer;
-    const buffer = IoBuffer.allocate(depth * bufferBytes);
+    let buffer: IoBuffer | undefined;
+    try {
+      if (config.autoBufReg) {
+        // Zero copy: the kernel registers each request's pages at its tag's index of this table.
+        const res = ring.registerSparseBuffers(depth);
+        if (res < 0) throw errnoError('io_uring_register(BUFFERS2, sparse)', -res);
+      } else {
+        buffer = IoBuffer.allocate(depth * bufferBytes);
+      }
+    } catch (err) {
+      munmap(descMapping);
+      ring.close();
+      throw err;
+    }
     return new Queue(config, {
       ring,
       descs: new IoDescTable(new Uint8Array(descMapping)),
-      buffer,
+      buffer: buffer ?? { bytes: new Uint8Array(0), address: 0 },
       release: () => {
         munmap(descMapping);
-        buffer.free();
+        buffer?.free();
       },
     });
   }
@@ -135,7 +155,15 @@ export class Queue implements IoCommandSink {
       everyFailure: config.logEveryFailure,
       write: resources.log,
     });
-    this.tags = new TagStates(config, resources.descs, resources.buffer.bytes, this, this.failures);
+    const forwardRing: ForwardRing = { sq: this.ring.sq, makeRoom: () => this.submit() };
+    this.tags = new TagStates(
+      config,
+      resources.descs,
+      resources.buffer,
+      this,
+      this.failures,
+      forwardRing,
+    );
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     const sq = this.ring.sq;
     const raw = {
@@ -180,12 +208,17 @@ export class Queue implements IoCommandSink {
   /** For TagStates: prepared now, submitted by the loop's next enter (woken if parked). */
   sendIoCmd(cmdOp: number, tag: number, result: number): void {
     this.progress++;
-    let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag);
+    // Zero copy: the SQE's addr is struct ublk_auto_buf_reg, {index: tag, flags: 0}, and the
+    // command carries no buffer. No UBLK_AUTO_BUF_REG_FALLBACK: a request whose pages the kernel
+    // cannot register (never with one table slot per tag) is failed by the kernel itself.
+    const autoBufReg = this.config.autoBufReg === true;
+    const sqeAddr = autoBufReg ? tag : 0;
+    let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag, sqeAddr);
     while (!cmd) {
       this.submit();
-      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag);
+      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag, sqeAddr);
     }
-    const address = this.resources.buffer.address + tag * this.config.bufferBytes;
+    const address = autoBufReg ? 0 : this.resources.buffer.address + tag * this.config.bufferBytes;
     writeIoCmd(cmd, 0, this.config.queueId, tag, result, address);
     this.unpark();
   }
@@ -195,8 +228,9 @@ export class Queue implements IoCommandSink {
     this.turnScheduled = false;
     const tags = this.tags;
     for (let batch = 0; batch < BATCHES_PER_TURN; batch++) {
-      if (tags.allFinished && this.targetIoInFlight === 0) return this.shutdown();
-      if (tags.pendingHandlers > 0 && this.targetIoInFlight === 0) {
+      const ringIoInFlight = this.targetIoInFlight + tags.forwarded.inFlight;
+      if (tags.allFinished && ringIoInFlight === 0) return this.shutdown();
+      if (tags.pendingHandlers > 0 && ringIoInFlight === 0) {
         // Only the event loop can settle these handlers: wait there, for it or for the ring,
         // unless CQEs are ready already.
         if (this.ring.awaitCqeInEventLoop(this.unpark)) {
@@ -242,6 +276,9 @@ export class Queue implements IoCommandSink {
 
   private readonly onCqe = (userData: number, res: number): void => {
     if (userData < TARGET_IO_BASE) return this.tags.complete(userData, res);
+    if (userData >= FORWARDED_IO_BASE) {
+      return this.tags.forwarded.complete(userData - FORWARDED_IO_BASE, res);
+    }
     const slot = userData - TARGET_IO_BASE;
     const settle = this.targetIo[slot]!;
     this.targetIo[slot] = undefined;

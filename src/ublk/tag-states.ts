@@ -2,6 +2,7 @@ import { constants } from 'node:os';
 import { errnoError } from '../errors.js';
 import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO, type IoDescTable } from './abi.js';
 import type { FailureLog } from './failure-log.js';
+import { ForwardedIo, forwardedError, type ForwardRing } from './forwarded-io.js';
 import { SECTOR, type IoResult, type QueueHandlers } from './target.js';
 
 const { EIO, EOPNOTSUPP } = constants.errno;
@@ -21,7 +22,15 @@ export interface TagStatesConfig {
   bufferBytes: number;
   /** The device was granted UBLK_F_CMD_IOCTL_ENCODE: IO commands use encoded opcodes. */
   encodedOpcodes: boolean;
+  /**
+   * The device was granted UBLK_F_AUTO_BUF_REG (zero copy): the queue has no buffers; the kernel
+   * registers each request's pages in the ring's buffer table at the tag's index.
+   */
+  autoBufReg?: boolean;
 }
+
+/** What read/write handlers get with zero copy: the data never reaches JavaScript. */
+const NO_BUFFER = new Uint8Array(0);
 
 /**
  * The per-tag state machine of one hardware queue: each tag cycles FETCH_REQ -> request in the
@@ -34,6 +43,8 @@ export interface TagStatesConfig {
 export class TagStates {
   /** Requests whose handler returned a promise that has not settled. */
   pendingHandlers = 0;
+  /** Requests served as ring IO (QueueHandlers.forward); their CQEs go to `forwarded.complete`. */
+  readonly forwarded: ForwardedIo;
   /** Tags out of service (see finish): all of them once the device stopped or was quiesced. */
   private finishedTags = 0;
   /** Per tag, 1 once it is out of service. */
@@ -42,6 +53,7 @@ export class TagStates {
   private aborting = false;
 
   private handlers!: QueueHandlers;
+  private readonly buffer: Uint8Array;
   private readonly ops: { fetch: number; commit: number; getData: number };
   private readonly views: Uint8Array[];
   /** Per tag, the op, offset and length of a pending request, for its settled handler's result. */
@@ -55,12 +67,22 @@ export class TagStates {
   constructor(
     private readonly config: TagStatesConfig,
     private readonly descs: IoDescriptors,
-    /** The queue's IO buffer: tag t owns bytes [t * bufferBytes, (t + 1) * bufferBytes). */
-    private readonly buffer: Uint8Array,
+    /**
+     * The queue's IO buffer and its address: tag t owns bytes [t * bufferBytes, (t + 1) *
+     * bufferBytes). Empty with zero copy.
+     */
+    buffer: { bytes: Uint8Array; address: number },
     private readonly sink: IoCommandSink,
     private readonly failures: FailureLog,
+    ring: ForwardRing,
   ) {
     const { depth, bufferBytes } = config;
+    this.buffer = buffer.bytes;
+    this.forwarded = new ForwardedIo(
+      { depth, bufferBytes, bufferAddress: buffer.address, autoBufReg: config.autoBufReg === true },
+      ring,
+      this.onForwardedDone,
+    );
     this.ops = config.encodedOpcodes
       ? {
           fetch: UBLK_U_IO.FETCH_REQ,
@@ -73,7 +95,9 @@ export class TagStates {
           getData: UBLK_IO.NEED_GET_DATA,
         };
     this.views = Array.from({ length: depth }, (_, tag) =>
-      buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
+      config.autoBufReg
+        ? NO_BUFFER
+        : this.buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
     );
     this.tagFinished = new Uint8Array(depth);
     this.tagOp = new Uint8Array(depth);
@@ -97,6 +121,7 @@ export class TagStates {
   /** Fetches every tag. The kernel's START_DEV (or END_USER_RECOVERY) waits for exactly this. */
   start(handlers: QueueHandlers): void {
     this.handlers = handlers;
+    this.forwarded.use(handlers.forward);
     for (let tag = 0; tag < this.config.depth; tag++) this.sink.sendIoCmd(this.ops.fetch, tag, -1);
   }
 
@@ -119,6 +144,7 @@ export class TagStates {
 
   /** The queue is shutting down: no request is in flight. */
   closeHandlers(): void | Promise<void> {
+    this.forwarded.close();
     return this.handlers.close?.();
   }
 
@@ -126,6 +152,8 @@ export class TagStates {
     const op = this.descs.op(tag);
     const length = this.descs.nrSectors(tag) * SECTOR;
     const offset = this.descs.startSector(tag) * SECTOR;
+    const fua = (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0;
+    if (this.forwarded.start(tag, op, offset, length, fua)) return;
     let result: IoResult | Promise<IoResult>;
     try {
       result = this.dispatch(tag, op, offset, length);
@@ -153,7 +181,7 @@ export class TagStates {
     const h = this.handlers;
     switch (op) {
       case UBLK_IO_OP.READ:
-        return h.read(this.view(tag, length), offset);
+        return h.read ? h.read(this.view(tag, length), offset) : -EOPNOTSUPP;
       case UBLK_IO_OP.WRITE:
         return h.write
           ? h.write(this.view(tag, length), offset, {
@@ -178,7 +206,7 @@ export class TagStates {
   /** The tag's buffer cut to the request, reusing the previous view when the length repeats. */
   private view(tag: number, length: number): Uint8Array {
     let view = this.views[tag];
-    if (view.length !== length) {
+    if (view.length !== length && view !== NO_BUFFER) {
       const start = tag * this.config.bufferBytes;
       view = this.buffer.subarray(start, start + length);
       this.views[tag] = view;
@@ -192,6 +220,17 @@ export class TagStates {
     this.failures.record({ tag, op, offset, length, result }, err);
     this.commit(tag, result);
   }
+
+  /** A forwarded request is done: committed, and logged as a handler failure would be. */
+  private readonly onForwardedDone = (tag: number, result: number, failedCall?: string): void => {
+    if (failedCall !== undefined) {
+      const op = this.descs.op(tag);
+      const length = this.descs.nrSectors(tag) * SECTOR;
+      const offset = this.descs.startSector(tag) * SECTOR;
+      this.failures.record({ tag, op, offset, length, result }, forwardedError(failedCall, result));
+    }
+    this.commit(tag, result);
+  };
 
   private commit(tag: number, result: number): void {
     this.sink.sendIoCmd(this.ops.commit, tag, result);

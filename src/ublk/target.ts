@@ -94,6 +94,12 @@ export interface Capabilities {
   writeZeroes?: boolean | { maxBytes?: number };
   /** Largest single request in bytes; the daemon's per-tag buffer size bounds it too. */
   maxIoBytes?: number;
+  /**
+   * The handlers never touch the request's data in JavaScript: reads and writes go through
+   * `forward`, or are not looked at (null). Such a device may use zero copy (`--auto_zc`), where
+   * the kernel lends the request's pages to the queue's ring and handlers get an empty `buf`.
+   */
+  zeroCopy?: boolean;
 }
 
 /** What a request handler may return: a byte count, or nothing for "all of it" / success. */
@@ -106,18 +112,18 @@ export type MaybePromise<T> = T | Promise<T>;
  * rejects fails that one request with EIO (or with the errno its error carries, e.g. an error with
  * `errno: 28` fails with ENOSPC) and nothing else.
  *
- * Each declared capability needs its handler (checked when the queue starts, see
- * src/ublk/handler-check.ts): `write` unless `readOnly`, `flush` with `volatileCache`, `discard` and
- * `writeZeroes` with theirs. A handler without its capability is never called.
- *
- * Extension point: a handler answers with a value that the queue commits once it settles. Serving
- * a request with exactly one ring IO (zero copy, where the kernel lends the request's pages, or a
- * hot path without a promise) needs a way to say "this request's result is that ring IO's": a
- * QueueIo call that takes the request rather than a buffer, whose completion the tag state machine
- * commits directly (TagStates.complete in src/ublk/tag-states.ts is where it would land).
+ * Each declared capability needs its handler, or the forward that serves it (checked when the queue
+ * starts, see src/ublk/handler-check.ts): `read` unless forwarded, `write` unless forwarded or
+ * `readOnly`, `flush` with `volatileCache`, `discard` and `writeZeroes` with theirs. A handler
+ * without its capability is never called.
  */
 export interface QueueHandlers {
-  read(buf: Uint8Array, offset: number): MaybePromise<IoResult>;
+  /**
+   * Requests the queue serves itself as IO on its ring, between `fd` and the request's buffer
+   * (or, with zero copy, the request's own pages): no handler is called for them.
+   */
+  forward?: RingForward;
+  read?(buf: Uint8Array, offset: number): MaybePromise<IoResult>;
   /** Optional only for a `readOnly` device, to which the kernel sends no write. */
   write?(buf: Uint8Array, offset: number, flags: WriteFlags): MaybePromise<IoResult>;
   flush?(): MaybePromise<IoResult>;
@@ -125,6 +131,25 @@ export interface QueueHandlers {
   writeZeroes?(offset: number, length: number, flags: ZeroFlags): MaybePromise<IoResult>;
   /** The queue is shutting down; no request is in flight. */
   close?(): MaybePromise<void>;
+}
+
+/**
+ * "This request is this ring IO": READ and WRITE become read/write of `fd` at `offset` plus the
+ * request's offset, a short one continued with the rest, a read past the end of the file filled
+ * with zeros, a FUA write followed by fdatasync(fd). The queue prepares the SQEs and commits from
+ * their CQEs, with no promise per request: the fastest path there is, and the only one with zero
+ * copy, where the data never reaches JavaScript.
+ */
+export interface RingForward {
+  fd: number;
+  /** Byte offset in `fd` of the device's first byte. */
+  offset: number;
+  /** FLUSH is fdatasync(fd) too; without it, `flush()` serves FLUSH. */
+  sync?: boolean;
+  /** DISCARD is fallocate(fd, PUNCH_HOLE | KEEP_SIZE) too; without it, `discard()` serves it. */
+  discard?: boolean;
+  /** Called after each forwarded fdatasync completed, before its request is committed. */
+  onSync?(kind: 'flush' | 'fua'): void;
 }
 
 export interface WriteFlags {

@@ -7,6 +7,8 @@
 // Opcodes (enum io_uring_op).
 export const IORING_OP_NOP = 0;
 export const IORING_OP_FSYNC = 3;
+export const IORING_OP_READ_FIXED = 4;
+export const IORING_OP_WRITE_FIXED = 5;
 export const IORING_OP_POLL_ADD = 6;
 export const IORING_OP_FALLOCATE = 17;
 export const IORING_OP_READ = 22;
@@ -34,6 +36,10 @@ export const IORING_ENTER_EXT_ARG = 1 << 3;
 // io_uring_register(2) opcodes.
 export const IORING_REGISTER_EVENTFD = 4;
 export const IORING_UNREGISTER_EVENTFD = 5;
+export const IORING_REGISTER_BUFFERS2 = 15;
+
+// io_uring_rsrc_register.flags.
+export const IORING_RSRC_REGISTER_SPARSE = 1 << 0;
 
 // mmap(2) offsets of the ring regions.
 export const IORING_OFF_SQ_RING = 0;
@@ -76,8 +82,17 @@ export const IO_URING_SQE = {
   /** The per-opcode flags union: rw_flags, fsync_flags, poll32_events, uring_cmd_flags. */
   opFlags: 28,
   userData: 32,
+  /** READ_FIXED/WRITE_FIXED: the index in the ring's registered buffer table. */
+  bufIndex: 40,
   /** IORING_OP_URING_CMD's command bytes: 16 of them, 80 with IORING_SETUP_SQE128. */
   cmd: 48,
+} as const;
+
+/** struct io_uring_rsrc_register, IORING_REGISTER_BUFFERS2's argument. */
+export const IO_URING_RSRC_REGISTER = {
+  size: 32,
+  nr: 0,
+  flags: 4,
 } as const;
 
 /** struct io_uring_cqe: byte offsets and sizes. */

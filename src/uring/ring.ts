@@ -1,9 +1,12 @@
-import { close as closeFd, ioUringEnter } from '../sys.js';
+import { close as closeFd, ioUringEnter, ioUringRegister } from '../sys.js';
 import {
   IO_URING_CQE,
+  IO_URING_RSRC_REGISTER,
   IO_URING_SQE,
   IORING_ENTER_EXT_ARG,
   IORING_ENTER_GETEVENTS,
+  IORING_REGISTER_BUFFERS2,
+  IORING_RSRC_REGISTER_SPARSE,
   IORING_SETUP_CQE32,
   IORING_SETUP_SQE128,
   IORING_SQ_CQ_OVERFLOW,
@@ -162,6 +165,17 @@ export class Ring {
   /** Cancels awaitCqeInEventLoop's call back. */
   cancelEventLoopWait(): void {
     this.notifier?.stop();
+  }
+
+  /**
+   * Registers a buffer table of `count` empty entries (IORING_REGISTER_BUFFERS2, sparse; 5.19+),
+   * for buffers someone else fills in later, such as ublk's AUTO_BUF_REG. 0 or -errno.
+   */
+  registerSparseBuffers(count: number): number {
+    const arg = new Uint32Array(IO_URING_RSRC_REGISTER.size / 4);
+    arg[IO_URING_RSRC_REGISTER.nr / 4] = count;
+    arg[IO_URING_RSRC_REGISTER.flags / 4] = IORING_RSRC_REGISTER_SPARSE;
+    return ioUringRegister(this.fd, IORING_REGISTER_BUFFERS2, arg, arg.byteLength);
   }
 
   /** Unmaps the ring memory (detaching every view) and closes the fds; repeated calls do nothing. */

@@ -5,8 +5,10 @@ import {
   IORING_OP_NOP,
   IORING_OP_POLL_ADD,
   IORING_OP_READ,
+  IORING_OP_READ_FIXED,
   IORING_OP_URING_CMD,
   IORING_OP_WRITE,
+  IORING_OP_WRITE_FIXED,
 } from './abi.js';
 import type { RingParams } from './setup.js';
 import { writeU64 } from './u64.js';
@@ -18,6 +20,7 @@ const ADDR = IO_URING_SQE.addr / 4;
 const LEN = IO_URING_SQE.len / 4;
 const OP_FLAGS = IO_URING_SQE.opFlags / 4;
 const USER_DATA = IO_URING_SQE.userData / 4;
+const BUF_INDEX = IO_URING_SQE.bufIndex / 2;
 
 /**
  * The submission side of a ring. prep* methods fill the next free SQE and return false (null
@@ -35,6 +38,7 @@ export class SubmissionQueue {
   private readonly flagsIndex: number;
   private readonly mask: number;
   private readonly words: Uint32Array;
+  private readonly halfWords: Uint16Array;
   private readonly sqeWords: number;
   /** Per slot, the URING_CMD command area, made once so preparing allocates nothing. */
   private readonly cmdViews: DataView[];
@@ -52,6 +56,7 @@ export class SubmissionQueue {
     this.tail = this.ring[this.tailIndex];
     this.sqeMemory = new Uint8Array(sqes);
     this.words = new Uint32Array(sqes);
+    this.halfWords = new Uint16Array(sqes);
     this.sqeWords = sqeSize / 4;
     this.cmdViews = [];
     for (let slot = 0; slot < this.entries; slot++) {
@@ -92,7 +97,7 @@ export class SubmissionQueue {
     userData: number,
     sqeFlags = 0,
   ): boolean {
-    return this.prepReadWrite(IORING_OP_READ, fd, address, length, offset, userData, sqeFlags);
+    return this.prepReadWrite(IORING_OP_READ, fd, address, length, offset, userData, sqeFlags) >= 0;
   }
 
   /** Writes `length` bytes from memory at `address` to file `offset`. */
@@ -104,7 +109,36 @@ export class SubmissionQueue {
     userData: number,
     sqeFlags = 0,
   ): boolean {
-    return this.prepReadWrite(IORING_OP_WRITE, fd, address, length, offset, userData, sqeFlags);
+    return (
+      this.prepReadWrite(IORING_OP_WRITE, fd, address, length, offset, userData, sqeFlags) >= 0
+    );
+  }
+
+  /**
+   * READ_FIXED: reads into entry `bufIndex` of the ring's registered buffer table, at `address`
+   * within it (a buffer the kernel registered, as ublk's AUTO_BUF_REG does, starts at 0).
+   */
+  prepReadFixed(
+    fd: number,
+    address: number,
+    length: number,
+    offset: number,
+    bufIndex: number,
+    userData: number,
+  ): boolean {
+    return this.prepFixed(IORING_OP_READ_FIXED, fd, address, length, offset, bufIndex, userData);
+  }
+
+  /** WRITE_FIXED: prepReadFixed's other direction. */
+  prepWriteFixed(
+    fd: number,
+    address: number,
+    length: number,
+    offset: number,
+    bufIndex: number,
+    userData: number,
+  ): boolean {
+    return this.prepFixed(IORING_OP_WRITE_FIXED, fd, address, length, offset, bufIndex, userData);
   }
 
   /** fsyncFlags: 0 or IORING_FSYNC_DATASYNC. */
@@ -144,11 +178,13 @@ export class SubmissionQueue {
   /**
    * A driver command. Returns the zeroed command area of the SQE (16 bytes, 80 on an SQE128
    * ring) for the caller to fill in place before the next submit, or null when the SQ is full.
+   * `addr` is the SQE's own addr field, which some drivers read (ublk's AUTO_BUF_REG).
    */
-  prepUringCmd(fd: number, cmdOp: number, userData: number, sqeFlags = 0): DataView | null {
-    const sqe = this.claim(IORING_OP_URING_CMD, fd, userData, sqeFlags);
+  prepUringCmd(fd: number, cmdOp: number, userData: number, addr = 0): DataView | null {
+    const sqe = this.claim(IORING_OP_URING_CMD, fd, userData, 0);
     if (sqe < 0) return null;
     this.words[sqe + CMD_OP] = cmdOp;
+    writeU64(this.words, sqe + ADDR, addr);
     return this.cmdViews[sqe / this.sqeWords];
   }
 
@@ -160,12 +196,27 @@ export class SubmissionQueue {
     offset: number,
     userData: number,
     sqeFlags: number,
-  ): boolean {
+  ): number {
     const sqe = this.claim(opcode, fd, userData, sqeFlags);
-    if (sqe < 0) return false;
+    if (sqe < 0) return -1;
     writeU64(this.words, sqe + OFF, offset);
     writeU64(this.words, sqe + ADDR, address);
     this.words[sqe + LEN] = length;
+    return sqe;
+  }
+
+  private prepFixed(
+    opcode: number,
+    fd: number,
+    address: number,
+    length: number,
+    offset: number,
+    bufIndex: number,
+    userData: number,
+  ): boolean {
+    const sqe = this.prepReadWrite(opcode, fd, address, length, offset, userData, 0);
+    if (sqe < 0) return false;
+    this.halfWords[sqe * 2 + BUF_INDEX] = bufIndex;
     return true;
   }
 

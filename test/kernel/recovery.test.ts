@@ -12,7 +12,7 @@
  * a deadline: an IO that hangs fails the test instead of hanging it.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdtempSync,
@@ -29,13 +29,20 @@ import {
   daemonPids,
   delAll,
   delDevice,
-  listStatus,
   RUN_DIR,
   stateFiles,
   ublk,
   waitFor,
-  type FioReport,
 } from './support/cli.js';
+import {
+  completedIos,
+  jobErrors,
+  killDaemon,
+  killFio,
+  recover,
+  startFio,
+  theDaemon,
+} from './support/recovery.js';
 
 const DAEMON_LOG = join(RUN_DIR, 'daemon.log');
 const SLUGGISH = new URL('./fixtures/sluggish.js', import.meta.url).pathname;
@@ -47,11 +54,6 @@ let dir: string;
 before(() => {
   dir = mkdtempSync('/tmp/ublk-recovery-test-');
 });
-/** fio runs still going when a test ends (it failed): killed before the cleanup. */
-const fioChildren = new Set<ChildProcess>();
-const killFio = () => {
-  for (const child of fioChildren) child.kill('SIGKILL');
-};
 afterEach(() => {
   killFio();
   delAll();
@@ -75,98 +77,11 @@ function listing(id: number): Listing {
   return (JSON.parse(r.stdout) as Listing[])[0];
 }
 
-/** The only daemon process there is. */
-function theDaemon(): number {
-  const pids = daemonPids();
-  assert.equal(pids.length, 1, `one daemon: ${pids.join(' ')}`);
-  return pids[0];
-}
-
-/** Reads and writes completed by /dev/ublkbN so far (/sys/block/NAME/stat). */
-function completedIos(id: number): number {
-  const f = readFileSync(`/sys/block/ublkb${id}/stat`, 'utf8').trim().split(/\s+/).map(Number);
-  return f[0] + f[4];
-}
-
-interface FioRun {
-  /** fio's exit status and JSON report; rejects if fio is still running `ms` after it started. */
-  finished(ms: number): Promise<{ status: number | null; report: FioReport; stderr: string }>;
-  running(): boolean;
-}
-
-/** fio in the background, its report to a file; killed if a test leaves it running. */
-function startFio(name: string, args: string[]): FioRun {
-  const out = join(dir, `${name}.json`);
-  const err = join(dir, `${name}.err`);
-  const child = spawn(
-    'sh',
-    [
-      '-c',
-      'exec fio "$@" >"$OUT" 2>"$ERR"',
-      'fio',
-      `--name=${name}`,
-      '--output-format=json',
-      ...args,
-    ],
-    { stdio: 'ignore', env: { ...process.env, OUT: out, ERR: err } },
-  );
-  fioChildren.add(child);
-  let exitStatus: number | null | undefined;
-  const exited = new Promise<number | null>((resolve) =>
-    child.once('exit', (code) => {
-      fioChildren.delete(child);
-      resolve((exitStatus = code));
-    }),
-  );
-  const started = Date.now();
-  return {
-    running: () => exitStatus === undefined,
-    async finished(ms) {
-      let timer: NodeJS.Timeout | undefined;
-      const deadline = new Promise<'hung'>((resolve) => {
-        timer = setTimeout(() => resolve('hung'), Math.max(0, started + ms - Date.now()));
-      });
-      const status = await Promise.race([exited, deadline]);
-      clearTimeout(timer);
-      if (status === 'hung') {
-        child.kill('SIGKILL');
-        throw new Error(`fio ${name} hung: still running ${ms / 1000} s after it started`);
-      }
-      const text = readFileSync(out, 'utf8');
-      const report = JSON.parse(text.slice(text.indexOf('{'))) as FioReport;
-      return { status, report, stderr: readFileSync(err, 'utf8') };
-    },
-  };
-}
-
-/** fio's reported errors: the first error (an errno) of each job. */
-const jobErrors = (report: FioReport) => report.jobs.map((j) => j.error);
-
-/** `ublk recover -n ID`, which must succeed and print the device LIVE with a new daemon. */
-function recover(id: number, oldPid: number): number {
-  const r = ublk('recover', '-n', String(id));
-  assert.equal(r.status, 0, `recover failed: ${r.stderr}`);
-  const lines = r.stdout.split('\n');
-  assert.match(lines[0], new RegExp(`^dev id ${id}: `));
-  const { pid, state } = listStatus(r.stdout);
-  assert.equal(state, 'LIVE', r.stdout);
-  assert.notEqual(pid, oldPid, 'a new daemon serves it');
-  assert.equal(theDaemon(), pid, 'the pid printed is the daemon');
-  assert.match(r.stdout, /queue 0: tid [1-9]\d* /);
-  return pid;
-}
-
-async function killDaemon(pid: number): Promise<void> {
-  process.kill(pid, 'SIGKILL');
-  // Gone from /proc once its threads have exited and init has reaped it.
-  await waitFor(`daemon ${pid} to be gone`, () => !daemonPids().includes(pid), 30_000);
-}
-
 test(`no recovery: kill -9 under fio, ${ROUNDS} rounds: DEAD within 30 s, fio fails, del cleans`, async () => {
   for (let round = 1; round <= ROUNDS; round++) {
     const id = addDevice('-t', 'null', '-q', '2');
     const pid = theDaemon();
-    const fio = startFio(`dead-${round}`, [
+    const fio = startFio(dir, `dead-${round}`, [
       `--filename=/dev/ublkb${id}`,
       '--rw=randread',
       '--bs=4k',
@@ -216,7 +131,7 @@ test('recovery with reissue on loop: 3 kill -9 / recover during one fio verify r
   // checks every block shortly after it was written.
   const size = 16 * MiB;
   const fioStart = Date.now();
-  const fio = startFio('reissue', [
+  const fio = startFio(dir, 'reissue', [
     `--filename=/dev/ublkb${id}`,
     '--ioengine=io_uring',
     '--direct=1',
@@ -254,7 +169,7 @@ test('recovery without reissue: the IO the dead daemon held fails; the device su
   // Every request is held 100 ms, so the daemon owns requests whenever it is killed.
   const id = addDevice('-t', SLUGGISH, '--delay_ms', '100', '-r', '1');
   const pid = theDaemon();
-  const fio = startFio('no-reissue', [
+  const fio = startFio(dir, 'no-reissue', [
     `--filename=/dev/ublkb${id}`,
     '--rw=randread',
     '--bs=4k',
@@ -281,7 +196,7 @@ test('recovery without reissue: the IO the dead daemon held fails; the device su
   assert.notEqual(status, 0, 'fio failed');
   assert.deepEqual(jobErrors(report), [5], 'with EIO, the requests the daemon held');
   // New IO on the same device works.
-  const again = startFio('no-reissue-after', [
+  const again = startFio(dir, 'no-reissue-after', [
     `--filename=/dev/ublkb${id}`,
     '--rw=randrw',
     '--bs=4k',
@@ -301,7 +216,7 @@ test('recovery with reissue: the requests the dead daemon held are served by the
   // As above, the daemon holds 16 requests at any moment; with -i 1 none of them fails.
   const id = addDevice('-t', SLUGGISH, '--delay_ms', '100', '-i', '1');
   const pid = theDaemon();
-  const fio = startFio('reissue-held', [
+  const fio = startFio(dir, 'reissue-held', [
     `--filename=/dev/ublkb${id}`,
     '--rw=randread',
     '--bs=4k',
@@ -325,7 +240,7 @@ test('recovery with reissue: the requests the dead daemon held are served by the
 test('kill, recover, kill again while fio waits, del: fio ends with errors, nothing left', async () => {
   const id = addDevice('-t', 'null', '-r', '1', '-i', '1', '-q', '2');
   let pid = theDaemon();
-  const fio = startFio('kill-twice', [
+  const fio = startFio(dir, 'kill-twice', [
     `--filename=/dev/ublkb${id}`,
     '--rw=randread',
     '--bs=4k',
@@ -353,7 +268,7 @@ test('del during fio on 4 queues, and SIGTERM during fio: no hang, nothing left'
   for (const how of ['del', 'SIGTERM'] as const) {
     // 6.1 clamps nr_hw_queues to the CPU count: 4 queues on a machine with at least 4 CPUs.
     const id = addDevice('-t', 'null', '-q', '4', '-r', how === 'del' ? '0' : '1');
-    const fio = startFio(`teardown-${how}`, [
+    const fio = startFio(dir, `teardown-${how}`, [
       `--filename=/dev/ublkb${id}`,
       '--rw=randrw',
       '--bs=4k',

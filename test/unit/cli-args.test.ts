@@ -34,6 +34,7 @@ test('add: ublksrv defaults', () => {
       noAutoPartScan: false,
       unprivileged: false,
       foreground: false,
+      autoZc: undefined,
       debugMask: 0,
       targetArgs: undefined,
     },
@@ -58,6 +59,7 @@ test('add: every standard option, short and long, and target options', () => {
       '--max_io_buf_bytes',
       '1048576',
       '--foreground',
+      '--auto_zc',
       '--no_auto_part_scan',
       '--unprivileged',
       '--debug_mask',
@@ -77,8 +79,10 @@ test('add: every standard option, short and long, and target options', () => {
   assert.equal(o.userRecovery, true, 'reissue implies recovery, as in ublksrv');
   assert.equal(o.maxIoBufBytes, 1048576);
   assert.equal(o.foreground, true);
+  assert.equal(o.autoZc, true);
   assert.equal(o.noAutoPartScan, true);
   assert.equal(o.unprivileged, true);
+  assert.equal(parseAddArgs(['-t', 'null', '--no_auto_zc'], {}).autoZc, false);
   assert.equal(o.debugMask, 1);
   assert.deepEqual(o.targetArgs, { file: '/tmp/x.img', buffered_io: true });
 });
@@ -97,6 +101,7 @@ test('add: bad input is a one-line UserError', () => {
     ['-t', 'null', '--bogus'],
     ['-t', 'null', '-f', 'x'],
     ['-t', 'null', 'stray'],
+    ['-t', 'null', '--auto_zc', '--no_auto_zc'],
   ];
   for (const argv of bad) {
     assert.throws(
@@ -119,7 +124,6 @@ test('add: ublksrv 1.8’s data-path options are refused by name, one line sayin
     [['-b'], /^add: --batch-io is not implemented by ublk-ts yet: .*UBLK_F_BATCH_IO/],
     [['--batch-io'], /^add: --batch-io is not implemented/],
     [['--usercopy'], /^add: --usercopy is not implemented by ublk-ts yet: .*UBLK_F_USER_COPY/],
-    [['--auto_zc'], /^add: --auto_zc is not implemented by ublk-ts yet: .*UBLK_F_AUTO_BUF_REG/],
   ];
   for (const [extra, pattern] of refusals) {
     assert.throws(

@@ -8,13 +8,15 @@ import { afterEach, test } from 'node:test';
 import { isErrnoError } from '../../src/errors.js';
 import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/abi.js';
 import { FailureLog } from '../../src/ublk/failure-log.js';
+import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
 import { Queue } from '../../src/ublk/queue.js';
 import { TagStates } from '../../src/ublk/tag-states.js';
-import type { QueueHandlers, QueueIo } from '../../src/ublk/target.js';
+import type { QueueHandlers, QueueIo, RingForward } from '../../src/ublk/target.js';
 import {
   StandInDescriptors,
   StandInRing,
   standInResources,
+  type PreparedIo,
   type Request,
 } from './support/stand-ins.js';
 
@@ -39,10 +41,13 @@ afterEach(async () => {
   }
 });
 
-function queueWith(handlers: QueueHandlers, options: { encodedOpcodes?: boolean } = {}) {
+function queueWith(
+  handlers: QueueHandlers,
+  options: { encodedOpcodes?: boolean; autoBufReg?: boolean } = {},
+) {
   const ring = new StandInRing();
   const descs = new StandInDescriptors();
-  const resources = standInResources(ring, descs, DEPTH * BUFFER_BYTES);
+  const resources = standInResources(ring, descs, options.autoBufReg ? 0 : DEPTH * BUFFER_BYTES);
   const queue = new Queue(
     {
       devId: 7,
@@ -51,6 +56,7 @@ function queueWith(handlers: QueueHandlers, options: { encodedOpcodes?: boolean 
       bufferBytes: BUFFER_BYTES,
       charFd: 99,
       encodedOpcodes: options.encodedOpcodes ?? false,
+      autoBufReg: options.autoBufReg,
     },
     resources,
   );
@@ -219,7 +225,10 @@ test("ctx.io: a target IO's completion settles its promise; whole-buffer calls l
   descs.request(0, { op: UBLK_IO_OP.READ, nrSectors: 8 });
   ring.complete(0, UBLK_IO_RES.OK);
   await settle();
-  assert.deepEqual(lastIo(), { kind: 'read', userData: TARGET_IO_BASE, length: 4096 });
+  assert.deepEqual(
+    { ...lastIo(), address: undefined },
+    { kind: 'read', userData: TARGET_IO_BASE, fd: 3, length: 4096, offset: 0, address: undefined },
+  );
   ring.complete(lastIo().userData, 1024);
   await settle();
   assert.equal(lastIo().length, 3072, 'the rest, after a short read');
@@ -233,7 +242,17 @@ test("ctx.io: a target IO's completion settles its promise; whole-buffer calls l
   await settle();
   ring.complete(lastIo().userData, 2048);
   await settle();
-  assert.deepEqual(lastIo(), { kind: 'write', userData: TARGET_IO_BASE, length: 2048 });
+  assert.deepEqual(
+    { ...lastIo(), address: undefined },
+    {
+      kind: 'write',
+      userData: TARGET_IO_BASE,
+      fd: 3,
+      length: 2048,
+      offset: 2048,
+      address: undefined,
+    },
+  );
   ring.complete(lastIo().userData, -ENOSPC);
   await settle();
   assert.equal(commitsOf(1)[0].result, -ENOSPC);
@@ -293,9 +312,10 @@ test('TagStates on its own: a refused FETCH throws where the completion is handl
   const tags = new TagStates(
     { queueId: 0, depth: 1, bufferBytes: 4096, encodedOpcodes: false },
     new StandInDescriptors(),
-    new Uint8Array(4096),
+    { bytes: new Uint8Array(4096), address: 0 },
     { sendIoCmd: (cmdOp) => void sent.push(cmdOp) },
     new FailureLog({ devId: 0, queueId: 0, write: () => undefined }),
+    { sq: new StandInRing().sq, makeRoom: () => undefined },
   );
   tags.start({ read: () => undefined });
   assert.deepEqual(sent, [UBLK_IO.FETCH_REQ]);
@@ -313,9 +333,10 @@ test('TagStates after an ABORT (quiesce): a tag whose request is committed is ou
   const tags = new TagStates(
     { queueId: 0, depth: 2, bufferBytes: 4096, encodedOpcodes: false },
     new StandInDescriptors(),
-    new Uint8Array(2 * 4096),
+    { bytes: new Uint8Array(2 * 4096), address: 0 },
     { sendIoCmd: (cmdOp) => void sent.push(cmdOp) },
     new FailureLog({ devId: 0, queueId: 0, write: () => undefined }),
+    { sq: new StandInRing().sq, makeRoom: () => undefined },
   );
   tags.start({ read: () => new Promise<void>((resolve) => (finishRead = resolve)) });
   tags.complete(0, UBLK_IO_RES.OK); // tag 0's request reaches its (pending) handler
@@ -327,4 +348,214 @@ test('TagStates after an ABORT (quiesce): a tag whose request is committed is ou
   assert.ok(tags.allFinished, 'and its re-armed command is left to the ring close');
   tags.complete(0, UBLK_IO_RES.ABORT); // a later abort of it counts once
   assert.ok(tags.allFinished);
+});
+
+/** TagStates over a stand-in ring, for forwarded requests: every step runs synchronously. */
+function forwardingTags(forward: RingForward, options: { autoBufReg?: boolean } = {}) {
+  const ring = new StandInRing();
+  const descs = new StandInDescriptors();
+  const sent: { cmdOp: number; tag: number; result: number }[] = [];
+  const logged: string[] = [];
+  const handlerCalls: string[] = [];
+  const tags = new TagStates(
+    {
+      queueId: 0,
+      depth: DEPTH,
+      bufferBytes: BUFFER_BYTES,
+      encodedOpcodes: false,
+      autoBufReg: options.autoBufReg,
+    },
+    descs,
+    { bytes: new Uint8Array(options.autoBufReg ? 0 : DEPTH * BUFFER_BYTES), address: 0x10000 },
+    { sendIoCmd: (cmdOp, tag, result) => void sent.push({ cmdOp, tag, result }) },
+    new FailureLog({ devId: 0, queueId: 0, write: (line) => void logged.push(line) }),
+    { sq: ring.sq, makeRoom: () => undefined },
+  );
+  tags.start({
+    forward,
+    flush: () => void handlerCalls.push('flush'),
+    discard: () => void handlerCalls.push('discard'),
+    writeZeroes: () => void handlerCalls.push('writeZeroes'),
+  });
+  sent.length = 0; // the FETCHes
+  /** The kernel hands `tag` a request: what the queue prepared for it, synchronously. */
+  const request = (tag: number, r: Request) => {
+    descs.request(tag, r);
+    const before = ring.targetIo.length;
+    tags.complete(tag, UBLK_IO_RES.OK);
+    return ring.targetIo.slice(before);
+  };
+  /** A forwarded IO's CQE: what was prepared next. */
+  const cqe = (io: PreparedIo, res: number) => {
+    assert.equal(io.userData >= FORWARDED_IO_BASE, true, 'a forwarded IO');
+    const before = ring.targetIo.length;
+    tags.forwarded.complete(io.userData - FORWARDED_IO_BASE, res);
+    return ring.targetIo.slice(before);
+  };
+  return { tags, ring, sent, logged, handlerCalls, request, cqe };
+}
+
+const commitOf = (tag: number, result: number) => ({
+  cmdOp: UBLK_IO.COMMIT_AND_FETCH_REQ,
+  tag,
+  result,
+});
+
+test('forward: a read is one ring read into the tag buffer, committed from its CQE with no promise', () => {
+  const { tags, sent, request, cqe } = forwardingTags({ fd: 5, offset: 1 << 20 });
+  const [read] = request(2, { op: UBLK_IO_OP.READ, startSector: 8, nrSectors: 8 });
+  assert.deepEqual(read, {
+    kind: 'read',
+    userData: FORWARDED_IO_BASE + 2,
+    fd: 5,
+    length: 4096,
+    offset: (1 << 20) + 4096,
+    address: 0x10000 + 2 * BUFFER_BYTES,
+  });
+  assert.equal(tags.pendingHandlers, 0);
+  assert.equal(tags.forwarded.inFlight, 1);
+  assert.deepEqual(cqe(read, 4096), []);
+  assert.deepEqual(sent, [commitOf(2, 4096)], 'committed within the CQE, before any microtask');
+  assert.equal(tags.forwarded.inFlight, 0);
+});
+
+test('forward: short IO is continued with the rest; a read at the end of the file reads zeros', () => {
+  const { sent, request, cqe } = forwardingTags({ fd: 5, offset: 0 });
+  const [write] = request(1, { op: UBLK_IO_OP.WRITE, startSector: 2, nrSectors: 8 });
+  const [rest] = cqe(write, 1024);
+  assert.deepEqual(rest, {
+    ...write,
+    length: 3072,
+    offset: 1024 + 1024,
+    address: write.address! + 1024,
+  });
+  assert.deepEqual(sent, [], 'nothing committed while the rest is in flight');
+  assert.deepEqual(cqe(rest, 3072), []);
+  assert.deepEqual(sent, [commitOf(1, 4096)]);
+
+  const [read] = request(3, { op: UBLK_IO_OP.READ, nrSectors: 8 });
+  const [tail] = cqe(read, 512);
+  const [zeroes] = cqe(tail, 0);
+  assert.notEqual(zeroes.fd, 5, 'past the end of the file: /dev/zero');
+  assert.deepEqual(
+    { length: zeroes.length, address: zeroes.address },
+    { length: 3584, address: read.address! + 512 },
+  );
+  assert.deepEqual(cqe(zeroes, 3584), []);
+  assert.deepEqual(sent.slice(1), [commitOf(3, 4096)], 'the whole read, zero-filled');
+  const [stuck] = request(3, { op: UBLK_IO_OP.WRITE, nrSectors: 8 });
+  cqe(stuck, 0);
+  assert.deepEqual(sent.slice(2), [commitOf(3, -EIO)], 'a write that makes no progress fails');
+});
+
+test('forward: an error result fails the request with it, logged once per cause', () => {
+  const { sent, logged, request, cqe } = forwardingTags({ fd: 5, offset: 0 });
+  for (let i = 0; i < 2; i++) {
+    const [write] = request(0, { op: UBLK_IO_OP.WRITE, startSector: 4, nrSectors: 8 });
+    cqe(write, -ENOSPC);
+  }
+  assert.deepEqual(sent, [commitOf(0, -ENOSPC), commitOf(0, -ENOSPC)]);
+  assert.equal(logged.length, 1);
+  assert.match(logged[0], /tag 0: WRITE of 4096 bytes at offset 2048 failed with ENOSPC/);
+});
+
+test('forward: FUA is write then fdatasync; FLUSH with sync is fdatasync, DISCARD fallocate', () => {
+  const synced: string[] = [];
+  const { sent, handlerCalls, request, cqe } = forwardingTags({
+    fd: 5,
+    offset: 0,
+    sync: true,
+    discard: true,
+    onSync: (kind) => void synced.push(kind),
+  });
+  const [write] = request(1, { op: UBLK_IO_OP.WRITE, nrSectors: 8, opFlags: UBLK_IO_F.FUA });
+  const [sync] = cqe(write, 4096);
+  assert.deepEqual(sync, { kind: 'fsync', userData: FORWARDED_IO_BASE + 1, fd: 5 });
+  assert.deepEqual(sent, [], 'not durable before the fdatasync');
+  cqe(sync, 0);
+  assert.deepEqual(sent, [commitOf(1, 4096)]);
+
+  const [flush] = request(2, { op: UBLK_IO_OP.FLUSH, nrSectors: 0 });
+  assert.equal(flush.kind, 'fsync');
+  cqe(flush, 0);
+  const [discard] = request(2, { op: UBLK_IO_OP.DISCARD, startSector: 2, nrSectors: 4 });
+  assert.deepEqual(
+    { kind: discard.kind, offset: discard.offset, length: discard.length },
+    { kind: 'fallocate', offset: 1024, length: 2048 },
+  );
+  cqe(discard, 0);
+  assert.deepEqual(request(2, { op: UBLK_IO_OP.WRITE_ZEROES, nrSectors: 2 }), []);
+  assert.deepEqual(sent.slice(1), [commitOf(2, 0), commitOf(2, 0), commitOf(2, 0)]);
+  assert.deepEqual(synced, ['fua', 'flush']);
+  assert.deepEqual(handlerCalls, ['writeZeroes'], 'what the forward does not cover');
+
+  const [failing] = request(3, { op: UBLK_IO_OP.WRITE, nrSectors: 8, opFlags: UBLK_IO_F.FUA });
+  cqe(cqe(failing, 4096)[0], -EIO);
+  assert.deepEqual(sent.slice(4), [commitOf(3, -EIO)], 'a failed fdatasync fails the FUA write');
+});
+
+test('forward without sync or discard: FLUSH and DISCARD go to the handlers', () => {
+  const { sent, handlerCalls, request } = forwardingTags({ fd: 5, offset: 0 });
+  assert.deepEqual(request(0, { op: UBLK_IO_OP.FLUSH, nrSectors: 0 }), []);
+  assert.deepEqual(request(0, { op: UBLK_IO_OP.DISCARD, nrSectors: 8 }), []);
+  assert.deepEqual(handlerCalls, ['flush', 'discard']);
+  assert.deepEqual(sent, [commitOf(0, 0), commitOf(0, 0)]);
+});
+
+test('forward with AUTO_BUF_REG: READ_FIXED/WRITE_FIXED at the tag index, from offset 0 of the request', () => {
+  const { sent, request, cqe } = forwardingTags({ fd: 5, offset: 512 }, { autoBufReg: true });
+  const [read] = request(3, { op: UBLK_IO_OP.READ, startSector: 1, nrSectors: 8 });
+  assert.deepEqual(read, {
+    kind: 'readFixed',
+    userData: FORWARDED_IO_BASE + 3,
+    fd: 5,
+    length: 4096,
+    offset: 1024,
+    address: 0,
+    bufIndex: 3,
+  });
+  const [rest] = cqe(read, 1536);
+  assert.deepEqual(
+    { address: rest.address, length: rest.length, offset: rest.offset },
+    { address: 1536, length: 2560, offset: 1024 + 1536 },
+  );
+  cqe(rest, 2560);
+  const [write] = request(0, { op: UBLK_IO_OP.WRITE, nrSectors: 1 });
+  assert.deepEqual(
+    { kind: write.kind, bufIndex: write.bufIndex },
+    { kind: 'writeFixed', bufIndex: 0 },
+  );
+  cqe(write, 512);
+  assert.deepEqual(sent, [commitOf(3, 4096), commitOf(0, 512)]);
+});
+
+test('AUTO_BUF_REG queue: commands carry the buffer index in the SQE addr and no buffer; handlers get an empty buf', async () => {
+  const lengths: number[] = [];
+  const { serve, ring } = queueWith(
+    { read: (buf) => void lengths.push(buf.length), write: (buf) => void lengths.push(buf.length) },
+    { autoBufReg: true },
+  );
+  assert.deepEqual(ring.commandAddresses.get(2), { sqeAddr: 2, buffer: 0 }, 'FETCH');
+  assert.equal((await serve(2, { op: UBLK_IO_OP.READ, nrSectors: 8 })).result, 4096);
+  assert.equal((await serve(2, { op: UBLK_IO_OP.WRITE, nrSectors: 8 })).result, 4096);
+  assert.deepEqual(ring.commandAddresses.get(2), { sqeAddr: 2, buffer: 0 }, 'COMMIT_AND_FETCH');
+  assert.deepEqual(lengths, [0, 0]);
+});
+
+test('copy mode: commands carry the tag buffer and a zero SQE addr', () => {
+  const { ring } = queueWith({ read: () => undefined });
+  assert.deepEqual(ring.commandAddresses.get(1), { sqeAddr: 0, buffer: 0x10000 + BUFFER_BYTES });
+});
+
+test('the queue routes a forwarded IO completion to its tag', async () => {
+  const { ring, descs } = queueWith({ forward: { fd: 9, offset: 0 } });
+  descs.request(1, { op: UBLK_IO_OP.READ, nrSectors: 8 });
+  const before = ring.sent().length;
+  ring.complete(1, UBLK_IO_RES.OK);
+  await settle();
+  const io = ring.targetIo[ring.targetIo.length - 1];
+  assert.equal(io.userData, FORWARDED_IO_BASE + 1);
+  ring.complete(io.userData, 4096);
+  await settle();
+  assert.deepEqual(ring.sent().slice(before), [commitOf(1, 4096)]);
 });

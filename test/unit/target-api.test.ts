@@ -40,6 +40,21 @@ test('checkHandlers: every declared capability needs its handler', () => {
   );
 });
 
+test('checkHandlers: a forward serves reads and writes, and FLUSH or DISCARD where it says so', () => {
+  const forward = { fd: 3, offset: 0 };
+  assert.equal(refusal({}, { forward }), undefined);
+  assert.equal(
+    refusal({}, {}),
+    'target t: queue() returned no read() (every target serves reads), no write() (or declare readOnly)',
+  );
+  const caps = { volatileCache: true, discard: true };
+  assert.equal(
+    refusal(caps, { forward }),
+    'target t: queue() returned no flush() for its volatileCache capability, no discard() for its discard capability',
+  );
+  assert.equal(refusal(caps, { forward: { ...forward, sync: true, discard: true } }), undefined);
+});
+
 test('FailureLog: the first failure of a cause in full, its repeats counted once per interval', async () => {
   const lines: string[] = [];
   const log = new FailureLog({

@@ -11,6 +11,8 @@ const HEADERS = ['linux/io_uring.h', 'linux/poll.h', 'linux/falloc.h'];
 const scalars: Record<string, string> = {
   IORING_OP_NOP: 'IORING_OP_NOP',
   IORING_OP_FSYNC: 'IORING_OP_FSYNC',
+  IORING_OP_READ_FIXED: 'IORING_OP_READ_FIXED',
+  IORING_OP_WRITE_FIXED: 'IORING_OP_WRITE_FIXED',
   IORING_OP_POLL_ADD: 'IORING_OP_POLL_ADD',
   IORING_OP_FALLOCATE: 'IORING_OP_FALLOCATE',
   IORING_OP_READ: 'IORING_OP_READ',
@@ -27,6 +29,8 @@ const scalars: Record<string, string> = {
   IORING_ENTER_EXT_ARG: 'IORING_ENTER_EXT_ARG',
   IORING_REGISTER_EVENTFD: 'IORING_REGISTER_EVENTFD',
   IORING_UNREGISTER_EVENTFD: 'IORING_UNREGISTER_EVENTFD',
+  IORING_REGISTER_BUFFERS2: 'IORING_REGISTER_BUFFERS2',
+  IORING_RSRC_REGISTER_SPARSE: 'IORING_RSRC_REGISTER_SPARSE',
   IORING_OFF_SQ_RING: 'IORING_OFF_SQ_RING',
   IORING_OFF_CQ_RING: 'IORING_OFF_CQ_RING',
   IORING_OFF_SQES: 'IORING_OFF_SQES',
@@ -60,7 +64,13 @@ const structs: Record<string, Record<string, string>> = {
     len: `offsetof(${SQE}, len)`,
     opFlags: sameOffset(SQE, ['rw_flags', 'fsync_flags', 'poll32_events', 'uring_cmd_flags']),
     userData: `offsetof(${SQE}, user_data)`,
+    bufIndex: `offsetof(${SQE}, buf_index)`,
     cmd: `offsetof(${SQE}, cmd)`,
+  },
+  IO_URING_RSRC_REGISTER: {
+    size: 'sizeof(struct io_uring_rsrc_register)',
+    nr: 'offsetof(struct io_uring_rsrc_register, nr)',
+    flags: 'offsetof(struct io_uring_rsrc_register, flags)',
   },
   IO_URING_CQE: {
     size: 'sizeof(struct io_uring_cqe)',

@@ -107,6 +107,8 @@ export interface VerifyOptions {
   numjobs?: number;
   /** Where the first job starts. */
   offset?: number;
+  /** fio's --bssplit (e.g. 4k/50:64k/30:256k/20) instead of random sizes from 4k to 256k. */
+  bssplit?: string;
 }
 
 /**
@@ -121,7 +123,7 @@ export function fioVerify(dev: string, o: VerifyOptions): FioReport {
     '--ioengine=io_uring',
     '--direct=1',
     '--rw=randwrite',
-    '--bsrange=4k-256k',
+    o.bssplit ? `--bssplit=${o.bssplit}` : '--bsrange=4k-256k',
     `--iodepth=${o.iodepth}`,
     `--size=${o.size}`,
     `--offset=${o.offset ?? 0}`,

@@ -53,9 +53,21 @@ export interface SentCommand {
 
 /** A target IO the queue prepared: its kind and user_data, which its completion must carry. */
 export interface PreparedIo {
-  kind: 'read' | 'write' | 'fsync' | 'fallocate';
+  kind: 'read' | 'write' | 'readFixed' | 'writeFixed' | 'fsync' | 'fallocate';
   userData: number;
+  fd: number;
   length?: number;
+  /** File offset (read, write, fallocate). */
+  offset?: number;
+  /** Memory address; for the fixed kinds, the offset within the registered buffer. */
+  address?: number;
+  bufIndex?: number;
+}
+
+/** Where a tag's last IO command pointed: the SQE's addr and the command's buffer address. */
+export interface CommandAddresses {
+  sqeAddr: number;
+  buffer: number;
 }
 
 export class StandInRing implements QueueRing {
@@ -66,28 +78,43 @@ export class StandInRing implements QueueRing {
   readonly waitResults: number[] = [];
   closed = false;
 
+  /** Per tag, where its last IO command pointed. */
+  readonly commandAddresses = new Map<number, CommandAddresses>();
+
   readonly sq = {
-    prepUringCmd: (_fd: number, cmdOp: number, userData: number): DataView => {
+    prepUringCmd: (_fd: number, cmdOp: number, userData: number, sqeAddr = 0): DataView => {
       const view = new DataView(new ArrayBuffer(16));
-      // ublksrv_io_cmd: q_id u16 @0, tag u16 @2, result s32 @4; read back once written.
-      this.pendingViews.push([cmdOp, userData, view]);
+      // ublksrv_io_cmd: q_id u16 @0, tag u16 @2, result s32 @4, addr u64 @8; read back once
+      // written.
+      this.pendingViews.push([cmdOp, userData, sqeAddr, view]);
       return view;
     },
-    prepRead: (_fd: number, _address: number, length: number, _offset: number, userData: number) =>
-      this.prepared({ kind: 'read', userData, length }),
-    prepWrite: (_fd: number, _address: number, length: number, _offset: number, userData: number) =>
-      this.prepared({ kind: 'write', userData, length }),
-    prepFsync: (_fd: number, _flags: number, userData: number) =>
-      this.prepared({ kind: 'fsync', userData }),
-    prepFallocate: (
-      _fd: number,
-      _mode: number,
-      _offset: number,
-      _length: number,
+    prepRead: (fd: number, address: number, length: number, offset: number, userData: number) =>
+      this.prepared({ kind: 'read', userData, fd, length, offset, address }),
+    prepWrite: (fd: number, address: number, length: number, offset: number, userData: number) =>
+      this.prepared({ kind: 'write', userData, fd, length, offset, address }),
+    prepReadFixed: (
+      fd: number,
+      address: number,
+      length: number,
+      offset: number,
+      bufIndex: number,
       userData: number,
-    ) => this.prepared({ kind: 'fallocate', userData }),
+    ) => this.prepared({ kind: 'readFixed', userData, fd, length, offset, address, bufIndex }),
+    prepWriteFixed: (
+      fd: number,
+      address: number,
+      length: number,
+      offset: number,
+      bufIndex: number,
+      userData: number,
+    ) => this.prepared({ kind: 'writeFixed', userData, fd, length, offset, address, bufIndex }),
+    prepFsync: (fd: number, _flags: number, userData: number) =>
+      this.prepared({ kind: 'fsync', userData, fd }),
+    prepFallocate: (fd: number, _mode: number, offset: number, length: number, userData: number) =>
+      this.prepared({ kind: 'fallocate', userData, fd, length, offset }),
   };
-  private readonly pendingViews: [number, number, DataView][] = [];
+  private readonly pendingViews: [number, number, number, DataView][] = [];
 
   /** Queues a completion for the next drain. */
   complete(userData: number, res: number): void {
@@ -122,8 +149,10 @@ export class StandInRing implements QueueRing {
   }
 
   private collect(): void {
-    for (const [cmdOp, userData, view] of this.pendingViews.splice(0)) {
+    for (const [cmdOp, userData, sqeAddr, view] of this.pendingViews.splice(0)) {
       this.commands.push({ cmdOp, tag: userData, result: view.getInt32(4, true) });
+      const buffer = Number(view.getBigUint64(8, true));
+      this.commandAddresses.set(userData, { sqeAddr, buffer });
     }
   }
 
