@@ -22,7 +22,7 @@ const peer = option('--peer');
 const kublk = option('--kublk');
 const runtimeSec = quick ? 2 : 10;
 /** Every workload runs on every device once per round, so that ratios pair runs close in time. */
-const ROUNDS = quick ? 2 : 3;
+const ROUNDS = quick ? 1 : 3;
 const FILE_SIZE = quick ? '256M' : '1G';
 
 /** The backing file of every ublk loop device, ours and the C servers' (they run in turn). */
@@ -101,7 +101,7 @@ function cpuTicks(pid: number): number {
 interface FioSide {
   iops: number;
   bw: number;
-  clat_ns: { percentile?: Record<string, number> };
+  clat_ns: { mean: number; percentile?: Record<string, number> };
 }
 
 function fio(
@@ -130,6 +130,7 @@ function fio(
   return {
     iops: side.iops,
     mbps: (side.bw * 1024) / 1e6,
+    meanUs: side.clat_ns.mean / 1000,
     p50us: pct['50.000000'] / 1000,
     p99us: pct['99.000000'] / 1000,
     daemonCpu: device.pid ? ((cpuTicks(device.pid) - before) / 100 / elapsed) * 100 : undefined,
@@ -265,6 +266,21 @@ function main(): BenchReport {
         'null_blk',
       ),
     ];
+    if (c) {
+      // UBLK_F_PER_IO_DAEMON measured on the C server: does serving one queue from two threads
+      // (its --per_io_tasks) beat one thread, or two queues, with two fio jobs on 2 vCPUs?
+      q2.push(
+        ublkDevice('kublk null -q 2', [c], ['-t', 'null', '-q', '2', '-d', '128'], 'null_blk'),
+        ublkDevice('kublk null -q 1', [c], ['-t', 'null', '-q', '1', '-d', '128'], 'null_blk'),
+        ublkDevice(
+          'kublk null -q 1 --nthreads 2 --per_io_tasks',
+          [c],
+          ['-t', 'null', '-q', '1', '-d', '128', '--nthreads', '2', '--per_io_tasks'],
+          'null_blk',
+        ),
+      );
+      q2[1].peer = 'kublk null -q 2';
+    }
     devices.push(...q2.slice(1));
     runRounds(
       q2,

@@ -31,6 +31,8 @@ export interface Run {
   round: number;
   iops: number;
   mbps: number;
+  /** Completion latency (fio's clat): mean, median and 99th percentile. */
+  meanUs?: number;
   p50us?: number;
   p99us?: number;
   /** CPU of the serving daemon, % of one CPU, when there is a daemon. */
@@ -62,17 +64,18 @@ export interface Summary {
   workload: string;
   iops: number;
   mbps: number;
+  meanUs?: number;
   p50us?: number;
   p99us?: number;
   daemonCpu?: number;
   /**
    * Ours against the baseline: the median over rounds of the ratio within each round (the
-   * baseline ran minutes apart otherwise, and the VM's speed drifts). Throughput: IOPS ratio.
+   * baseline ran minutes apart otherwise, and the VM's speed drifts). Throughput workloads: our
+   * IOPS over the baseline's (higher is better); latency workloads: our mean latency over the
+   * baseline's (lower is better), the form the performance targets are stated in.
    */
   ratio?: number;
-  /** Latency workloads: median p50 minus the baseline's, in microseconds. */
-  addedP50us?: number;
-  /** Against the same-mode C server, paired like `ratio`; latency workloads: p50 ratio. */
+  /** Against the same-mode C server, paired and oriented like `ratio`. */
   peerRatio?: number;
 }
 
@@ -112,24 +115,16 @@ export function summarize(report: BenchReport): Summary[] {
       workload,
       iops: medianOf(runs, (r) => r.iops)!,
       mbps: medianOf(runs, (r) => r.mbps)!,
+      meanUs: medianOf(runs, (r) => r.meanUs),
       p50us: medianOf(runs, (r) => r.p50us),
       p99us: medianOf(runs, (r) => r.p99us),
       daemonCpu: medianOf(runs, (r) => r.daemonCpu),
     };
     const latency = WORKLOADS.find((w) => w.name === workload)?.latency ?? false;
-    if (summary.baseline) {
-      const base = runsOf(workload, summary.baseline);
-      summary.ratio = pairedRatio(runs, base, (r) => r.iops);
-      const baseP50 = medianOf(base, (r) => r.p50us);
-      if (latency && summary.p50us && baseP50) summary.addedP50us = summary.p50us - baseP50;
-    }
-    if (summary.peer) {
-      const peer = runsOf(workload, summary.peer);
-      // Higher is better for both: IOPS over the C server's, or its p50 over ours.
-      summary.peerRatio = latency
-        ? pairedRatio(peer, runs, (r) => r.p50us)
-        : pairedRatio(runs, peer, (r) => r.iops);
-    }
+    const pick = latency ? (r: Run) => r.meanUs : (r: Run) => r.iops;
+    if (summary.baseline)
+      summary.ratio = pairedRatio(runs, runsOf(workload, summary.baseline), pick);
+    if (summary.peer) summary.peerRatio = pairedRatio(runs, runsOf(workload, summary.peer), pick);
     return summary;
   });
 }
@@ -144,6 +139,7 @@ export function formatTable(report: BenchReport): string {
       'device',
       'IOPS',
       'MB/s',
+      'mean us',
       'p50 us',
       'p99 us',
       'daemon CPU %',
@@ -152,19 +148,20 @@ export function formatTable(report: BenchReport): string {
     ],
   ];
   for (const s of summarize(report)) {
-    let versus = '';
-    if (s.addedP50us !== undefined) versus = `p50 +${s.addedP50us.toFixed(0)} us vs ${s.baseline}`;
-    else if (s.ratio !== undefined) versus = `${s.ratio.toFixed(2)}x ${s.baseline}`;
+    const latency = WORKLOADS.find((w) => w.name === s.workload)?.latency ?? false;
+    const versus = (ratio: number | undefined, other: string | undefined) =>
+      ratio === undefined ? '' : `${latency ? 'latency ' : ''}${ratio.toFixed(2)}x ${other}`;
     rows.push([
       s.workload,
       s.device,
       fmt(s.iops),
       fmt(s.mbps, 1),
+      fmt(s.meanUs, 1),
       fmt(s.p50us, 1),
       fmt(s.p99us, 1),
       fmt(s.daemonCpu),
-      versus,
-      s.peerRatio === undefined ? '' : `${s.peerRatio.toFixed(2)}x ${s.peer}`,
+      versus(s.ratio, s.baseline),
+      versus(s.peerRatio, s.peer),
     ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));

@@ -8,15 +8,17 @@ import {
   type Run,
 } from '../../bench/workloads.js';
 
-const run = (device: string, workload: string, round: number, iops: number, p50us = 10): Run => ({
+const run = (device: string, workload: string, round: number, iops: number, meanUs = 10): Run => ({
   device,
   baseline: device.startsWith('ours') ? 'kernel' : undefined,
+  peer: device.startsWith('ours') ? 'c server' : undefined,
   workload,
   round,
   iops,
   mbps: iops / 250,
-  p50us,
-  p99us: p50us * 2,
+  meanUs,
+  p50us: meanUs - 1,
+  p99us: meanUs * 2,
 });
 
 const report = (runs: Run[]): BenchReport => ({
@@ -54,15 +56,21 @@ test('ratios pair the rounds: a baseline that drifts does not skew them', () => 
   assert.equal(ours.ratio, 0.5);
 });
 
-test('latency workloads report the added p50 over the baseline', () => {
+test('latency workloads compare mean latencies, ours over theirs, paired by round', () => {
   const w = '4k randread QD1';
   const runs = [1, 2, 3].flatMap((r) => [
-    run('kernel', w, r, 9000, 2 + r),
-    run('ours', w, r, 900, 400 + r),
+    run('kernel', w, r, 9000, 100 * r),
+    run('c server', w, r, 4000, 200 * r),
+    run('ours', w, r, 900, 300 * r),
   ]);
-  const ours = summarize(report(runs))[1];
-  assert.equal(ours.addedP50us, 402 - 4);
+  const ours = summarize(report(runs))[2];
+  assert.equal(ours.meanUs, 600);
+  assert.equal(ours.ratio, 3);
+  assert.equal(ours.peerRatio, 1.5);
   const table = formatTable(report(runs));
-  assert.match(table, /\| 4k randread QD1 +\| ours +\| 900 .*\| p50 \+398 us vs kernel +\|/);
+  assert.match(
+    table,
+    /\| 4k randread QD1 +\| ours +\| 900 .*\| latency 3\.00x kernel +\| latency 1\.50x c server +\|/,
+  );
   assert.match(table, /Each queue beyond the first: 18\.0 MiB/);
 });
