@@ -47,7 +47,7 @@ export async function deleteDevice(
     process.kill(pid, 'SIGKILL');
     await waitForExit(pid, DAEMON_EXIT_MS);
   }
-  await deleteCommand(control, devId, async).catch((err: unknown) => {
+  await deleteCommand(control, info, async).catch((err: unknown) => {
     // The daemon deletes the device itself when it sees the stop.
     if (!isControlError(err, 'ENODEV')) throw err;
   });
@@ -69,10 +69,18 @@ async function safeStop(control: Control, info: DevInfo): Promise<void> {
   });
 }
 
-async function deleteCommand(control: Control, devId: number, async: boolean): Promise<void> {
-  if (async && (await control.delDevAsync(devId))) return;
-  if (async)
+async function deleteCommand(control: Control, info: DevInfo, async: boolean): Promise<void> {
+  const { devId } = info;
+  if (async && hasFlag(info.flags, UBLK_F.UNPRIVILEGED_DEV)) {
+    // The driver's permission check for unprivileged devices has no case for DEL_DEV_ASYNC (7.3:
+    // EINVAL), so it is never open to them.
+    console.error(
+      `ublk: device ${devId} is unprivileged, for which the kernel has no DEL_DEV_ASYNC; deleted with DEL_DEV`,
+    );
+  } else if (async) {
+    if (await control.delDevAsync(devId)) return;
     console.error('ublk: this kernel has no DEL_DEV_ASYNC (Linux 6.9+); deleted with DEL_DEV');
+  }
   await control.delDev(devId);
 }
 

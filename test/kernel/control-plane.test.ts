@@ -7,7 +7,7 @@
  * refusals, 7.3 the features.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
@@ -39,9 +39,9 @@ import {
   stateFiles,
   ublk,
   waitFor,
-  type FioReport,
   type Run,
 } from './support/cli.js';
+import { completedIos, killFio, startFio, theDaemon } from './support/recovery.js';
 import { listed } from './support/targets.js';
 
 const MiB = 2 ** 20;
@@ -60,9 +60,8 @@ before(async () => {
   // Like /tmp: the test users write their fio reports here too.
   chmodSync(dir, 0o1777);
 });
-const children = new Set<ChildProcess>();
 afterEach(() => {
-  for (const child of children) child.kill('SIGKILL');
+  killFio();
   delAll();
 });
 after(() => {
@@ -75,13 +74,6 @@ function refused(r: Run, pattern: RegExp): void {
   assert.notEqual(r.status, 0, `should fail: ${r.stdout}`);
   assert.equal(r.stderr.trimEnd().split('\n').length, 1, `one line: ${r.stderr}`);
   assert.match(r.stderr.trimEnd(), pattern);
-}
-
-/** The only daemon process there is. */
-function theDaemon(): number {
-  const pids = daemonPids();
-  assert.equal(pids.length, 1, `one daemon: ${pids.join(' ')}`);
-  return pids[0];
 }
 
 /** A sparse file of `bytes`, for loop devices. */
@@ -101,45 +93,6 @@ function dd(args: string[], timeoutMs = 60_000) {
 
 function sameBytes(a: string, b: string): boolean {
   return readFileSync(a).equals(readFileSync(b));
-}
-
-/** fio in the background with a JSON report; killed if the test ends first. */
-function startFio(name: string, args: string[], asUser?: User) {
-  const out = join(dir, `${name}.json`);
-  const command = ['fio', `--name=${name}`, '--output-format=json', `--output=${out}`, ...args];
-  const [file, ...argv] = asUser ? [...asUser.prefix, ...command] : command;
-  // cwd: fio writes its verify state file there.
-  const child = spawn(file, argv, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir });
-  children.add(child);
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<number | null>((resolve) =>
-    child.once('exit', (code) => {
-      children.delete(child);
-      resolve(code);
-    }),
-  );
-  return {
-    child,
-    async finished(ms: number) {
-      let timer: NodeJS.Timeout | undefined;
-      const hung = new Promise<'hung'>(
-        (resolve) => (timer = setTimeout(() => resolve('hung'), ms)),
-      );
-      const status = await Promise.race([exited, hung]);
-      clearTimeout(timer);
-      if (status === 'hung') throw new Error(`fio ${name} still running after ${ms / 1000} s`);
-      const text = readFileSync(out, 'utf8');
-      const report = JSON.parse(text.slice(text.indexOf('{'))) as FioReport;
-      return { status, report, stderr };
-    },
-  };
-}
-
-/** Reads and writes completed by /dev/ublkbN so far. */
-function completedIos(id: number): number {
-  const f = readFileSync(`/sys/block/ublkb${id}/stat`, 'utf8').trim().split(/\s+/).map(Number);
-  return f[0] + f[4];
 }
 
 test('fail-IO recovery (-e 1): FAIL_IO on kill -9, reads fail fast, recover keeps the data', async () => {
@@ -197,7 +150,7 @@ test('quiesce: the daemon hands the device to `recover` during fio verify, 0 err
   // As in recovery.test.ts: fio thinks between IOs so that the run outlasts quiesce + recover,
   // and verify_backlog reads back every block shortly after it was written.
   const size = 16 * MiB;
-  const fio = startFio('quiesce', [
+  const fio = startFio(dir, 'quiesce', [
     `--filename=/dev/ublkb${id}`,
     '--ioengine=io_uring',
     '--direct=1',
@@ -216,7 +169,7 @@ test('quiesce: the daemon hands the device to `recover` during fio verify, 0 err
   assert.equal(q.stdout, `dev id ${id}: state QUIESCED\n`);
   assert.ok(!daemonPids().includes(pid), 'the old daemon let go and exited');
   assert.deepEqual(stateFiles(), [`${id}.json`], 'its record stays for recover');
-  assert.equal(fio.child.exitCode, null, 'fio waits, its IO held');
+  assert.ok(fio.running(), 'fio waits, its IO held');
   const r = ublk('recover', '-n', String(id));
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /state LIVE/);
@@ -446,6 +399,7 @@ test('unprivileged devices: a user adds, serves, lists and deletes their own, an
         60_000,
       );
       const fio = startFio(
+        dir,
         `unpriv-${target[1]}`,
         [
           `--filename=/dev/ublkb${id}`,
@@ -456,7 +410,7 @@ test('unprivileged devices: a user adds, serves, lists and deletes their own, an
           '--size=4m',
           ...io,
         ],
-        alice,
+        alice.prefix,
       );
       const { status, report, stderr } = await fio.finished(5 * 60_000);
       assert.equal(status, 0, stderr);
@@ -476,8 +430,16 @@ test('unprivileged devices: a user adds, serves, lists and deletes their own, an
       refused(ublkAs(bob, 'recover', '-n', String(id)), notYours);
       assert.equal(listed(id).state, 'LIVE', "bob's del changed nothing");
       refused(ublkAs(alice, 'del', '-n', String(rootDevice)), notYours);
-      const del = ublkAs(alice, 'del', '-n', String(id));
+      // DEL_DEV_ASYNC is not open to unprivileged devices: --async says so and uses DEL_DEV.
+      const async = target[1] === 'loop';
+      const del = ublkAs(alice, 'del', ...(async ? ['--async'] : []), '-n', String(id));
       assert.equal(del.status, 0, del.stderr);
+      if (async) {
+        assert.match(
+          del.stderr,
+          /^ublk: device \d+ is unprivileged, for which the kernel has no DEL_DEV_ASYNC; deleted with DEL_DEV$/m,
+        );
+      }
       assert.ok(!existsSync(`/dev/ublkc${id}`), 'deleted');
     }
     assert.deepEqual(

@@ -33,22 +33,20 @@ export interface FioRun {
   running(): boolean;
 }
 
-/** fio in the background, its report to a file; killed if a test leaves it running. */
-export function startFio(dir: string, name: string, args: string[]): FioRun {
+/**
+ * fio in the background, its report to a file; killed if a test leaves it running. `asUser` is a
+ * command prefix that runs it as another user (setpriv ...); it then writes in `dir`, its cwd
+ * (fio's verify state file goes there).
+ */
+export function startFio(dir: string, name: string, args: string[], asUser: string[] = []): FioRun {
   const out = join(dir, `${name}.json`);
   const err = join(dir, `${name}.err`);
-  const child = spawn(
-    'sh',
-    [
-      '-c',
-      'exec fio "$@" >"$OUT" 2>"$ERR"',
-      'fio',
-      `--name=${name}`,
-      '--output-format=json',
-      ...args,
-    ],
-    { stdio: 'ignore', env: { ...process.env, OUT: out, ERR: err } },
-  );
+  const fio = [...asUser, 'fio', `--name=${name}`, '--output-format=json', `--output=${out}`];
+  const child = spawn('sh', ['-c', 'exec "$@" 2>"$ERR"', 'sh', ...fio, ...args], {
+    stdio: 'ignore',
+    cwd: dir,
+    env: { ...process.env, ERR: err },
+  });
   fioChildren.add(child);
   let exitStatus: number | null | undefined;
   const exited = new Promise<number | null>((resolve) =>
