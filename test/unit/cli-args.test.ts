@@ -36,6 +36,7 @@ test('add: ublksrv defaults', () => {
       foreground: false,
       autoZc: undefined,
       debugMask: 0,
+      filters: [],
       targetArgs: undefined,
     },
   );
