@@ -45,7 +45,7 @@ function baseImage(name: string, size = 64 * MiB): string {
 function ddDirect(dev: string, op: 'read' | 'write', offset: number, length = 4096) {
   const args =
     op === 'read'
-      ? [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes,count_bytes', `skip=${offset}`]
+      ? [`if=${dev}`, 'of=/dev/null', 'iflag=direct,skip_bytes', `skip=${offset}`]
       : ['if=/dev/zero', `of=${dev}`, 'oflag=direct,seek_bytes', `seek=${offset}`];
   const r = spawnSync('dd', [...args, `bs=${length}`, 'count=1', 'status=none'], {
     encoding: 'utf8',
@@ -258,6 +258,22 @@ test('ublk recover re-creates the filter stack: cow over loop, killed and recove
     },
   );
   assert.equal(sha256(base), before);
+});
+
+test("a user's filter module (examples/window.js) over loop: a window of the file", async () => {
+  const base = baseImage('window.img', 16 * MiB);
+  const before = readAt(base, 0, 16 * MiB);
+  const window = new URL('../../examples/window.js', import.meta.url).pathname;
+  const args = ['--filter', window, '--window_offset', '1M', '--window_size', '4M'];
+  await withDevice(['-t', 'loop', '-f', base, ...args], (_id, dev, added) => {
+    assert.equal(added.dev_capacity * 512, 4 * MiB);
+    assert.deepEqual(added.target.filters, ['window']);
+    assertSameBytes(readAt(dev, 0, 4 * MiB), before.subarray(MiB, 5 * MiB), 'the window');
+    const mine = randomBytes(64 * 1024);
+    writeAt(dev, 8192, mine);
+    assertSameBytes(readAt(base, MiB + 8192, mine.length), mine, 'written at 1M + 8K in the file');
+    assertSameBytes(readAt(base, 0, MiB), before.subarray(0, MiB), 'nothing before the window');
+  });
 });
 
 test('a bad stack fails in one line and leaves no device', () => {
