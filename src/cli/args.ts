@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UserError } from '../errors.js';
 import { constants } from '../sys.js';
@@ -160,7 +161,11 @@ export function parseAddArgs(
     );
   }
   const targetArgs: TargetArgs = {};
-  for (const name of Object.keys(targetOptions)) targetArgs[name] = values[name];
+  for (const [name, spec] of Object.entries(targetOptions)) {
+    const value = values[name];
+    targetArgs[name] =
+      spec.path && typeof value === 'string' && value !== '' ? resolve(value) : value;
+  }
   const reissue = flag('user_recovery_reissue', 'user_recovery_reissue (-i)');
   const failIo = flag('user_recovery_fail_io', 'user_recovery_fail_io (-e)');
   return {

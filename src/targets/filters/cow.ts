@@ -101,6 +101,7 @@ export default defineFilter({
   options: {
     cow_file: {
       type: 'string',
+      path: true,
       description: 'the overlay that takes the writes, a sparse file; made when missing (required)',
     },
   },

@@ -126,6 +126,7 @@ export default defineFilter({
   options: {
     stats_file: {
       type: 'string',
+      path: true,
       description: 'where to write the statistics, at exit and on SIGUSR1 to the daemon (required)',
     },
   },
