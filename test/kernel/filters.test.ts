@@ -20,7 +20,17 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
-import { assertNothingLeft, delAll, fio, sh, ublk, waitFor } from './support/cli.js';
+import { UBLK_F } from '../../src/ublk/abi.js';
+import {
+  assertNothingLeft,
+  delAll,
+  fio,
+  kernelFeatures,
+  kernelFlags,
+  sh,
+  ublk,
+  waitFor,
+} from './support/cli.js';
 import { killDaemon, recover } from './support/recovery.js';
 import {
   assertNoDevice,
@@ -93,6 +103,23 @@ test('readonly: the block layer refuses writes, reads are the base, and list sho
   );
   assert.equal(sha256(base), before, 'the base file is unchanged');
   assert.match(readFileSync(stats, 'utf8'), /^write: ops=0 /m, 'no write reached the target');
+});
+
+test('zero copy under filters: kept under readonly, off under stats (which sees each request)', async () => {
+  const base = baseImage('zc.img', 16 * MiB);
+  const kernelHas = (kernelFeatures() & UBLK_F.AUTO_BUF_REG) !== 0;
+  const zeroCopy = async (id: number) => ((await kernelFlags(id)) & UBLK_F.AUTO_BUF_REG) !== 0;
+  await withDevice(['-t', 'loop', '-f', base, '--filter', 'readonly'], async (id, dev) => {
+    assert.equal(await zeroCopy(id), kernelHas, 'readonly keeps the forward, so zero copy');
+    assertSameBytes(readAt(dev, 0, 8 * MiB), fileAt(base, 0, 8 * MiB), 'reads are the base');
+  });
+  const stats = join(dir, 'zc-stats.txt');
+  await withDevice(
+    ['-t', 'loop', '-f', base, '--filter', 'stats', '--stats_file', stats],
+    async (id) => {
+      assert.equal(await zeroCopy(id), false, 'stats needs the data path: copy mode');
+    },
+  );
 });
 
 test('delay: each read and each write waits at least --rdelay / --wdelay', async () => {
