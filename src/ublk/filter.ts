@@ -50,6 +50,8 @@ export interface FilterSetup<Shared = unknown> {
   info?: Record<string, unknown>;
   /** Main thread, after the device is gone, before the layer below closes. */
   close?(): MaybePromise<void>;
+  /** The filter's keepsForward for this device, when its options decide (delay on flush only). */
+  keepsForward?: boolean;
 }
 
 export interface Filter<Shared = unknown, Options extends TargetOptionSpecs = TargetOptionSpecs> {
@@ -98,6 +100,8 @@ export type FilterEntry = Filter<unknown, TargetOptionSpecs> | BoundFilter;
 interface StackShared {
   target: unknown;
   filters: unknown[];
+  /** Each filter's keepsForward, as its setup decided. */
+  keepsForward: boolean[];
 }
 
 /**
@@ -134,7 +138,7 @@ export function withFilters(target: Target, entries: readonly FilterEntry[]): Ta
     name: target.name,
     options,
     async setup(args, env) {
-      const shared: StackShared = { target: undefined, filters: [] };
+      const shared: StackShared = { target: undefined, filters: [], keepsForward: [] };
       const closes: (() => MaybePromise<void>)[] = [];
       const setUp = async (depth: number): Promise<TargetSetup> => {
         if (depth === layers.length) {
@@ -151,9 +155,11 @@ export function withFilters(target: Target, entries: readonly FilterEntry[]): Ta
           : {};
         const inner = await next();
         shared.filters[depth] = own.shared;
+        const keepsForward = own.keepsForward ?? filter.keepsForward ?? false;
+        shared.keepsForward[depth] = keepsForward;
         if (own.close) closes.unshift(own.close.bind(own));
         let capabilities = own.capabilities ?? inner.capabilities ?? {};
-        if (filter.queue && !filter.keepsForward && capabilities.zeroCopy) {
+        if (filter.queue && !keepsForward && capabilities.zeroCopy) {
           capabilities = { ...capabilities, zeroCopy: false };
         }
         return {
@@ -185,7 +191,8 @@ export function withFilters(target: Target, entries: readonly FilterEntry[]): Ta
         const { filter } = layers[depth];
         if (!filter.queue) continue;
         const own = await filter.queue(nextHandlers(handlers, ctx), shared.filters[depth], ctx);
-        handlers = overLayer(filter, own, handlers, ctx);
+        const keepsForward = shared.keepsForward[depth];
+        handlers = overLayer({ name: filter.name, keepsForward }, own, handlers, ctx);
       }
       return handlers;
     },

@@ -269,6 +269,31 @@ test('delay: a delay given only for writes leaves reads undelayed', async () => 
   assert.ok(Date.now() - start >= 29);
 });
 
+test('delay and error keep the forward and zero copy when their options spare reads and writes', async () => {
+  for (const [filter, args] of [
+    [delay, { flushdelay: '1' }],
+    [
+      (await import('../../src/targets/filters/error.js')).default,
+      { error_ops: 'flush', error_rate: '1' },
+    ],
+  ] as const) {
+    const stack = withFilters(forwardingTarget([]), [filter]);
+    const setup = await stack.setup(args, env);
+    assert.equal(setup.capabilities?.zeroCopy, true, filter.name);
+    const handlers = await stack.queue(setup.shared!, recordingIo().ctx);
+    assert.deepEqual(
+      handlers.forward,
+      { fd: 9, offset: 4096, sync: false, discard: true },
+      filter.name,
+    );
+    assert.equal(typeof handlers.flush, 'function');
+  }
+  const slowReads = withFilters(forwardingTarget([]), [delay]);
+  const setup = await slowReads.setup({ rdelay: '1' }, env);
+  assert.equal(setup.capabilities?.zeroCopy, false);
+  assert.equal((await slowReads.queue(setup.shared!, recordingIo().ctx)).forward, undefined);
+});
+
 test('options: durations, rates, ranges, errnos, request kinds', () => {
   assert.equal(parseDuration('10', 'd'), 10);
   assert.equal(parseDuration('1.5s', 'd'), 1500);

@@ -35,7 +35,9 @@ export default defineFilter({
       const text = args[name];
       if (text !== undefined) delays[name] = parseDuration(text, name);
     }
-    return { shared: delays, info: { delays } };
+    // Without read and write delays, the layer below keeps its forward and zero copy.
+    const keepsForward = !delays.rdelay && !delays.wdelay;
+    return { shared: delays, info: { delays }, keepsForward };
   },
   queue(next, delays: Delays) {
     const own: FilterHandlers = {};

@@ -70,7 +70,8 @@ export default defineFilter({
   },
   setup(_next, args) {
     const plan = errorPlan(args);
-    return { shared: plan, info: { error: plan } };
+    const keepsForward = !plan.ops.includes('read') && !plan.ops.includes('write');
+    return { shared: plan, info: { error: plan }, keepsForward };
   },
   queue(next, plan: ErrorPlan) {
     const check = (op: Op, offset: number, length: number) => {
