@@ -105,7 +105,7 @@ test('readonly: the block layer refuses writes, reads are the base, and list sho
   assert.match(readFileSync(stats, 'utf8'), /^write: ops=0 /m, 'no write reached the target');
 });
 
-test('zero copy under filters: kept under readonly, off under stats (which sees each request)', async () => {
+test('zero copy under filters: kept under readonly and a flush-only delay, off under stats (which sees each request)', async () => {
   const base = baseImage('zc.img', 16 * MiB);
   const kernelHas = (kernelFeatures() & UBLK_F.AUTO_BUF_REG) !== 0;
   const zeroCopy = async (id: number) => ((await kernelFlags(id)) & UBLK_F.AUTO_BUF_REG) !== 0;
@@ -113,6 +113,12 @@ test('zero copy under filters: kept under readonly, off under stats (which sees 
     assert.equal(await zeroCopy(id), kernelHas, 'readonly keeps the forward, so zero copy');
     assertSameBytes(readAt(dev, 0, 8 * MiB), fileAt(base, 0, 8 * MiB), 'reads are the base');
   });
+  await withDevice(
+    ['-t', 'loop', '-f', base, '--filter', 'delay', '--flushdelay', '1'],
+    async (id) => {
+      assert.equal(await zeroCopy(id), kernelHas, 'delay on flushes only keeps it too');
+    },
+  );
   const stats = join(dir, 'zc-stats.txt');
   await withDevice(
     ['-t', 'loop', '-f', base, '--filter', 'stats', '--stats_file', stats],
