@@ -354,6 +354,18 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* lseek(2): the new offset, or -errno (SEEK_DATA past the last data is -ENXIO, no failure). */
+static napi_value js_lseek(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int32_t fd, whence;
+  int64_t offset;
+  if (!get_args(env, info, 3, argv) || !get_i32(env, argv[0], &fd) ||
+      !get_i64(env, argv[1], &offset) || !get_i32(env, argv[2], &whence))
+    return NULL;
+  off_t r = lseek(fd, (off_t)offset, whence);
+  return make_number(env, r < 0 ? -errno : (double)r);
+}
+
 /* ---- readiness watches on the env's event loop ---------------------------------------- */
 
 struct watch {
@@ -614,6 +626,7 @@ NAPI_MODULE_INIT() {
       {"readEventfd", js_read_eventfd},
       {"open", js_open},
       {"close", js_close},
+      {"lseek", js_lseek},
       {"watchReadable", js_watch_readable},
       {"unwatch", js_unwatch},
       {"setWatchRef", js_set_watch_ref},
@@ -643,6 +656,8 @@ NAPI_MODULE_INIT() {
   export_number(env, constants, "BLKPBSZGET", BLKPBSZGET);
   export_number(env, constants, "BLKDISCARD", BLKDISCARD);
   export_number(env, constants, "MFD_CLOEXEC", MFD_CLOEXEC);
+  export_number(env, constants, "SEEK_DATA", SEEK_DATA);
+  export_number(env, constants, "SEEK_HOLE", SEEK_HOLE);
   export_number(env, constants, "PAGE_SIZE", (double)sysconf(_SC_PAGESIZE));
   napi_set_named_property(env, exports, "constants", constants);
 

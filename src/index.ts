@@ -10,7 +10,15 @@ export {
 /** For DeviceOptions.flags: the UBLK_F_ feature bits to ask ADD_DEV for. */
 export { UBLK_F } from './ublk/abi.js';
 export {
+  defineFilter,
   defineTarget,
+  withFilters,
+  type BoundFilter,
+  type Filter,
+  type FilterEntry,
+  type FilterHandlers,
+  type FilterSetup,
+  type NextHandlers,
   parseSize,
   SECTOR,
   type Capabilities,
@@ -30,6 +38,15 @@ export {
   type WriteFlags,
   type ZeroFlags,
 } from './targets/target.js';
+/** The built-in targets and filters, for withFilters() and for wrapping in a module of one's own. */
+export { default as loopTarget } from './targets/loop.js';
+export { default as memTarget } from './targets/mem.js';
+export { default as nullTarget } from './targets/null.js';
+export { default as cowFilter } from './targets/filters/cow.js';
+export { default as delayFilter } from './targets/filters/delay.js';
+export { default as errorFilter } from './targets/filters/error.js';
+export { default as readonlyFilter } from './targets/filters/readonly.js';
+export { default as statsFilter } from './targets/filters/stats.js';
 /** The fallocate(2) modes of QueueIo.fallocate. */
 export { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from './uring/abi.js';
 export {

@@ -64,6 +64,8 @@ export interface Sys {
   open(path: string, flags: number, mode: number): number;
   /** close(2). */
   close(fd: number): void;
+  /** lseek(2): the new offset or -errno (SEEK_DATA beyond the last data: -ENXIO). */
+  lseek(fd: number, offset: number, whence: number): number;
   /**
    * Calls `callback(status)` on this thread's event loop whenever `fd` is readable (level
    * triggered: the callback must consume the readiness); status is 0 or -errno. The watch keeps
@@ -99,6 +101,9 @@ export interface Sys {
     /** Discards a byte range of a block device: the argument is a u64 pair { start, length }. */
     readonly BLKDISCARD: number;
     readonly MFD_CLOEXEC: number;
+    /** lseek(2) whence values that find a sparse file's data and holes. */
+    readonly SEEK_DATA: number;
+    readonly SEEK_HOLE: number;
     readonly PAGE_SIZE: number;
   };
 }
@@ -117,6 +122,7 @@ export const {
   readEventfd,
   open,
   close,
+  lseek,
   watchReadable,
   unwatch,
   setWatchRef,

@@ -3,8 +3,16 @@ import type { Readable } from 'node:stream';
 import { mkdirSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
-import { loadTarget, resolveTargetSource } from '../ublk/target-loader.js';
-import { findTargetType, parseAddArgs, type AddOptions } from './args.js';
+import {
+  BUILT_IN_FILTERS,
+  loadFilter,
+  loadTarget,
+  resolveFilterSource,
+  resolveTargetSource,
+  stackSource,
+} from '../ublk/target-loader.js';
+import type { TargetOptionSpecs } from '../ublk/target.js';
+import { findFilters, findTargetType, isAddOption, parseAddArgs, type AddOptions } from './args.js';
 import type { DaemonReport } from './daemon-main.js';
 import { runDir } from './run-dir.js';
 import type { ServeJob } from './serve.js';
@@ -17,9 +25,31 @@ export async function parseAdd(argv: readonly string[]): Promise<{
   options: AddOptions;
   source: string;
 }> {
-  const source = resolveTargetSource(findTargetType(argv));
+  const filters = findFilters(argv).map(resolveFilterSource);
+  const source = stackSource(resolveTargetSource(findTargetType(argv)), filters);
   const target = await loadTarget(source);
+  await refuseFilterOptionsWithoutFilter(argv, target.options ?? {});
   return { options: parseAddArgs(argv, target.options ?? {}), source };
+}
+
+/** A built-in filter's option given without its --filter: say which filter it needs. */
+async function refuseFilterOptionsWithoutFilter(
+  argv: readonly string[],
+  known: TargetOptionSpecs,
+): Promise<void> {
+  const unknown = argv
+    .map((arg) => /^--([^=]+)/.exec(arg)?.[1])
+    .filter((name): name is string => !!name && !isAddOption(name) && !Object.hasOwn(known, name));
+  if (unknown.length === 0) return;
+  for (const name of Object.keys(BUILT_IN_FILTERS)) {
+    const filter = await loadFilter(resolveFilterSource(name));
+    const orphan = unknown.find((option) => Object.hasOwn(filter.options ?? {}, option));
+    if (orphan) {
+      throw new UserError(
+        `add: --${orphan} is an option of the ${name} filter: add --filter ${name}`,
+      );
+    }
+  }
 }
 
 /**

@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UserError } from '../errors.js';
 import { constants } from '../sys.js';
@@ -32,6 +33,8 @@ export interface AddOptions {
   autoZc?: boolean;
   /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
   debugMask: number;
+  /** --filter, as given, first outermost; their options are in targetArgs with the target's. */
+  filters?: string[];
   targetArgs: TargetArgs;
 }
 
@@ -74,10 +77,37 @@ const STANDARD_ADD_OPTIONS = {
   debug_mask: { type: 'string' },
   no_auto_part_scan: { type: 'boolean' },
   unprivileged: { type: 'boolean' },
+  filter: { type: 'string', multiple: true },
 } as const satisfies ParseArgsConfig['options'];
 
 /** Every option `add` has before the target's own. */
 const ADD_OPTIONS = { ...STANDARD_ADD_OPTIONS, ...UNIMPLEMENTED_ADD_OPTIONS };
+
+export function isAddOption(name: string): boolean {
+  return Object.hasOwn(ADD_OPTIONS, name);
+}
+
+/**
+ * The --filter values in order, before the full parse, because the filters decide which other
+ * options exist. The first given is the outermost, as in nbdkit.
+ */
+export function findFilters(argv: readonly string[]): string[] {
+  const filters: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--filter') {
+      if (i + 1 >= argv.length || argv[i + 1].startsWith('-')) {
+        throw new UserError(
+          'add: --filter needs a filter: cow, delay, error, readonly, stats or ./module.js',
+        );
+      }
+      filters.push(argv[++i]);
+    } else if (arg.startsWith('--filter=')) {
+      filters.push(arg.slice('--filter='.length));
+    }
+  }
+  return filters;
+}
 
 /** Finds `-t TYPE` before the full parse, because the type decides which other options exist. */
 export function findTargetType(argv: readonly string[]): string {
@@ -131,7 +161,11 @@ export function parseAddArgs(
     );
   }
   const targetArgs: TargetArgs = {};
-  for (const name of Object.keys(targetOptions)) targetArgs[name] = values[name];
+  for (const [name, spec] of Object.entries(targetOptions)) {
+    const value = values[name];
+    targetArgs[name] =
+      spec.path && typeof value === 'string' && value !== '' ? resolve(value) : value;
+  }
   const reissue = flag('user_recovery_reissue', 'user_recovery_reissue (-i)');
   const failIo = flag('user_recovery_fail_io', 'user_recovery_fail_io (-e)');
   return {
@@ -160,6 +194,7 @@ export function parseAddArgs(
       str('debug_mask') === undefined
         ? 0
         : parseInteger(str('debug_mask')!, 'debug_mask', 0, 0xffff_ffff),
+    filters: (values.filter as unknown as string[] | undefined) ?? [],
     targetArgs,
   };
 }

@@ -1,7 +1,14 @@
 #!/usr/bin/env node
 import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
-import { loadTarget, resolveTargetSource } from '../ublk/target-loader.js';
+import {
+  BUILT_IN_FILTERS,
+  loadFilter,
+  loadTarget,
+  resolveFilterSource,
+  resolveTargetSource,
+} from '../ublk/target-loader.js';
+import type { TargetOptionSpecs } from '../ublk/target.js';
 import { CONTROL_PATH, type Control } from '../ublk/control.js';
 import { openControl } from '../ublk/control-errors.js';
 import { parseDelArgs, parseListArgs, parseRecoverArgs } from './args.js';
@@ -26,15 +33,18 @@ const USAGE = `ublk add -t TYPE
 \t-i USER_RECOVERY_REISSUE -e USER_RECOVERY_FAIL_IO
 \t--max_io_buf_bytes BYTES --foreground
 \t--auto_zc | --no_auto_zc (zero copy: by default where the kernel has it, Linux 6.16+,\n\t\tfor loop, mem and null)
+\t--filter FILTER ... (repeatable; the first given wraps the others, as in nbdkit)
 \tTYPE: null, loop, mem, or the path of a target module (./my-target.js)
-\tFor type specific options, run:
-\t\tublk help -t <type>
+\tFILTER: ${Object.keys(BUILT_IN_FILTERS).join(', ')}, or the path of a filter module (./my-filter.js)
+\tFor type and filter specific options, run:
+\t\tublk help -t <type> [--filter <filter>...]
 ublk del -n DEV_ID [-a | --all]
 ublk list [-n DEV_ID] [--json]
 ublk recover -n DEV_ID [--start_empty] [--foreground]
 \t(a device added with -r 1 whose daemon died: a new daemon takes it over)
 ublk features
-ublk help -t <target>
+ublk help -t <target> [--filter <filter>...]
+ublk help --filter <filter>
 ublk -v [--version]
 ublk -h [--help]
 `;
@@ -69,14 +79,33 @@ async function withControl<T>(work: (control: Control) => Promise<T>): Promise<T
   }
 }
 
+function optionLines(options: TargetOptionSpecs): string[] {
+  return Object.entries(options).map(([name, spec]) => {
+    const flag = `${spec.short ? `-${spec.short}, ` : ''}--${name}${spec.type === 'string' ? ' VALUE' : ''}`;
+    return `\t${flag.padEnd(28)} ${spec.description}`;
+  });
+}
+
 async function helpCommand(argv: string[]): Promise<string> {
   const typeAt = argv.findIndex((a) => a === '-t' || a === '--type');
-  if (typeAt < 0 || typeAt + 1 >= argv.length) return USAGE;
-  const target = await loadTarget(resolveTargetSource(argv[typeAt + 1]));
-  const lines = [`ublk add -t ${argv[typeAt + 1]} (target ${target.name})`];
-  for (const [name, spec] of Object.entries(target.options ?? {})) {
-    const flag = `${spec.short ? `-${spec.short}, ` : ''}--${name}${spec.type === 'string' ? ' VALUE' : ''}`;
-    lines.push(`\t${flag.padEnd(28)} ${spec.description}`);
+  const filters = argv.flatMap((a, i) =>
+    a === '--filter' && i + 1 < argv.length ? [argv[i + 1]] : [],
+  );
+  if ((typeAt < 0 || typeAt + 1 >= argv.length) && filters.length === 0) return USAGE;
+  const lines: string[] = [];
+  if (typeAt >= 0 && typeAt + 1 < argv.length) {
+    const target = await loadTarget(resolveTargetSource(argv[typeAt + 1]));
+    lines.push(
+      `ublk add -t ${argv[typeAt + 1]} (target ${target.name})`,
+      ...optionLines(target.options ?? {}),
+    );
+  }
+  for (const name of filters) {
+    const filter = await loadFilter(resolveFilterSource(name));
+    lines.push(
+      `ublk add --filter ${name} (filter ${filter.name})`,
+      ...optionLines(filter.options ?? {}),
+    );
   }
   return lines.join('\n') + '\n';
 }

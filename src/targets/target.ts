@@ -24,6 +24,16 @@ export type {
   ZeroFlags,
 } from '../ublk/target.js';
 export { SECTOR } from '../ublk/target.js';
+export {
+  defineFilter,
+  withFilters,
+  type BoundFilter,
+  type Filter,
+  type FilterEntry,
+  type FilterHandlers,
+  type FilterSetup,
+  type NextHandlers,
+} from '../ublk/filter.js';
 export { parseSize } from './size.js';
 export { UserError } from '../errors.js';
 

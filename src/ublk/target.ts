@@ -13,6 +13,11 @@ export interface TargetOptionSpec {
   short?: string;
   /** One line for `ublk help -t TYPE`. */
   description: string;
+  /**
+   * A file's path: `ublk add` makes a relative one absolute, against its own working directory,
+   * since the daemon runs in `/`.
+   */
+  path?: boolean;
 }
 export type TargetOptionSpecs = Readonly<Record<string, TargetOptionSpec>>;
 

@@ -18,6 +18,7 @@ import {
   delAll,
   delDevice,
   fio,
+  kernelFeatures,
   ublk,
   waitFor,
 } from './support/cli.js';
@@ -43,15 +44,6 @@ afterEach(() => {
   delAll();
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-/** The UBLK_F bits the kernel reports (`ublk features`: GET_FEATURES, or what 6.1 has). */
-function kernelFeatures(): number {
-  const r = ublk('features');
-  assert.equal(r.status, 0, r.stderr);
-  const m = /^ublk_drv features: (0x[0-9a-f]+)$/m.exec(r.stdout);
-  assert.ok(m, r.stdout);
-  return Number(m[1]);
-}
 
 const autoBufReg = (kernelFeatures() & UBLK_F.AUTO_BUF_REG) !== 0;
 

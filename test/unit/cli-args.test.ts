@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
   findTargetType,
+  findFilters,
   parseAddArgs,
   parseDelArgs,
   parseListArgs,
@@ -36,6 +37,7 @@ test('add: ublksrv defaults', () => {
       foreground: false,
       autoZc: undefined,
       debugMask: 0,
+      filters: [],
       targetArgs: undefined,
     },
   );
@@ -207,4 +209,17 @@ test('numbers: strict integers and sizes', () => {
   assert.equal(parseSize('4096', 's'), 4096);
   assert.throws(() => parseSize('0', 's'), UserError);
   assert.throws(() => parseSize('12X', 's'), UserError);
+});
+
+test('add: --filter in order, and path options made absolute against the working directory', () => {
+  const options = {
+    cow_file: { type: 'string', path: true, description: 'overlay' },
+    rdelay: { type: 'string', description: 'delay' },
+  } as const;
+  const argv = ['-t', 'loop', '--filter', 'delay', '--filter=cow', '--cow_file', 'top.img'];
+  assert.deepEqual(findFilters(argv), ['delay', 'cow']);
+  const o = parseAddArgs([...argv, '--rdelay', '5'], options);
+  assert.deepEqual(o.filters, ['delay', 'cow']);
+  assert.deepEqual(o.targetArgs, { cow_file: `${process.cwd()}/top.img`, rdelay: '5' });
+  assert.throws(() => findFilters(['-t', 'null', '--filter']), UserError);
 });

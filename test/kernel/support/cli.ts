@@ -43,6 +43,15 @@ export async function kernelFlags(devId: number): Promise<number> {
   }
 }
 
+/** The UBLK_F bits the kernel reports (`ublk features`: GET_FEATURES, or what 6.1 has). */
+export function kernelFeatures(): number {
+  const r = ublk('features');
+  assert.equal(r.status, 0, r.stderr);
+  const m = /^ublk_drv features: (0x[0-9a-f]+)$/m.exec(r.stdout);
+  assert.ok(m, r.stdout);
+  return Number(m[1]);
+}
+
 /** The daemon pid and state of the second line of `list`'s default (ublksrv 1.8) layout. */
 export function listStatus(text: string): { pid: number; state: string } {
   const f = text.split('\n')[1].trim().split(/\s+/);

@@ -1,0 +1,70 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { defineFilter, type FilterHandlers } from '../../ublk/filter.js';
+import { parseDuration } from './options.js';
+
+/**
+ * nbdkit's delay filter: each request of a kind waits the given time before the layer below
+ * serves it. The option names are nbdkit's (rdelay, wdelay...); a bare number is milliseconds,
+ * not nbdkit's seconds.
+ */
+const DELAYS = {
+  rdelay: 'read',
+  wdelay: 'write',
+  flushdelay: 'flush',
+  trimdelay: 'discard',
+  zdelay: 'writeZeroes',
+} as const;
+type DelayOption = keyof typeof DELAYS;
+type Delays = Partial<Record<DelayOption, number>>;
+
+const option = (what: string) =>
+  ({ type: 'string', description: `delay each ${what} by MS (10, 10ms, 1.5s, 500us)` }) as const;
+
+export default defineFilter({
+  name: 'delay',
+  options: {
+    rdelay: option('read'),
+    wdelay: option('write'),
+    flushdelay: option('flush'),
+    trimdelay: option('discard'),
+    zdelay: option('write zeroes'),
+  },
+  setup(_next, args) {
+    const delays: Delays = {};
+    for (const name of Object.keys(DELAYS) as DelayOption[]) {
+      const text = args[name];
+      if (text !== undefined) delays[name] = parseDuration(text, name);
+    }
+    // Without read and write delays, the layer below keeps its forward and zero copy.
+    const keepsForward = !delays.rdelay && !delays.wdelay;
+    return { shared: delays, info: { delays }, keepsForward };
+  },
+  queue(next, delays: Delays) {
+    const own: FilterHandlers = {};
+    const after = (ms: number) => sleep(ms);
+    if (delays.rdelay) {
+      const ms = delays.rdelay;
+      own.read = async (buf, offset) => (await after(ms), next.read(buf, offset));
+    }
+    if (delays.wdelay) {
+      const ms = delays.wdelay;
+      own.write = async (buf, offset, flags) => (await after(ms), next.write(buf, offset, flags));
+    }
+    if (delays.flushdelay) {
+      const ms = delays.flushdelay;
+      own.flush = async () => (await after(ms), next.flush());
+    }
+    if (delays.trimdelay) {
+      const ms = delays.trimdelay;
+      own.discard = async (offset, length) => (await after(ms), next.discard(offset, length));
+    }
+    if (delays.zdelay) {
+      const ms = delays.zdelay;
+      own.writeZeroes = async (offset, length, flags) => (
+        await after(ms),
+        next.writeZeroes(offset, length, flags)
+      );
+    }
+    return own;
+  },
+});

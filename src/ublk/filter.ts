@@ -1,0 +1,299 @@
+/**
+ * Filters, nbdkit's idea in this target API: a filter wraps the layer below it (a target, or a
+ * filter over one) and may change its setup (size, capabilities, options) and its requests and
+ * results. `withFilters(target, [A, B])` is A over B over the target, as `nbdkit --filter=A
+ * --filter=B plugin` and `ublk add --filter A --filter B` are.
+ */
+import { constants as osConstants } from 'node:os';
+import { errnoError, UserError } from '../errors.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/abi.js';
+import type {
+  Capabilities,
+  MaybePromise,
+  OptionValues,
+  QueueContext,
+  QueueHandlers,
+  RingForward,
+  SetupEnv,
+  Target,
+  TargetArgs,
+  TargetOptionSpecs,
+  TargetSetup,
+} from './target.js';
+
+const { EOPNOTSUPP } = osConstants.errno;
+
+/**
+ * The layer below a filter in a queue thread: every request kind is callable, whether the layer
+ * serves it with a handler or with its `forward` (then as ring IO with a promise, the way the
+ * queue would have forwarded it); one the layer cannot serve fails with EOPNOTSUPP.
+ */
+export type NextHandlers = Required<Omit<QueueHandlers, 'forward' | 'close'>> & {
+  /** The layer's own forward, for a filter that wants to know; the filter cannot change it. */
+  readonly forward?: RingForward;
+};
+
+/**
+ * What a filter's queue() returns: the request kinds it serves itself, each usually calling the
+ * same kind of `next`. The kinds it leaves out go to the layer below unchanged, and the layer's
+ * `forward` stays (promise-free, zero copy) unless the filter serves read or write itself.
+ */
+export type FilterHandlers = Omit<QueueHandlers, 'forward'>;
+
+/** What a filter's setup returns: each field left out is the layer below's. */
+export interface FilterSetup<Shared = unknown> {
+  size?: number;
+  capabilities?: Capabilities;
+  /** For this filter's queue(), structured-cloned to each queue thread as a target's is. */
+  shared?: Shared;
+  /** Added to the layer below's `ublk list` fields. */
+  info?: Record<string, unknown>;
+  /** Main thread, after the device is gone, before the layer below closes. */
+  close?(): MaybePromise<void>;
+  /** The filter's keepsForward for this device, when its options decide (delay on flush only). */
+  keepsForward?: boolean;
+}
+
+export interface Filter<Shared = unknown, Options extends TargetOptionSpecs = TargetOptionSpecs> {
+  /** Shown in `ublk list`'s `filters`. */
+  name: string;
+  /** Options this filter adds to `ublk add`; they share one namespace with the target's. */
+  options?: Options;
+  /**
+   * Main thread, once per device. `next()` sets up the layer below (once, however often it is
+   * called; the composition calls it after setup if the filter did not); a filter that fails
+   * after it does not close it, the composition does.
+   */
+  setup?(
+    next: () => Promise<TargetSetup>,
+    args: OptionValues<Options>,
+    env: SetupEnv,
+  ): MaybePromise<FilterSetup<Shared>>;
+  /** Each queue thread: the request kinds this filter serves, over the layer below's. */
+  queue?(next: NextHandlers, shared: Shared, ctx: QueueContext): MaybePromise<FilterHandlers>;
+  /**
+   * queue() never serves read or write itself, so the layer below keeps its `forward` and zero
+   * copy. Without it, a filter with a queue() turns zero copy off: its handlers would be given
+   * the request's data, which zero copy never brings to JavaScript.
+   */
+  keepsForward?: boolean;
+}
+
+/**
+ * Identity helper that gives a filter module full type checking, as defineTarget does: `setup`
+ * gets its option values typed from `options`, `queue` the type of what setup shares.
+ */
+export function defineFilter<Shared, const Options extends TargetOptionSpecs = TargetOptionSpecs>(
+  filter: Filter<Shared, Options>,
+): Filter<Shared, Options> {
+  return filter;
+}
+
+/** A filter with the arguments it gets, rather than its options' values from the device's args. */
+export interface BoundFilter {
+  filter: Filter<unknown, TargetOptionSpecs>;
+  args: TargetArgs;
+}
+export type FilterEntry = Filter<unknown, TargetOptionSpecs> | BoundFilter;
+
+/** What the composition shares with its queues: each layer's own `shared`, target first. */
+interface StackShared {
+  target: unknown;
+  filters: unknown[];
+  /** Each filter's keepsForward, as its setup decided. */
+  keepsForward: boolean[];
+}
+
+/**
+ * The target seen through its filters, first outermost: one Target whose options are the
+ * target's and those of each filter given without arguments, whose setup runs each layer's over
+ * the one below, and whose queue() composes each layer's handlers over the one below.
+ */
+export function withFilters(target: Target, entries: readonly FilterEntry[]): Target<StackShared> {
+  const layers = entries.map((entry) =>
+    'filter' in entry
+      ? { filter: entry.filter as Filter, bound: entry.args }
+      : { filter: entry as Filter, bound: undefined },
+  );
+  if (layers.length === 0) return target as Target<StackShared>;
+  const options: Record<string, TargetOptionSpecs[string]> = { ...target.options };
+  const owner: Record<string, string> = {};
+  for (const name of Object.keys(options)) owner[name] = `target ${target.name}`;
+  for (const { filter, bound } of layers) {
+    if (bound) continue;
+    for (const [name, spec] of Object.entries(filter.options ?? {})) {
+      if (Object.hasOwn(owner, name)) {
+        throw new UserError(
+          `filter ${filter.name}'s option --${name} clashes with ${owner[name]}'s: rename one of them`,
+        );
+      }
+      owner[name] = `filter ${filter.name}`;
+      options[name] = spec;
+    }
+  }
+  const ownArgs = (args: TargetArgs, specs: TargetOptionSpecs | undefined): TargetArgs =>
+    Object.fromEntries(Object.keys(specs ?? {}).map((name) => [name, args[name]]));
+
+  return {
+    name: target.name,
+    options,
+    async setup(args, env) {
+      const shared: StackShared = { target: undefined, filters: [], keepsForward: [] };
+      const closes: (() => MaybePromise<void>)[] = [];
+      const setUp = async (depth: number): Promise<TargetSetup> => {
+        if (depth === layers.length) {
+          const inner = await target.setup(ownArgs(args, target.options), env);
+          shared.target = inner.shared;
+          if (inner.close) closes.unshift(inner.close.bind(inner));
+          return inner;
+        }
+        const { filter, bound } = layers[depth];
+        let below: Promise<TargetSetup> | undefined;
+        const next = () => (below ??= setUp(depth + 1));
+        const own = filter.setup
+          ? await filter.setup(next, bound ?? ownArgs(args, filter.options), env)
+          : {};
+        const inner = await next();
+        shared.filters[depth] = own.shared;
+        const keepsForward = own.keepsForward ?? filter.keepsForward ?? false;
+        shared.keepsForward[depth] = keepsForward;
+        if (own.close) closes.unshift(own.close.bind(own));
+        let capabilities = own.capabilities ?? inner.capabilities ?? {};
+        if (filter.queue && !keepsForward && capabilities.zeroCopy) {
+          capabilities = { ...capabilities, zeroCopy: false };
+        }
+        return {
+          size: own.size ?? inner.size,
+          capabilities,
+          info: { ...inner.info, ...own.info },
+        };
+      };
+      const closeAll = async () => {
+        for (const close of closes) await close();
+      };
+      let top: TargetSetup;
+      try {
+        top = await setUp(0);
+      } catch (err) {
+        await closeAll().catch(() => undefined);
+        throw err;
+      }
+      return {
+        ...top,
+        shared,
+        info: { ...top.info, filters: layers.map((l) => l.filter.name) },
+        close: closeAll,
+      };
+    },
+    async queue(shared, ctx) {
+      let handlers = await target.queue(shared.target, ctx);
+      for (let depth = layers.length - 1; depth >= 0; depth--) {
+        const { filter } = layers[depth];
+        if (!filter.queue) continue;
+        const own = await filter.queue(nextHandlers(handlers, ctx), shared.filters[depth], ctx);
+        const keepsForward = shared.keepsForward[depth];
+        handlers = overLayer({ name: filter.name, keepsForward }, own, handlers, ctx);
+      }
+      return handlers;
+    },
+  };
+}
+
+/** A filter's handlers over the layer below's: what the queue runs for that filter. */
+export function overLayer(
+  filter: Pick<Filter, 'name' | 'keepsForward'>,
+  own: FilterHandlers,
+  below: QueueHandlers,
+  ctx: Pick<QueueContext, 'io'>,
+): QueueHandlers {
+  const servesData = own.read !== undefined || own.write !== undefined;
+  if (servesData && filter.keepsForward) {
+    throw new Error(
+      `filter ${filter.name} declares keepsForward but its queue() serves read or write`,
+    );
+  }
+  const close = async () => {
+    await own.close?.();
+    await below.close?.();
+  };
+  const forward = below.forward;
+  if (forward && !servesData) {
+    return {
+      ...below,
+      ...own,
+      // A forwarded FLUSH or DISCARD would pass the filter's own by.
+      forward: {
+        ...forward,
+        sync: forward.sync === true && own.flush === undefined,
+        discard: forward.discard === true && own.discard === undefined,
+      },
+      close,
+    };
+  }
+  const next = nextHandlers(below, ctx);
+  return {
+    read: own.read ?? next.read,
+    write: own.write ?? next.write,
+    flush: own.flush ?? next.flush,
+    discard: own.discard ?? next.discard,
+    writeZeroes: own.writeZeroes ?? next.writeZeroes,
+    close,
+  };
+}
+
+/**
+ * The layer below as callable handlers, its forward (when it has one) run as ring IO through
+ * `ctx.io` with the forward's meaning (see RingForward): reads past the end of the file are
+ * zeros, a FUA write is followed by fdatasync.
+ */
+export function nextHandlers(below: QueueHandlers, ctx: Pick<QueueContext, 'io'>): NextHandlers {
+  const { io } = ctx;
+  const forward = below.forward;
+  const unsupported = (what: string) => () => {
+    throw errnoError(what, EOPNOTSUPP);
+  };
+  if (!forward) {
+    return {
+      read: below.read?.bind(below) ?? unsupported('read'),
+      write: below.write?.bind(below) ?? unsupported('write'),
+      flush: below.flush?.bind(below) ?? unsupported('flush'),
+      discard: below.discard?.bind(below) ?? unsupported('discard'),
+      writeZeroes: below.writeZeroes?.bind(below) ?? unsupported('write zeroes'),
+    };
+  }
+  const fdatasync = syncFlush(forward, ctx);
+  return {
+    forward,
+    async read(buf, offset) {
+      const n = await io.readFully(forward.fd, buf, forward.offset + offset);
+      buf.fill(0, n);
+    },
+    async write(buf, offset, flags) {
+      await io.writeFully(forward.fd, buf, forward.offset + offset);
+      if (flags.fua) await fdatasync('fua');
+    },
+    flush: forward.sync
+      ? () => fdatasync('flush')
+      : (below.flush?.bind(below) ?? unsupported('flush')),
+    discard: forward.discard
+      ? punch(forward, ctx)
+      : (below.discard?.bind(below) ?? unsupported('discard')),
+    writeZeroes: below.writeZeroes?.bind(below) ?? unsupported('write zeroes'),
+  };
+}
+
+function syncFlush(forward: RingForward, { io }: Pick<QueueContext, 'io'>) {
+  return async (kind: 'flush' | 'fua' = 'flush'): Promise<void> => {
+    const res = await io.fsync(forward.fd, { dataOnly: true });
+    if (res < 0) throw errnoError('fdatasync', -res);
+    forward.onSync?.(kind);
+  };
+}
+
+function punch(forward: RingForward, { io }: Pick<QueueContext, 'io'>) {
+  return async (offset: number, length: number): Promise<void> => {
+    const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    const res = await io.fallocate(forward.fd, mode, forward.offset + offset, length);
+    if (res < 0) throw errnoError('fallocate', -res);
+  };
+}
