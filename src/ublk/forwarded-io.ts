@@ -39,9 +39,6 @@ export interface ForwardRing {
 
 export interface ForwardedIoConfig {
   depth: number;
-  /** Copy mode: tag t's buffer is at bufferAddress + t * bufferBytes. */
-  bufferAddress: number;
-  bufferBytes: number;
   /**
    * UBLK_F_AUTO_BUF_REG: the kernel registered the request's own pages at index `tag` of the
    * ring's buffer table, so reads and writes are READ_FIXED/WRITE_FIXED at offsets within it.
@@ -72,6 +69,8 @@ export class ForwardedIo {
   private readonly fileOffset: Float64Array;
   private readonly length: Uint32Array;
   private readonly done: Uint32Array;
+  /** Copy and user copy: where the request's data is in memory (start's `address`). */
+  private readonly address: Float64Array;
   private zeroFd = -1;
 
   constructor(
@@ -83,6 +82,7 @@ export class ForwardedIo {
     this.fileOffset = new Float64Array(config.depth);
     this.length = new Uint32Array(config.depth);
     this.done = new Uint32Array(config.depth);
+    this.address = new Float64Array(config.depth);
   }
 
   /** The handlers' forward, or undefined when they have none. */
@@ -92,9 +92,18 @@ export class ForwardedIo {
 
   /**
    * Starts a request as ring IO when the forward covers it: READ and WRITE always, FLUSH with
-   * `sync`, DISCARD with `discard`. False leaves the request to the handlers.
+   * `sync`, DISCARD with `discard`. False leaves the request to the handlers. `address` is where
+   * the request's data is in memory: the tag's buffer (copy mode) or its bounce buffer (user
+   * copy); unused with zero copy.
    */
-  start(tag: number, op: number, offset: number, length: number, fua: boolean): boolean {
+  start(
+    tag: number,
+    op: number,
+    offset: number,
+    length: number,
+    fua: boolean,
+    address: number,
+  ): boolean {
     const forward = this.forward;
     if (forward === undefined) return false;
     let stage: number;
@@ -120,6 +129,7 @@ export class ForwardedIo {
     this.fileOffset[tag] = forward.offset + offset;
     this.length[tag] = length;
     this.done[tag] = 0;
+    this.address[tag] = address;
     this.inFlight++;
     this.prepare(tag);
     return true;
@@ -202,7 +212,7 @@ export class ForwardedIo {
       }
       return;
     }
-    const address = this.config.bufferAddress + tag * this.config.bufferBytes + done;
+    const address = this.address[tag] + done;
     while (
       !(reading
         ? sq.prepRead(source, address, length, offset, userData)

@@ -235,7 +235,6 @@ test('bad input: a clear one-line error, a non-zero exit, no device', () => {
   assertRefused(['add'], /use -t TYPE/);
   assertRefused(['add', '-t', 'null', '-z'], /--zerocopy is not implemented by ublk-ts yet/);
   assertRefused(['add', '-t', 'null', '-b'], /--batch-io is not implemented by ublk-ts yet/);
-  assertRefused(['add', '-t', 'null', '--usercopy'], /--usercopy is not implemented/);
   for (const command of [['add', '-t', 'null'], ['list']]) {
     assertRefused(command, /UBLK_LIST_FORMAT=1\.4 is not a list layout/, {
       UBLK_LIST_FORMAT: '1.4',
