@@ -1,0 +1,232 @@
+/**
+ * The data-path modes beside copy and auto zero copy (zero-copy.test.ts): user copy
+ * (UBLK_F_USER_COPY, `ublk add --usercopy`), where the daemon copies each request's data with
+ * read/write on /dev/ublkcN through a bounce pool. Which tests run depends on what the kernel
+ * reports (`ublk features`), never on its version: with USER_COPY, loop, mem and a JavaScript
+ * target keep every byte through fio's verify and a kill -9 / recover; without it, `add
+ * --usercopy` is refused in one line and leaves nothing.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, afterEach, test } from 'node:test';
+import { UBLK_F } from '../../src/ublk/abi.js';
+import { addDevice, assertNothingLeft, delAll, delDevice, ublk, waitFor } from './support/cli.js';
+import {
+  completedIos,
+  jobErrors,
+  killDaemon,
+  killFio,
+  recover,
+  startFio,
+  theDaemon,
+} from './support/recovery.js';
+import { fioSummary, fioVerify, readAt, withDevice, writeAt } from './support/targets.js';
+
+const MiB = 2 ** 20;
+const RAMDISK = new URL('../../examples/ramdisk.js', import.meta.url).pathname;
+/** Mixed request sizes, small ones most often, as a file system sends them. */
+const BSSPLIT = '4k/40:16k/20:64k/20:128k/10:512k/10';
+
+const dir = mkdtempSync('/tmp/ublk-data-path-test-');
+afterEach(() => {
+  killFio();
+  delAll();
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The UBLK_F bits the kernel reports (`ublk features`: GET_FEATURES, or what 6.1 has). */
+function kernelFeatures(): number {
+  const r = ublk('features');
+  assert.equal(r.status, 0, r.stderr);
+  const m = /^ublk_drv features: (0x[0-9a-f]+)$/m.exec(r.stdout);
+  assert.ok(m, r.stdout);
+  return Number(m[1]);
+}
+
+const features = kernelFeatures();
+const userCopy = (features & UBLK_F.USER_COPY) !== 0;
+
+/**
+ * A target whose handlers move the data in JavaScript, over the queue's ring (ctx.io): a file, so
+ * that a new daemon serves what the dead one wrote.
+ */
+const JS_FILE_TARGET = join(dir, 'js-file-target.mjs');
+writeFileSync(
+  JS_FILE_TARGET,
+  `import { closeSync, openSync, statSync } from 'node:fs';
+import { defineTarget } from ${JSON.stringify(new URL('../../src/index.js', import.meta.url).href)};
+export default defineTarget({
+  name: 'jsfile',
+  options: { file: { type: 'string', description: 'backing file' } },
+  setup: (args) => ({ size: statSync(args.file).size, shared: { file: args.file } }),
+  queue({ file }, ctx) {
+    const fd = openSync(file, 'r+');
+    return {
+      read: async (buf, offset) => void (await ctx.io.readFully(fd, buf, offset)),
+      write: (buf, offset) => ctx.io.writeFully(fd, buf, offset),
+      close: () => closeSync(fd),
+    };
+  },
+});
+`,
+);
+
+function backingFile(name: string, size: number): string {
+  const file = join(dir, name);
+  writeFileSync(file, '');
+  truncateSync(file, size);
+  return file;
+}
+
+/** The device's flags as `ublk list` prints them. */
+function listedFlags(id: number): number {
+  const list = ublk('list', '-n', String(id)).stdout;
+  const m = /flags (0x[0-9a-f]+) \[/.exec(list);
+  assert.ok(m, list);
+  return Number(m[1]);
+}
+
+/** VmRSS of a process, in KiB. */
+function rssKiB(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  assert.ok(m);
+  return Number(m[1]);
+}
+
+/** fio verify at QD1 and QD64, 2 jobs, mixed sizes, then a request within pages. */
+function verifyDevice(t: { diagnostic(s: string): void }, dev: string, blockSize: number): void {
+  for (const iodepth of [1, 64]) {
+    const report = fioVerify(dev, {
+      iodepth,
+      size: (iodepth === 1 ? 8 : 32) * MiB,
+      numjobs: 2,
+      bssplit: BSSPLIT,
+    });
+    t.diagnostic(`QD${iodepth}: ${fioSummary(report)}`);
+  }
+  // Three blocks at an odd block: the data starts and ends within a page.
+  const bytes = Buffer.alloc(3 * blockSize, 0x5a);
+  writeAt(dev, 7 * blockSize, bytes);
+  assert.deepEqual(readAt(dev, 7 * blockSize, bytes.length), bytes);
+}
+
+if (userCopy) {
+  const targets: [string, () => string[]][] = [
+    ['loop', () => ['-t', 'loop', '-f', backingFile('verify.img', 256 * MiB)]],
+    ['mem', () => ['-t', 'mem', '--size', '256M']],
+    ['a JavaScript target (examples/ramdisk.js)', () => ['-t', RAMDISK, '--size', '256M']],
+    [
+      'a JavaScript target over ctx.io (a file)',
+      () => ['-t', JS_FILE_TARGET, '--file', backingFile('js.img', 256 * MiB)],
+    ],
+  ];
+  for (const [name, args] of targets) {
+    test(`${name} --usercopy -q 2: fio crc32c verify at QD1 and QD64, mixed sizes, 2 jobs`, async (t) => {
+      await withDevice([...args(), '--usercopy', '-q', '2'], (id, dev, added) => {
+        const flags = listedFlags(id);
+        assert.ok((flags & UBLK_F.USER_COPY) !== 0, 'USER_COPY granted and listed');
+        assert.equal(flags & UBLK_F.AUTO_BUF_REG, 0, 'and no zero copy with it');
+        assert.match(ublk('list', '-n', String(id)).stdout, /flags 0x[0-9a-f]+ \[.*USER_COPY/);
+        verifyDevice(t, dev, added.block_size);
+      });
+    });
+  }
+
+  test('RSS of the daemon, copy, user copy and auto zero copy, -q 1 -d 128 and -q 2 (figures, no assertion)', async (t) => {
+    const file = backingFile('rss.img', 256 * MiB);
+    const modes = [['--no_auto_zc'], ['--usercopy']];
+    if ((features & UBLK_F.AUTO_BUF_REG) !== 0) modes.push(['--auto_zc']);
+    for (const mode of modes) {
+      const rss: number[] = [];
+      for (const queues of ['1', '2']) {
+        await withDevice(
+          ['-t', 'loop', '-f', file, ...mode, '-q', queues, '-d', '128'],
+          (_id, dev, added) => {
+            // Every tag busy with large requests: what the data path touches at most.
+            fioVerify(dev, { iodepth: 128, size: 64 * MiB, bssplit: '512k/100' });
+            rss.push(rssKiB(added.daemon_pid ?? theDaemon()));
+          },
+        );
+      }
+      t.diagnostic(
+        `loop ${mode[0]}: VmRSS -q 1 -d 128 ${rss[0]} KiB; -q 2 ${rss[1]} KiB (+${rss[1] - rss[0]} KiB for the second queue)`,
+      );
+    }
+  });
+
+  test('--usercopy with --auto_zc, with -g 1: refused in one line, nothing left', () => {
+    for (const [extra, pattern] of [
+      [['--auto_zc'], /--usercopy and --auto_zc exclude each other/],
+      [['-g', '1'], /--usercopy and -g 1/],
+    ] as const) {
+      const r = ublk('add', '-t', 'null', '--usercopy', ...extra);
+      assert.notEqual(r.status, 0);
+      const message = r.stderr.trim();
+      assert.ok(!message.includes('\n'), `one line: ${message}`);
+      assert.match(message, pattern);
+      assertNothingLeft();
+    }
+  });
+
+  for (const [name, args] of [
+    ['loop', () => ['-t', 'loop', '-f', backingFile('reissue.img', 256 * MiB)]],
+    [
+      'a JavaScript target over ctx.io (a file)',
+      () => ['-t', JS_FILE_TARGET, '--file', backingFile('js-reissue.img', 256 * MiB)],
+    ],
+  ] as const) {
+    test(`${name} --usercopy -r 1 -i 1 -q 2: 2 kill -9 / recover during one fio verify run, no error`, async (t) => {
+      const id = addDevice(...args(), '--usercopy', '-r', '1', '-i', '1', '-q', '2');
+      assert.ok((listedFlags(id) & UBLK_F.USER_COPY) !== 0);
+      let pid = theDaemon();
+      // As in recovery.test.ts: fio thinks 15 ms after each IO so that most of the run is still
+      // ahead at the last kill; verify_backlog checks every block shortly after it was written.
+      const size = 16 * MiB;
+      const fio = startFio(dir, `uc-reissue-${id}`, [
+        `--filename=/dev/ublkb${id}`,
+        '--ioengine=io_uring',
+        '--direct=1',
+        '--rw=randwrite',
+        `--bssplit=${BSSPLIT}`,
+        '--iodepth=32',
+        `--size=${size}`,
+        '--thinktime=15ms',
+        '--verify=crc32c',
+        '--verify_backlog=128',
+        '--verify_fatal=1',
+      ]);
+      for (let kill = 1; kill <= 2; kill++) {
+        const before = completedIos(id);
+        await waitFor('fio IO', () => completedIos(id) > before + 50, 60_000);
+        assert.ok(fio.running(), `fio still runs at kill ${kill}`);
+        await killDaemon(pid);
+        pid = recover(id, pid);
+        assert.ok((listedFlags(id) & UBLK_F.USER_COPY) !== 0, 'still user copy');
+        t.diagnostic(`kill ${kill}: LIVE again`);
+      }
+      const { status, report, stderr } = await fio.finished(10 * 60_000);
+      assert.equal(status, 0, stderr);
+      assert.deepEqual(jobErrors(report), [0], 'no IO or verify error');
+      assert.equal(report.jobs[0].write.io_bytes, size, 'every block written');
+      assert.equal(report.jobs[0].read.io_bytes, size, 'and verified');
+      delDevice(id);
+      assertNothingLeft();
+    });
+  }
+} else {
+  test('add --usercopy on a kernel without USER_COPY: refused in one line naming Linux 6.5, nothing left', () => {
+    for (const args of [
+      ['-t', 'null'],
+      ['-t', 'loop', '-f', backingFile('refused.img', 16 * MiB)],
+      ['-t', RAMDISK, '--size', '16M'],
+    ]) {
+      const r = ublk('add', ...args, '--usercopy');
+      assert.notEqual(r.status, 0);
+      const message = r.stderr.trim();
+      assert.ok(!message.includes('\n'), `one line: ${message}`);
+      assert.match(message, /user copy \(--usercopy\).*USER_COPY.*Linux 6\.5/);
+      assertNothingLeft();
+    }
+  });
+}
