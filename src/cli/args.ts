@@ -32,6 +32,8 @@ export interface AddOptions {
   autoZc?: boolean;
   /** ublksrv's --usercopy: UBLK_F_USER_COPY (6.5+), data copied with read/write on /dev/ublkcN. */
   userCopy?: boolean;
+  /** ublksrv's -z/--zerocopy: UBLK_F_SUPPORT_ZERO_COPY (6.15+), REGISTER_IO_BUF per request. */
+  manualZeroCopy?: boolean;
   /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
   debugMask: number;
   targetArgs: TargetArgs;
@@ -48,11 +50,9 @@ const MAX_IO_BUF_BYTES = 32 << 20;
  * refuses each by name, saying what it lacks, rather than as an unknown option.
  */
 const UNIMPLEMENTED_ADD_OPTIONS = {
-  zerocopy: { type: 'boolean', short: 'z' },
   'batch-io': { type: 'boolean', short: 'b' },
 } as const satisfies ParseArgsConfig['options'];
 const UNIMPLEMENTED_LACKS: Readonly<Record<keyof typeof UNIMPLEMENTED_ADD_OPTIONS, string>> = {
-  zerocopy: 'zero copy (UBLK_F_SUPPORT_ZERO_COPY, REGISTER_IO_BUF)',
   'batch-io': 'batch IO (UBLK_F_BATCH_IO, PREP/COMMIT/FETCH_IO_CMDS)',
 };
 
@@ -72,6 +72,7 @@ const STANDARD_ADD_OPTIONS = {
   auto_zc: { type: 'boolean' },
   no_auto_zc: { type: 'boolean' },
   usercopy: { type: 'boolean' },
+  zerocopy: { type: 'boolean', short: 'z' },
   debug_mask: { type: 'string' },
   no_auto_part_scan: { type: 'boolean' },
   unprivileged: { type: 'boolean' },
@@ -158,6 +159,7 @@ export function parseAddArgs(
     foreground: values.foreground === true,
     autoZc: autoZc(values.auto_zc === true, values.no_auto_zc === true),
     userCopy: values.usercopy === true,
+    manualZeroCopy: values.zerocopy === true,
     debugMask:
       str('debug_mask') === undefined
         ? 0

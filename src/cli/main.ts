@@ -25,7 +25,7 @@ const USAGE = `ublk add -t TYPE
 \t-u URING_COMP -g NEED_GET_DATA -r USER_RECOVERY
 \t-i USER_RECOVERY_REISSUE -e USER_RECOVERY_FAIL_IO
 \t--max_io_buf_bytes BYTES --foreground
-\t--auto_zc | --no_auto_zc (zero copy: by default where the kernel has it, Linux 6.16+,\n\t\tfor loop, mem and null)\n\t--usercopy (user copy: read/write on /dev/ublkcN, no buffer per tag, Linux 6.5+)
+\t--auto_zc | --no_auto_zc (zero copy: by default where the kernel has it, Linux 6.16+,\n\t\tfor loop, mem and null)\n\t--usercopy (user copy: read/write on /dev/ublkcN, no buffer per tag, Linux 6.5+)\n\t-z | --zerocopy (zero copy by REGISTER_IO_BUF per request, Linux 6.15+, for loop, mem and null)
 \tTYPE: null, loop, mem, or the path of a target module (./my-target.js)
 \tFor type specific options, run:
 \t\tublk help -t <type>

@@ -53,6 +53,7 @@ async function startDevice(
       flags: requestedFlags(options),
       zeroCopy: options.autoZc,
       userCopy: options.userCopy,
+      manualZeroCopy: options.manualZeroCopy,
       logEveryFailure: (options.debugMask & DEBUG_EVERY_FAILURE) !== 0,
     });
     return { device, options, targetSource };

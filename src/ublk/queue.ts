@@ -124,8 +124,9 @@ export class Queue implements IoCommandSink {
     ).buffer;
     let buffer: IoBuffer | undefined;
     try {
-      if (config.autoBufReg) {
-        // Zero copy: the kernel registers each request's pages at its tag's index of this table.
+      if (config.autoBufReg || config.manualZeroCopy) {
+        // Zero copy: each request's pages are registered at its tag's index of this table (by
+        // the kernel, or by the forwarded request's REGISTER_IO_BUF).
         const res = ring.registerSparseBuffers(depth);
         if (res < 0) throw errnoError('io_uring_register(BUFFERS2, sparse)', -res);
       } else if (config.userCopy) {
@@ -226,7 +227,7 @@ export class Queue implements IoCommandSink {
     }
     // With user copy the kernel maps no buffer either: the command's addr is 0.
     const address =
-      autoBufReg || this.config.userCopy === true
+      autoBufReg || this.config.userCopy === true || this.config.manualZeroCopy === true
         ? 0
         : this.resources.buffer.address + tag * this.config.bufferBytes;
     writeIoCmd(cmd, 0, this.config.queueId, tag, result, address);

@@ -34,6 +34,11 @@ export interface TagStatesConfig {
    * request's position there, as ring IO.
    */
   userCopy?: boolean;
+  /**
+   * The device was granted UBLK_F_SUPPORT_ZERO_COPY (manual zero copy): no buffers either; each
+   * forwarded READ/WRITE registers its request's pages at the tag's index itself (forwarded-io.ts).
+   */
+  manualZeroCopy?: boolean;
   /** /dev/ublkcN; user copy reads and writes it. */
   charFd?: number;
 }
@@ -107,7 +112,13 @@ export class TagStates {
     this.buffer = buffer.bytes;
     this.bufferAddress = buffer.address;
     this.forwarded = new ForwardedIo(
-      { depth, autoBufReg: config.autoBufReg === true },
+      {
+        depth,
+        autoBufReg: config.autoBufReg === true,
+        manualZeroCopy: config.manualZeroCopy
+          ? { charFd: config.charFd!, queueId: config.queueId }
+          : undefined,
+      },
       ring,
       this.onForwardedDone,
     );
@@ -130,7 +141,7 @@ export class TagStates {
           getData: UBLK_IO.NEED_GET_DATA,
         };
     this.views = Array.from({ length: depth }, (_, tag) =>
-      config.autoBufReg || config.userCopy
+      config.autoBufReg || config.userCopy || config.manualZeroCopy
         ? NO_BUFFER
         : this.buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
     );
