@@ -12,8 +12,10 @@ import {
   UBLK_IO_RES,
   UBLK_QID,
   UBLK_TAG,
+  UBLK_U_IO,
   UBLKSRV_IO_BUF_OFFSET,
 } from '../../src/ublk/abi.js';
+import { Queue } from '../../src/ublk/queue.js';
 import { FailureLog } from '../../src/ublk/failure-log.js';
 import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
 import { TagStates } from '../../src/ublk/tag-states.js';
@@ -26,7 +28,12 @@ import {
   USER_COPY_IO_BASE,
   userCopyOffset,
 } from '../../src/ublk/user-copy.js';
-import { StandInDescriptors, StandInRing, type PreparedIo } from './support/stand-ins.js';
+import {
+  StandInDescriptors,
+  StandInRing,
+  standInResources,
+  type PreparedIo,
+} from './support/stand-ins.js';
 
 const { EFAULT } = constants.errno;
 const CHAR_FD = 42;
@@ -253,4 +260,38 @@ test('user copy: a FLUSH needs no buffer', () => {
   const uc = userCopyTags({ read: () => undefined, flush: () => undefined }, BOUNCE_POOL_BYTES);
   assert.deepEqual(uc.request(0, UBLK_IO_OP.FLUSH, 0, 0), []);
   assert.deepEqual(uc.sent, [commit(0, 0)]);
+});
+
+test('user copy and manual zero copy: FETCH gives the kernel no buffer address', async () => {
+  for (const mode of [{ userCopy: true }, { manualZeroCopy: true }]) {
+    const ring = new StandInRing();
+    const descs = new StandInDescriptors();
+    const queue = new Queue(
+      {
+        devId: 1,
+        queueId: 0,
+        depth: 2,
+        bufferBytes: 65536,
+        charFd: CHAR_FD,
+        encodedOpcodes: true,
+        ...mode,
+      },
+      standInResources(ring, descs, BOUNCE_POOL_BYTES),
+    );
+    queue.start({ read: () => undefined });
+    assert.deepEqual(
+      ring.sent().map((c) => c.cmdOp),
+      [UBLK_U_IO.FETCH_REQ, UBLK_U_IO.FETCH_REQ],
+    );
+    for (const tag of [0, 1]) {
+      assert.deepEqual(
+        ring.commandAddresses.get(tag),
+        { sqeAddr: 0, buffer: 0 },
+        JSON.stringify(mode),
+      );
+    }
+    // STOP_DEV: every tag aborted, and the queue's loop ends.
+    for (const tag of [0, 1]) ring.complete(tag, UBLK_IO_RES.ABORT);
+    await queue.done;
+  }
 });
