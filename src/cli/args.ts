@@ -31,6 +31,10 @@ export interface AddOptions {
    * --no_auto_zc, undefined for the default (used where the target and the kernel can).
    */
   autoZc?: boolean;
+  /** ublksrv's --usercopy: UBLK_F_USER_COPY (6.5+), data copied with read/write on /dev/ublkcN. */
+  userCopy?: boolean;
+  /** ublksrv's -z/--zerocopy: UBLK_F_SUPPORT_ZERO_COPY (6.15+), REGISTER_IO_BUF per request. */
+  manualZeroCopy?: boolean;
   /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
   debugMask: number;
   /** --filter, as given, first outermost; their options are in targetArgs with the target's. */
@@ -49,14 +53,10 @@ const MAX_IO_BUF_BYTES = 32 << 20;
  * refuses each by name, saying what it lacks, rather than as an unknown option.
  */
 const UNIMPLEMENTED_ADD_OPTIONS = {
-  zerocopy: { type: 'boolean', short: 'z' },
   'batch-io': { type: 'boolean', short: 'b' },
-  usercopy: { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
 const UNIMPLEMENTED_LACKS: Readonly<Record<keyof typeof UNIMPLEMENTED_ADD_OPTIONS, string>> = {
-  zerocopy: 'zero copy (UBLK_F_SUPPORT_ZERO_COPY, REGISTER_IO_BUF)',
   'batch-io': 'batch IO (UBLK_F_BATCH_IO, PREP/COMMIT/FETCH_IO_CMDS)',
-  usercopy: 'user copy (UBLK_F_USER_COPY, pread/pwrite on /dev/ublkcN)',
 };
 
 /** ublksrv's standard `add` options; names and letters are those of ublksrv so scripts keep working. */
@@ -74,6 +74,8 @@ const STANDARD_ADD_OPTIONS = {
   foreground: { type: 'boolean' },
   auto_zc: { type: 'boolean' },
   no_auto_zc: { type: 'boolean' },
+  usercopy: { type: 'boolean' },
+  zerocopy: { type: 'boolean', short: 'z' },
   debug_mask: { type: 'string' },
   no_auto_part_scan: { type: 'boolean' },
   unprivileged: { type: 'boolean' },
@@ -190,6 +192,8 @@ export function parseAddArgs(
     unprivileged: values.unprivileged === true,
     foreground: values.foreground === true,
     autoZc: autoZc(values.auto_zc === true, values.no_auto_zc === true),
+    userCopy: values.usercopy === true,
+    manualZeroCopy: values.zerocopy === true,
     debugMask:
       str('debug_mask') === undefined
         ? 0

@@ -52,6 +52,8 @@ async function startDevice(
       maxIoBufBytes: options.maxIoBufBytes,
       flags: requestedFlags(options),
       zeroCopy: options.autoZc,
+      userCopy: options.userCopy,
+      manualZeroCopy: options.manualZeroCopy,
       logEveryFailure: (options.debugMask & DEBUG_EVERY_FAILURE) !== 0,
     });
     return { device, options, targetSource };

@@ -34,6 +34,18 @@ export interface DeviceOptions {
    * UNPRIVILEGED_DEV is asked for.
    */
   zeroCopy?: boolean;
+  /**
+   * User copy (UBLK_F_USER_COPY, 6.5+): no buffer per tag; the daemon copies each request's data
+   * with read/write on /dev/ublkcN through a bounce pool bounded in bytes. Excludes zero copy;
+   * refused where the kernel lacks it, and for unprivileged devices (the kernel refuses those).
+   */
+  userCopy?: boolean;
+  /**
+   * Manual zero copy (UBLK_F_SUPPORT_ZERO_COPY, 6.15+; ublksrv's -z): forwarded requests register
+   * their pages with REGISTER_IO_BUF themselves. Needs a target declaring zeroCopy; excludes the
+   * other modes; refused where the kernel lacks it.
+   */
+  manualZeroCopy?: boolean;
   /** The block layer's I/O scheduler for the device (sysfs name); default 'none'. */
   ioScheduler?: string;
   /** Log every request a handler fails, not only the first of each cause. */
@@ -180,9 +192,15 @@ export class Device {
       control = openControl();
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
-      const zeroCopy = await zeroCopyFlag(control, target.name, caps, options);
+      const userCopy = await userCopyFlag(control, options);
+      const manual = await manualZeroCopyFlag(control, target.name, caps, options);
+      const zeroCopy =
+        userCopy + manual !== 0 ? 0 : await zeroCopyFlag(control, target.name, caps, options);
       const devId = options.id ?? AUTO_DEV_ID;
-      const addFlags = await addDevFlags(control, (options.flags ?? 0) | zeroCopy);
+      const addFlags = await addDevFlags(
+        control,
+        (options.flags ?? 0) | zeroCopy | userCopy | manual,
+      );
       const flags = addFlags.flags;
       required = addFlags.required;
       info = await control
@@ -327,6 +345,68 @@ async function zeroCopyFlag(
   if (hasFlag((await control.getFeatures()) ?? 0, UBLK_F.AUTO_BUF_REG)) return UBLK_F.AUTO_BUF_REG;
   if (!required) return 0;
   throw missingFeature('zero copy (--auto_zc)', UBLK_F.AUTO_BUF_REG);
+}
+
+/**
+ * UBLK_F_USER_COPY or 0, as DeviceOptions.userCopy asks: refused where the kernel lacks it (asked
+ * of GET_FEATURES, which came in the same release, 6.5: a kernel without it has no user copy either),
+ * with zero copy, with
+ * NEED_GET_DATA (a copy-mode flag the kernel drops under user copy) and for an unprivileged device
+ * (ADD_DEV refuses it, EINVAL, through 7.3).
+ */
+async function userCopyFlag(control: Control, options: DeviceOptions): Promise<number> {
+  if (options.userCopy !== true) return 0;
+  if (options.zeroCopy === true) {
+    throw new UserError('--usercopy and --auto_zc exclude each other: choose one data path');
+  }
+  const flags = options.flags ?? 0;
+  if (hasFlag(flags, UBLK_F.NEED_GET_DATA)) {
+    throw new UserError('--usercopy and -g 1 (need_get_data) exclude each other: drop -g');
+  }
+  if (hasFlag(flags, UBLK_F.UNPRIVILEGED_DEV)) {
+    throw new UserError(
+      'an unprivileged device cannot use user copy (--usercopy): the kernel allows it to root only',
+    );
+  }
+  if (!hasFlag((await control.getFeatures()) ?? 0, UBLK_F.USER_COPY)) {
+    throw missingFeature('user copy (--usercopy)', UBLK_F.USER_COPY);
+  }
+  return UBLK_F.USER_COPY;
+}
+
+/**
+ * UBLK_F_SUPPORT_ZERO_COPY or 0, as DeviceOptions.manualZeroCopy asks: refused for a target that
+ * touches data in JavaScript, with another data-path mode or a copy-mode flag, for an unprivileged
+ * device (ADD_DEV refuses it), and where GET_FEATURES lacks it.
+ */
+async function manualZeroCopyFlag(
+  control: Control,
+  targetName: string,
+  caps: Capabilities,
+  options: DeviceOptions,
+): Promise<number> {
+  if (options.manualZeroCopy !== true) return 0;
+  if (options.zeroCopy === true || options.userCopy === true) {
+    throw new UserError('--zerocopy excludes --auto_zc and --usercopy: choose one data path');
+  }
+  const flags = options.flags ?? 0;
+  if (hasFlag(flags, UBLK_F.NEED_GET_DATA)) {
+    throw new UserError('--zerocopy and -g 1 (need_get_data) exclude each other: drop -g');
+  }
+  if (hasFlag(flags, UBLK_F.UNPRIVILEGED_DEV)) {
+    throw new UserError(
+      'an unprivileged device cannot use zero copy (--zerocopy): the kernel allows it to root only',
+    );
+  }
+  if (caps.zeroCopy !== true) {
+    throw new UserError(
+      `target ${targetName} handles request data in JavaScript, so it cannot use zero copy (--zerocopy): that needs a target declaring zeroCopy (loop, mem, null)`,
+    );
+  }
+  if (!hasFlag((await control.getFeatures()) ?? 0, UBLK_F.SUPPORT_ZERO_COPY)) {
+    throw missingFeature('zero copy (--zerocopy)', UBLK_F.SUPPORT_ZERO_COPY);
+  }
+  return UBLK_F.SUPPORT_ZERO_COPY;
 }
 
 const RECOVERY_FLAGS =
@@ -555,6 +635,8 @@ async function startQueues(
       charFd,
       encodedOpcodes: (info.flags & UBLK_F.CMD_IOCTL_ENCODE) !== 0,
       autoBufReg: (info.flags & UBLK_F.AUTO_BUF_REG) !== 0,
+      userCopy: (info.flags & UBLK_F.USER_COPY) !== 0,
+      manualZeroCopy: (info.flags & UBLK_F.SUPPORT_ZERO_COPY) !== 0,
       targetSource,
       shared: setup.shared,
       capabilities: setup.capabilities ?? {},

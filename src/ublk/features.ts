@@ -13,6 +13,7 @@ const FIRST_KERNEL: ReadonlyMap<number, string> = new Map([
   [UBLK_F.USER_COPY, '6.5'],
   [UBLK_F.ZONED, '6.6'],
   [UBLK_F.USER_RECOVERY_FAIL_IO, '6.13'],
+  [UBLK_F.SUPPORT_ZERO_COPY, '6.15'],
   [UBLK_F.UPDATE_SIZE, '6.16'],
   [UBLK_F.QUIESCE, '6.16'],
   [UBLK_F.AUTO_BUF_REG, '6.16'],

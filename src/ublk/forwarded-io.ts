@@ -6,15 +6,20 @@ import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   IORING_FSYNC_DATASYNC,
+  IOSQE_CQE_SKIP_SUCCESS,
+  IOSQE_IO_LINK,
   type SubmissionQueue,
 } from '../uring/index.js';
-import { UBLK_IO_OP } from './abi.js';
+import { UBLK_IO_OP, UBLK_U_IO, writeIoCmd } from './abi.js';
 import type { RingForward } from './target.js';
 
-const { EIO } = osConstants.errno;
+const { EIO, ECANCELED } = osConstants.errno;
 
 /** user_data of a forwarded request's ring IO: this plus its tag (below 2^53, no BigInt). */
 export const FORWARDED_IO_BASE = 2 ** 40;
+/** Manual zero copy: user_data of a tag's REGISTER_IO_BUF and UNREGISTER_IO_BUF commands. */
+export const FORWARDED_REGISTER = FORWARDED_IO_BASE + 2 ** 16;
+export const FORWARDED_UNREGISTER = FORWARDED_IO_BASE + 2 ** 17;
 
 /** What a forwarded request is waiting for, per tag. */
 const STAGE_READ = 1;
@@ -26,12 +31,21 @@ const STAGE_WRITE_FUA = 4;
 const STAGE_FUA_SYNC = 5;
 const STAGE_FLUSH = 6;
 const STAGE_DISCARD = 7;
+/** Manual zero copy: the data IO is done; UNREGISTER_IO_BUF, then the stage in `next`. */
+const STAGE_UNREGISTER = 8;
 
 /** The ring calls a forwarded request needs. */
 export interface ForwardRing {
   sq: Pick<
     SubmissionQueue,
-    'prepRead' | 'prepWrite' | 'prepReadFixed' | 'prepWriteFixed' | 'prepFsync' | 'prepFallocate'
+    | 'prepRead'
+    | 'prepWrite'
+    | 'prepReadFixed'
+    | 'prepWriteFixed'
+    | 'prepFsync'
+    | 'prepFallocate'
+    | 'prepUringCmd'
+    | 'spaceLeft'
   >;
   /** Submits what is prepared, making room in a full SQ. */
   makeRoom(): void;
@@ -39,14 +53,17 @@ export interface ForwardRing {
 
 export interface ForwardedIoConfig {
   depth: number;
-  /** Copy mode: tag t's buffer is at bufferAddress + t * bufferBytes. */
-  bufferAddress: number;
-  bufferBytes: number;
   /**
    * UBLK_F_AUTO_BUF_REG: the kernel registered the request's own pages at index `tag` of the
    * ring's buffer table, so reads and writes are READ_FIXED/WRITE_FIXED at offsets within it.
    */
   autoBufReg: boolean;
+  /**
+   * UBLK_F_SUPPORT_ZERO_COPY (manual zero copy): each READ/WRITE registers the request's pages at
+   * index `tag` with REGISTER_IO_BUF on /dev/ublkcN (`charFd`), linked before its first
+   * READ_FIXED/WRITE_FIXED, and unregisters them once the data IO is done, as kublk does.
+   */
+  manualZeroCopy?: { charFd: number; queueId: number };
 }
 
 /**
@@ -72,6 +89,16 @@ export class ForwardedIo {
   private readonly fileOffset: Float64Array;
   private readonly length: Uint32Array;
   private readonly done: Uint32Array;
+  /** Copy and user copy: where the request's data is in memory (start's `address`). */
+  private readonly address: Float64Array;
+  /** Manual zero copy, per tag: 1 until the first data IO (which REGISTER_IO_BUF precedes). */
+  private readonly mustRegister: Uint8Array;
+  /** Per tag: a failed REGISTER_IO_BUF's result, until its cancelled data IO's CQE. */
+  private readonly registerFailed: Int32Array;
+  /** Per tag, while unregistering: the stage after it (0: done), the result, a failed stage. */
+  private readonly next: Uint8Array;
+  private readonly result: Int32Array;
+  private readonly failedStage: Uint8Array;
   private zeroFd = -1;
 
   constructor(
@@ -83,6 +110,12 @@ export class ForwardedIo {
     this.fileOffset = new Float64Array(config.depth);
     this.length = new Uint32Array(config.depth);
     this.done = new Uint32Array(config.depth);
+    this.address = new Float64Array(config.depth);
+    this.mustRegister = new Uint8Array(config.depth);
+    this.registerFailed = new Int32Array(config.depth);
+    this.next = new Uint8Array(config.depth);
+    this.result = new Int32Array(config.depth);
+    this.failedStage = new Uint8Array(config.depth);
   }
 
   /** The handlers' forward, or undefined when they have none. */
@@ -92,9 +125,18 @@ export class ForwardedIo {
 
   /**
    * Starts a request as ring IO when the forward covers it: READ and WRITE always, FLUSH with
-   * `sync`, DISCARD with `discard`. False leaves the request to the handlers.
+   * `sync`, DISCARD with `discard`. False leaves the request to the handlers. `address` is where
+   * the request's data is in memory: the tag's buffer (copy mode) or its bounce buffer (user
+   * copy); unused with zero copy.
    */
-  start(tag: number, op: number, offset: number, length: number, fua: boolean): boolean {
+  start(
+    tag: number,
+    op: number,
+    offset: number,
+    length: number,
+    fua: boolean,
+    address: number,
+  ): boolean {
     const forward = this.forward;
     if (forward === undefined) return false;
     let stage: number;
@@ -120,15 +162,30 @@ export class ForwardedIo {
     this.fileOffset[tag] = forward.offset + offset;
     this.length[tag] = length;
     this.done[tag] = 0;
+    this.address[tag] = address;
+    this.mustRegister[tag] =
+      this.config.manualZeroCopy !== undefined && stage !== STAGE_FLUSH && stage !== STAGE_DISCARD
+        ? 1
+        : 0;
     this.inFlight++;
     this.prepare(tag);
     return true;
   }
 
-  /** The CQE of a forwarded request's ring IO. */
-  complete(tag: number, res: number): void {
+  /** The CQE of a forwarded request's ring IO: `id` is its user_data less FORWARDED_IO_BASE. */
+  complete(id: number, res: number): void {
+    if (id >= 2 ** 16) return this.completeCommand(id, res);
+    const tag = id;
     const stage = this.stage[tag];
-    if (res < 0) return this.finish(tag, res, STAGE_CALLS[stage]);
+    if (res < 0) {
+      if (res === -ECANCELED && this.registerFailed[tag] !== 0) {
+        // The REGISTER_IO_BUF linked before it failed: nothing is registered.
+        const failed = this.registerFailed[tag];
+        this.registerFailed[tag] = 0;
+        return this.finish(tag, failed, 'ublk REGISTER_IO_BUF');
+      }
+      return this.dataDone(tag, res, stage);
+    }
     switch (stage) {
       case STAGE_READ:
       case STAGE_READ_ZEROES:
@@ -142,10 +199,12 @@ export class ForwardedIo {
         const done = (this.done[tag] += res);
         if (done < this.length[tag]) return this.prepare(tag);
         if (stage === STAGE_WRITE_FUA) {
+          if (this.config.manualZeroCopy !== undefined)
+            return this.unregister(tag, STAGE_FUA_SYNC, 0, 0);
           this.stage[tag] = STAGE_FUA_SYNC;
           return this.prepare(tag);
         }
-        return this.finish(tag, done);
+        return this.dataDone(tag, done, 0);
       }
       case STAGE_FUA_SYNC:
         this.forward?.onSync?.('fua');
@@ -162,6 +221,59 @@ export class ForwardedIo {
   close(): void {
     if (this.zeroFd >= 0) close(this.zeroFd);
     this.zeroFd = -1;
+  }
+
+  /**
+   * A request's data IO is over, with `result` (and the stage that failed, or 0): with manual zero
+   * copy its pages are unregistered first.
+   */
+  private dataDone(tag: number, result: number, failedStage: number): void {
+    if (
+      this.config.manualZeroCopy !== undefined &&
+      this.mustRegister[tag] === 0 &&
+      isDataStage(this.stage[tag])
+    ) {
+      return this.unregister(tag, 0, result, failedStage);
+    }
+    if (failedStage !== 0) return this.finish(tag, result, STAGE_CALLS[failedStage]);
+    this.finish(tag, result);
+  }
+
+  private unregister(tag: number, next: number, result: number, failedStage: number): void {
+    this.stage[tag] = STAGE_UNREGISTER;
+    this.next[tag] = next;
+    this.result[tag] = result;
+    this.failedStage[tag] = failedStage;
+    this.prepareCommand(tag, UBLK_U_IO.UNREGISTER_IO_BUF, FORWARDED_UNREGISTER + tag, 0);
+  }
+
+  /** The CQE of a REGISTER_IO_BUF (only on failure: its success posts none) or UNREGISTER_IO_BUF. */
+  private completeCommand(id: number, res: number): void {
+    if (id < 2 ** 17) {
+      // Its data IO, linked after it, completes with -ECANCELED: finished there.
+      this.registerFailed[id - 2 ** 16] = res < 0 ? res : -EIO;
+      return;
+    }
+    const tag = id - 2 ** 17;
+    if (res < 0) return this.finish(tag, res, 'ublk UNREGISTER_IO_BUF');
+    const failedStage = this.failedStage[tag];
+    if (failedStage !== 0) return this.finish(tag, this.result[tag], STAGE_CALLS[failedStage]);
+    if (this.next[tag] === STAGE_FUA_SYNC) {
+      this.stage[tag] = STAGE_FUA_SYNC;
+      return this.prepare(tag);
+    }
+    this.finish(tag, this.result[tag]);
+  }
+
+  /** A REGISTER_IO_BUF or UNREGISTER_IO_BUF of the tag's request at buffer index `tag`. */
+  private prepareCommand(tag: number, cmdOp: number, userData: number, sqeFlags: number): void {
+    const zc = this.config.manualZeroCopy!;
+    let cmd = this.ring.sq.prepUringCmd(zc.charFd, cmdOp, userData, 0, sqeFlags);
+    while (!cmd) {
+      this.ring.makeRoom();
+      cmd = this.ring.sq.prepUringCmd(zc.charFd, cmdOp, userData, 0, sqeFlags);
+    }
+    writeIoCmd(cmd, 0, zc.queueId, tag, 0, tag);
   }
 
   private finish(tag: number, result: number, failedCall?: string): void {
@@ -191,7 +303,14 @@ export class ForwardedIo {
     const reading = stage === STAGE_READ || stage === STAGE_READ_ZEROES;
     const source = stage === STAGE_READ_ZEROES ? this.devZero() : fd;
     const offset = stage === STAGE_READ_ZEROES ? 0 : this.fileOffset[tag] + done;
-    if (this.config.autoBufReg) {
+    if (this.mustRegister[tag] !== 0) {
+      // The registration and the first data IO go in one submission, linked: room for both.
+      if (this.ring.sq.spaceLeft() < 2) this.ring.makeRoom();
+      this.mustRegister[tag] = 0;
+      const flags = IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+      this.prepareCommand(tag, UBLK_U_IO.REGISTER_IO_BUF, FORWARDED_REGISTER + tag, flags);
+    }
+    if (this.config.autoBufReg || this.config.manualZeroCopy !== undefined) {
       // The registered buffer is the request's pages, addressed from 0.
       while (
         !(reading
@@ -202,7 +321,7 @@ export class ForwardedIo {
       }
       return;
     }
-    const address = this.config.bufferAddress + tag * this.config.bufferBytes + done;
+    const address = this.address[tag] + done;
     while (
       !(reading
         ? sq.prepRead(source, address, length, offset, userData)
@@ -219,6 +338,10 @@ export class ForwardedIo {
     }
     return this.zeroFd;
   }
+}
+
+function isDataStage(stage: number): boolean {
+  return stage >= STAGE_READ && stage <= STAGE_WRITE_FUA;
 }
 
 /** The syscall each stage's ring IO stands for, to name a failure. */

@@ -19,6 +19,7 @@ import {
   type TagStatesConfig,
 } from './tag-states.js';
 import type { QueueHandlers, QueueIo } from './target.js';
+import { bouncePoolBytes, USER_COPY_IO_BASE } from './user-copy.js';
 import { wholeBufferIo } from './whole-buffer-io.js';
 
 export interface QueueConfig extends TagStatesConfig {
@@ -43,7 +44,8 @@ export interface QueueResources {
   descs: IoDescriptors;
   /**
    * Page-aligned memory the kernel copies requests to and from, and its address; empty with zero
-   * copy (autoBufReg), where the kernel lends the requests' own pages.
+   * copy (autoBufReg), where the kernel lends the requests' own pages; with user copy, the bounce
+   * pool the daemon copies requests through.
    */
   buffer: { bytes: Uint8Array; address: number };
   /** Unmaps the descriptors and frees the buffer, after the ring is closed. */
@@ -57,7 +59,8 @@ export interface QueueResources {
 const { ETIME, EBUSY } = osConstants.errno;
 /**
  * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
- * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag).
+ * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
+ * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag).
  */
 const TARGET_IO_BASE = 1 << 16;
 /**
@@ -121,10 +124,14 @@ export class Queue implements IoCommandSink {
     ).buffer;
     let buffer: IoBuffer | undefined;
     try {
-      if (config.autoBufReg) {
-        // Zero copy: the kernel registers each request's pages at its tag's index of this table.
+      if (config.autoBufReg || config.manualZeroCopy) {
+        // Zero copy: each request's pages are registered at its tag's index of this table (by
+        // the kernel, or by the forwarded request's REGISTER_IO_BUF).
         const res = ring.registerSparseBuffers(depth);
         if (res < 0) throw errnoError('io_uring_register(BUFFERS2, sparse)', -res);
+      } else if (config.userCopy) {
+        // No buffer per tag: a pool bounded in bytes, which requests copy through.
+        buffer = IoBuffer.allocate(bouncePoolBytes(depth, bufferBytes));
       } else {
         buffer = IoBuffer.allocate(depth * bufferBytes);
       }
@@ -218,7 +225,11 @@ export class Queue implements IoCommandSink {
       this.submit();
       cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag, sqeAddr);
     }
-    const address = autoBufReg ? 0 : this.resources.buffer.address + tag * this.config.bufferBytes;
+    // With user copy the kernel maps no buffer either: the command's addr is 0.
+    const address =
+      autoBufReg || this.config.userCopy === true || this.config.manualZeroCopy === true
+        ? 0
+        : this.resources.buffer.address + tag * this.config.bufferBytes;
     writeIoCmd(cmd, 0, this.config.queueId, tag, result, address);
     this.unpark();
   }
@@ -228,7 +239,7 @@ export class Queue implements IoCommandSink {
     this.turnScheduled = false;
     const tags = this.tags;
     for (let batch = 0; batch < BATCHES_PER_TURN; batch++) {
-      const ringIoInFlight = this.targetIoInFlight + tags.forwarded.inFlight;
+      const ringIoInFlight = this.targetIoInFlight + tags.ringIoInFlight;
       if (tags.allFinished && ringIoInFlight === 0) return this.shutdown();
       if (tags.pendingHandlers > 0 && ringIoInFlight === 0) {
         // Only the event loop can settle these handlers: wait there, for it or for the ring,
@@ -276,6 +287,9 @@ export class Queue implements IoCommandSink {
 
   private readonly onCqe = (userData: number, res: number): void => {
     if (userData < TARGET_IO_BASE) return this.tags.complete(userData, res);
+    if (userData >= USER_COPY_IO_BASE) {
+      return this.tags.completeCopy(userData - USER_COPY_IO_BASE, res);
+    }
     if (userData >= FORWARDED_IO_BASE) {
       return this.tags.forwarded.complete(userData - FORWARDED_IO_BASE, res);
     }

@@ -4,6 +4,7 @@ import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO, type IoDescTabl
 import type { FailureLog } from './failure-log.js';
 import { ForwardedIo, forwardedError, type ForwardRing } from './forwarded-io.js';
 import { SECTOR, type IoResult, type QueueHandlers } from './target.js';
+import { BOUNCE_CHUNK, BouncePool, USER_COPY_IO_BASE, userCopyOffset } from './user-copy.js';
 
 const { EIO, EOPNOTSUPP } = constants.errno;
 
@@ -27,7 +28,24 @@ export interface TagStatesConfig {
    * registers each request's pages in the ring's buffer table at the tag's index.
    */
   autoBufReg?: boolean;
+  /**
+   * The device was granted UBLK_F_USER_COPY: the buffer is a bounce pool (see user-copy.ts), and
+   * a request's data is copied between it and the request with read/write on `charFd` at the
+   * request's position there, as ring IO.
+   */
+  userCopy?: boolean;
+  /**
+   * The device was granted UBLK_F_SUPPORT_ZERO_COPY (manual zero copy): no buffers either; each
+   * forwarded READ/WRITE registers its request's pages at the tag's index itself (forwarded-io.ts).
+   */
+  manualZeroCopy?: boolean;
+  /** /dev/ublkcN; user copy reads and writes it. */
+  charFd?: number;
 }
+
+/** What a user-copy request's copy on /dev/ublkcN is, per tag. */
+const COPY_LOAD = 1; // a WRITE's data, from the request to its bounce buffer
+const COPY_STORE = 2; // a READ's data, from its bounce buffer to the request
 
 /** What read/write handlers get with zero copy: the data never reaches JavaScript. */
 const NO_BUFFER = new Uint8Array(0);
@@ -63,6 +81,20 @@ export class TagStates {
   /** Per tag, made once: the callbacks of a pending handler's promise. */
   private readonly onFulfilled: ((value: IoResult) => void)[];
   private readonly onRejected: ((err: unknown) => void)[];
+  private readonly bufferAddress: number;
+  /** User copy: the bounce pool over `buffer`, and per tag what it holds of it. */
+  private readonly pool: BouncePool | undefined;
+  /** Per tag, the first chunk of its bounce buffer, or -1. */
+  private readonly bounceChunk: Int32Array;
+  private readonly bounceChunks: Uint16Array;
+  private readonly copyStage: Uint8Array;
+  /** Per tag, bytes copied so far, and the bytes a READ's handler produced (what to store). */
+  private readonly copyDone: Uint32Array;
+  private readonly copyLength: Uint32Array;
+  /** Per first chunk, the handlers' view of a bounce buffer, reused while the length repeats. */
+  private readonly bounceViews: (Uint8Array | undefined)[];
+  /** User-copy reads and writes of /dev/ublkcN in flight. */
+  private copiesInFlight = 0;
 
   constructor(
     private readonly config: TagStatesConfig,
@@ -74,15 +106,29 @@ export class TagStates {
     buffer: { bytes: Uint8Array; address: number },
     private readonly sink: IoCommandSink,
     private readonly failures: FailureLog,
-    ring: ForwardRing,
+    private readonly ring: ForwardRing,
   ) {
     const { depth, bufferBytes } = config;
     this.buffer = buffer.bytes;
+    this.bufferAddress = buffer.address;
     this.forwarded = new ForwardedIo(
-      { depth, bufferBytes, bufferAddress: buffer.address, autoBufReg: config.autoBufReg === true },
+      {
+        depth,
+        autoBufReg: config.autoBufReg === true,
+        manualZeroCopy: config.manualZeroCopy
+          ? { charFd: config.charFd!, queueId: config.queueId }
+          : undefined,
+      },
       ring,
       this.onForwardedDone,
     );
+    this.pool = config.userCopy ? new BouncePool(buffer.bytes.length, depth) : undefined;
+    this.bounceChunk = new Int32Array(depth).fill(-1);
+    this.bounceChunks = new Uint16Array(depth);
+    this.copyStage = new Uint8Array(depth);
+    this.copyDone = new Uint32Array(depth);
+    this.copyLength = new Uint32Array(depth);
+    this.bounceViews = new Array<Uint8Array | undefined>(this.pool?.chunks ?? 0);
     this.ops = config.encodedOpcodes
       ? {
           fetch: UBLK_U_IO.FETCH_REQ,
@@ -95,7 +141,7 @@ export class TagStates {
           getData: UBLK_IO.NEED_GET_DATA,
         };
     this.views = Array.from({ length: depth }, (_, tag) =>
-      config.autoBufReg
+      config.autoBufReg || config.userCopy || config.manualZeroCopy
         ? NO_BUFFER
         : this.buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
     );
@@ -105,12 +151,17 @@ export class TagStates {
     this.tagLength = new Uint32Array(depth);
     this.onFulfilled = Array.from({ length: depth }, (_, tag) => (value: IoResult) => {
       this.pendingHandlers--;
-      this.commit(tag, checkedResult(this.tagOp[tag], this.tagLength[tag], value));
+      this.settle(tag, checkedResult(this.tagOp[tag], this.tagLength[tag], value));
     });
     this.onRejected = Array.from({ length: depth }, (_, tag) => (err: unknown) => {
       this.pendingHandlers--;
       this.fail(tag, this.tagOp[tag], this.tagOffset[tag], this.tagLength[tag], err);
     });
+  }
+
+  /** Ring IO the state machine prepared whose CQE has not come: forwarded IO and user copies. */
+  get ringIoInFlight(): number {
+    return this.forwarded.inFlight + this.copiesInFlight;
   }
 
   /** Every tag is out of service: the queue can close its ring. */
@@ -152,8 +203,27 @@ export class TagStates {
     const op = this.descs.op(tag);
     const length = this.descs.nrSectors(tag) * SECTOR;
     const offset = this.descs.startSector(tag) * SECTOR;
+    if (
+      this.pool !== undefined &&
+      length > 0 &&
+      (op === UBLK_IO_OP.READ || op === UBLK_IO_OP.WRITE)
+    ) {
+      this.tagOp[tag] = op;
+      this.tagOffset[tag] = offset;
+      this.tagLength[tag] = length;
+      const chunks = BouncePool.chunksFor(length);
+      // Behind earlier waiters, in arrival order.
+      const first = this.pool.waiting > 0 ? -1 : this.pool.alloc(chunks);
+      if (first < 0) return this.pool.wait(tag, chunks);
+      return this.withBounce(tag, first, chunks);
+    }
+    this.serve(tag, op, offset, length, this.bufferAddress + tag * this.config.bufferBytes);
+  }
+
+  /** The data of a request is in memory at `address` (or, with zero copy, in its own pages). */
+  private serve(tag: number, op: number, offset: number, length: number, address: number): void {
     const fua = (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0;
-    if (this.forwarded.start(tag, op, offset, length, fua)) return;
+    if (this.forwarded.start(tag, op, offset, length, fua, address)) return;
     let result: IoResult | Promise<IoResult>;
     try {
       result = this.dispatch(tag, op, offset, length);
@@ -168,7 +238,105 @@ export class TagStates {
       this.pendingHandlers++;
       result.then(this.onFulfilled[tag], this.onRejected[tag]);
     } else {
-      this.commit(tag, checkedResult(op, length, result));
+      this.settle(tag, checkedResult(op, length, result));
+    }
+  }
+
+  /** User copy: the tag got bounce chunks [first, first + chunks); a WRITE loads its data first. */
+  private withBounce(tag: number, first: number, chunks: number): void {
+    this.bounceChunk[tag] = first;
+    this.bounceChunks[tag] = chunks;
+    if (this.tagOp[tag] === UBLK_IO_OP.WRITE) {
+      this.startCopy(tag, COPY_LOAD, this.tagLength[tag]);
+    } else {
+      this.serve(
+        tag,
+        UBLK_IO_OP.READ,
+        this.tagOffset[tag],
+        this.tagLength[tag],
+        this.bounceAddress(tag),
+      );
+    }
+  }
+
+  private bounceAddress(tag: number): number {
+    return this.bufferAddress + this.bounceChunk[tag] * BOUNCE_CHUNK;
+  }
+
+  private startCopy(tag: number, stage: number, length: number): void {
+    this.copyStage[tag] = stage;
+    this.copyDone[tag] = 0;
+    this.copyLength[tag] = length;
+    this.copiesInFlight++;
+    this.prepareCopy(tag);
+  }
+
+  /** The rest of the tag's copy, as one read or write of /dev/ublkcN at the request's position. */
+  private prepareCopy(tag: number): void {
+    const done = this.copyDone[tag];
+    const length = this.copyLength[tag] - done;
+    const address = this.bounceAddress(tag) + done;
+    const position = userCopyOffset(this.config.queueId, tag, done);
+    const fd = this.config.charFd!;
+    const userData = USER_COPY_IO_BASE + tag;
+    const sq = this.ring.sq;
+    if (this.copyStage[tag] === COPY_LOAD) {
+      while (!sq.prepRead(fd, address, length, position, userData)) this.ring.makeRoom();
+    } else {
+      while (!sq.prepWrite(fd, address, length, position, userData)) this.ring.makeRoom();
+    }
+  }
+
+  /** The CQE of a user copy's read or write of /dev/ublkcN. */
+  completeCopy(tag: number, res: number): void {
+    const stage = this.copyStage[tag];
+    if (res <= 0) {
+      // 0: the request has no more bytes than were copied, which cannot happen for one it sent.
+      this.copiesInFlight--;
+      this.copyStage[tag] = 0;
+      const call =
+        stage === COPY_LOAD ? 'read /dev/ublkc (user copy)' : 'write /dev/ublkc (user copy)';
+      this.fail(
+        tag,
+        this.tagOp[tag],
+        this.tagOffset[tag],
+        this.tagLength[tag],
+        errnoError(call, res < 0 ? -res : EIO),
+      );
+      return;
+    }
+    const done = (this.copyDone[tag] += res);
+    if (done < this.copyLength[tag]) return this.prepareCopy(tag);
+    this.copiesInFlight--;
+    this.copyStage[tag] = 0;
+    if (stage === COPY_LOAD) {
+      this.serve(
+        tag,
+        UBLK_IO_OP.WRITE,
+        this.tagOffset[tag],
+        this.tagLength[tag],
+        this.bounceAddress(tag),
+      );
+    } else {
+      this.commit(tag, done);
+    }
+  }
+
+  /** A request's result: a user-copy READ stores its data in the request first. */
+  private settle(tag: number, result: number): void {
+    if (this.bounceChunk[tag] >= 0 && this.tagOp[tag] === UBLK_IO_OP.READ && result > 0) {
+      return this.startCopy(tag, COPY_STORE, result);
+    }
+    this.commit(tag, result);
+  }
+
+  /** Gives a committed request's bounce chunks back, and to the requests waiting for them. */
+  private releaseBounce(tag: number): void {
+    const pool = this.pool!;
+    pool.free(this.bounceChunk[tag], this.bounceChunks[tag]);
+    this.bounceChunk[tag] = -1;
+    for (let next = pool.grantWaiter(); next >= 0; next = pool.grantWaiter()) {
+      this.withBounce(next, pool.grantedChunk, BouncePool.chunksFor(this.tagLength[next]));
     }
   }
 
@@ -205,6 +373,16 @@ export class TagStates {
 
   /** The tag's buffer cut to the request, reusing the previous view when the length repeats. */
   private view(tag: number, length: number): Uint8Array {
+    const chunk = this.bounceChunk[tag];
+    if (chunk >= 0) {
+      let bounce = this.bounceViews[chunk];
+      if (bounce?.length !== length) {
+        const start = chunk * BOUNCE_CHUNK;
+        bounce = this.buffer.subarray(start, start + length);
+        this.bounceViews[chunk] = bounce;
+      }
+      return bounce;
+    }
     let view = this.views[tag];
     if (view.length !== length && view !== NO_BUFFER) {
       const start = tag * this.config.bufferBytes;
@@ -228,11 +406,13 @@ export class TagStates {
       const length = this.descs.nrSectors(tag) * SECTOR;
       const offset = this.descs.startSector(tag) * SECTOR;
       this.failures.record({ tag, op, offset, length, result }, forwardedError(failedCall, result));
+      return this.commit(tag, result);
     }
-    this.commit(tag, result);
+    this.settle(tag, result);
   };
 
   private commit(tag: number, result: number): void {
+    if (this.bounceChunk[tag] >= 0) this.releaseBounce(tag);
     this.sink.sendIoCmd(this.ops.commit, tag, result);
     if (this.aborting) this.finish(tag);
   }

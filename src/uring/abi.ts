@@ -48,6 +48,8 @@ export const IORING_OFF_SQES = 0x10000000;
 
 // sqe->flags.
 export const IOSQE_IO_LINK = 1 << 2;
+/** No CQE when the request succeeds (5.17+): a failure still posts one. */
+export const IOSQE_CQE_SKIP_SUCCESS = 1 << 6;
 
 // cqe->flags.
 export const IORING_CQE_F_MORE = 1 << 1;

@@ -125,8 +125,18 @@ export class SubmissionQueue {
     offset: number,
     bufIndex: number,
     userData: number,
+    sqeFlags = 0,
   ): boolean {
-    return this.prepFixed(IORING_OP_READ_FIXED, fd, address, length, offset, bufIndex, userData);
+    return this.prepFixed(
+      IORING_OP_READ_FIXED,
+      fd,
+      address,
+      length,
+      offset,
+      bufIndex,
+      userData,
+      sqeFlags,
+    );
   }
 
   /** WRITE_FIXED: prepReadFixed's other direction. */
@@ -137,8 +147,18 @@ export class SubmissionQueue {
     offset: number,
     bufIndex: number,
     userData: number,
+    sqeFlags = 0,
   ): boolean {
-    return this.prepFixed(IORING_OP_WRITE_FIXED, fd, address, length, offset, bufIndex, userData);
+    return this.prepFixed(
+      IORING_OP_WRITE_FIXED,
+      fd,
+      address,
+      length,
+      offset,
+      bufIndex,
+      userData,
+      sqeFlags,
+    );
   }
 
   /** fsyncFlags: 0 or IORING_FSYNC_DATASYNC. */
@@ -180,8 +200,14 @@ export class SubmissionQueue {
    * ring) for the caller to fill in place before the next submit, or null when the SQ is full.
    * `addr` is the SQE's own addr field, which some drivers read (ublk's AUTO_BUF_REG).
    */
-  prepUringCmd(fd: number, cmdOp: number, userData: number, addr = 0): DataView | null {
-    const sqe = this.claim(IORING_OP_URING_CMD, fd, userData, 0);
+  prepUringCmd(
+    fd: number,
+    cmdOp: number,
+    userData: number,
+    addr = 0,
+    sqeFlags = 0,
+  ): DataView | null {
+    const sqe = this.claim(IORING_OP_URING_CMD, fd, userData, sqeFlags);
     if (sqe < 0) return null;
     this.words[sqe + CMD_OP] = cmdOp;
     writeU64(this.words, sqe + ADDR, addr);
@@ -213,8 +239,9 @@ export class SubmissionQueue {
     offset: number,
     bufIndex: number,
     userData: number,
+    sqeFlags: number,
   ): boolean {
-    const sqe = this.prepReadWrite(opcode, fd, address, length, offset, userData, 0);
+    const sqe = this.prepReadWrite(opcode, fd, address, length, offset, userData, sqeFlags);
     if (sqe < 0) return false;
     this.halfWords[sqe * 2 + BUF_INDEX] = bufIndex;
     return true;

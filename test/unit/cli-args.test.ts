@@ -36,6 +36,8 @@ test('add: ublksrv defaults', () => {
       unprivileged: false,
       foreground: false,
       autoZc: undefined,
+      userCopy: false,
+      manualZeroCopy: false,
       debugMask: 0,
       filters: [],
       targetArgs: undefined,
@@ -119,13 +121,17 @@ test('add: --unprivileged is ublksrv 1.8’s flag for UNPRIVILEGED_DEV', () => {
   assert.throws(() => parseAddArgs(['-t', 'null', '--unprivileged=1'], {}), UserError);
 });
 
+test('add: --usercopy is ublksrv’s flag for USER_COPY', () => {
+  assert.equal(parseAddArgs(['-t', 'null', '--usercopy'], {}).userCopy, true);
+  assert.equal(parseAddArgs(['-t', 'null'], {}).userCopy, false);
+  assert.equal(parseAddArgs(['-t', 'null', '-z'], {}).manualZeroCopy, true);
+  assert.equal(parseAddArgs(['-t', 'null', '--zerocopy'], {}).manualZeroCopy, true);
+});
+
 test('add: ublksrv 1.8’s data-path options are refused by name, one line saying what is missing', () => {
   const refusals: [string[], RegExp][] = [
-    [['-z'], /^add: --zerocopy is not implemented by ublk-ts yet: .*UBLK_F_SUPPORT_ZERO_COPY/],
-    [['--zerocopy'], /^add: --zerocopy is not implemented/],
     [['-b'], /^add: --batch-io is not implemented by ublk-ts yet: .*UBLK_F_BATCH_IO/],
     [['--batch-io'], /^add: --batch-io is not implemented/],
-    [['--usercopy'], /^add: --usercopy is not implemented by ublk-ts yet: .*UBLK_F_USER_COPY/],
   ];
   for (const [extra, pattern] of refusals) {
     assert.throws(

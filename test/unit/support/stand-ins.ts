@@ -81,9 +81,20 @@ export class StandInRing implements QueueRing {
   /** Per tag, where its last IO command pointed. */
   readonly commandAddresses = new Map<number, CommandAddresses>();
 
+  /** Per user_data, the SQE flags of its last IO command. */
+  readonly commandFlags = new Map<number, number>();
+
   readonly sq = {
-    prepUringCmd: (_fd: number, cmdOp: number, userData: number, sqeAddr = 0): DataView => {
+    spaceLeft: () => 64,
+    prepUringCmd: (
+      _fd: number,
+      cmdOp: number,
+      userData: number,
+      sqeAddr = 0,
+      sqeFlags = 0,
+    ): DataView => {
       const view = new DataView(new ArrayBuffer(16));
+      this.commandFlags.set(userData, sqeFlags);
       // ublksrv_io_cmd: q_id u16 @0, tag u16 @2, result s32 @4, addr u64 @8; read back once
       // written.
       this.pendingViews.push([cmdOp, userData, sqeAddr, view]);

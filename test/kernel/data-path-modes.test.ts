@@ -1,0 +1,307 @@
+/**
+ * The data-path modes beside copy and auto zero copy (zero-copy.test.ts): user copy
+ * (UBLK_F_USER_COPY, `ublk add --usercopy`), where the daemon copies each request's data with
+ * read/write on /dev/ublkcN through a bounce pool, and manual zero copy (UBLK_F_SUPPORT_ZERO_COPY,
+ * `ublk add -z`), where each forwarded request registers its pages with REGISTER_IO_BUF. Which
+ * tests run depends on what the kernel reports (`ublk features`), never on its version: where it
+ * has the mode, loop, mem and (user copy) JavaScript targets keep every byte through fio's verify
+ * and kill -9 / recover; where it lacks it, `add` with the mode's option is refused in one line
+ * naming the first kernel that has it, and leaves nothing.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, afterEach, test } from 'node:test';
+import { UBLK_F } from '../../src/ublk/abi.js';
+import {
+  addDevice,
+  assertNothingLeft,
+  delAll,
+  delDevice,
+  fio,
+  ublk,
+  waitFor,
+} from './support/cli.js';
+import {
+  completedIos,
+  jobErrors,
+  killDaemon,
+  killFio,
+  recover,
+  startFio,
+  theDaemon,
+} from './support/recovery.js';
+import { fioSummary, fioVerify, readAt, withDevice, writeAt } from './support/targets.js';
+
+const MiB = 2 ** 20;
+const RAMDISK = new URL('../../examples/ramdisk.js', import.meta.url).pathname;
+/** Mixed request sizes, small ones most often, as a file system sends them. */
+const BSSPLIT = '4k/40:16k/20:64k/20:128k/10:512k/10';
+
+const dir = mkdtempSync('/tmp/ublk-data-path-test-');
+afterEach(() => {
+  killFio();
+  delAll();
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The UBLK_F bits the kernel reports (`ublk features`: GET_FEATURES, or what 6.1 has). */
+function kernelFeatures(): number {
+  const r = ublk('features');
+  assert.equal(r.status, 0, r.stderr);
+  const m = /^ublk_drv features: (0x[0-9a-f]+)$/m.exec(r.stdout);
+  assert.ok(m, r.stdout);
+  return Number(m[1]);
+}
+
+const features = kernelFeatures();
+
+/**
+ * A target whose handlers move the data in JavaScript, over the queue's ring (ctx.io): a file, so
+ * that a new daemon serves what the dead one wrote.
+ */
+const JS_FILE_TARGET = join(dir, 'js-file-target.mjs');
+writeFileSync(
+  JS_FILE_TARGET,
+  `import { closeSync, openSync, statSync } from 'node:fs';
+import { defineTarget } from ${JSON.stringify(new URL('../../src/index.js', import.meta.url).href)};
+export default defineTarget({
+  name: 'jsfile',
+  options: { file: { type: 'string', description: 'backing file' } },
+  setup: (args) => ({ size: statSync(args.file).size, shared: { file: args.file } }),
+  queue({ file }, ctx) {
+    const fd = openSync(file, 'r+');
+    return {
+      read: async (buf, offset) => void (await ctx.io.readFully(fd, buf, offset)),
+      write: (buf, offset) => ctx.io.writeFully(fd, buf, offset),
+      close: () => closeSync(fd),
+    };
+  },
+});
+`,
+);
+
+function backingFile(name: string, size: number): string {
+  const file = join(dir, name);
+  writeFileSync(file, '');
+  truncateSync(file, size);
+  return file;
+}
+
+/** The device's flags as `ublk list` prints them. */
+function listedFlags(id: number): number {
+  const list = ublk('list', '-n', String(id)).stdout;
+  const m = /flags (0x[0-9a-f]+) \[/.exec(list);
+  assert.ok(m, list);
+  return Number(m[1]);
+}
+
+/** VmRSS of a process, in KiB. */
+function rssKiB(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  assert.ok(m);
+  return Number(m[1]);
+}
+
+/** fio verify at QD1 and QD64, 2 jobs, mixed sizes, then a request within pages. */
+function verifyDevice(t: { diagnostic(s: string): void }, dev: string, blockSize: number): void {
+  for (const iodepth of [1, 64]) {
+    const report = fioVerify(dev, {
+      iodepth,
+      size: (iodepth === 1 ? 8 : 32) * MiB,
+      numjobs: 2,
+      bssplit: BSSPLIT,
+    });
+    t.diagnostic(`QD${iodepth}: ${fioSummary(report)}`);
+  }
+  // Three blocks at an odd block: the data starts and ends within a page.
+  const bytes = Buffer.alloc(3 * blockSize, 0x5a);
+  writeAt(dev, 7 * blockSize, bytes);
+  assert.deepEqual(readAt(dev, 7 * blockSize, bytes.length), bytes);
+}
+
+interface Mode {
+  name: string;
+  option: string;
+  flag: number;
+  /** How its refusal names the feature and the kernel. */
+  refusal: RegExp;
+  targets: [string, () => string[]][];
+  recoverable: [string, () => string[]][];
+}
+
+const loopTarget = (name: string) => () => ['-t', 'loop', '-f', backingFile(name, 256 * MiB)];
+const jsFileTarget = (name: string) => () => [
+  '-t',
+  JS_FILE_TARGET,
+  '--file',
+  backingFile(name, 256 * MiB),
+];
+
+const MODES: Mode[] = [
+  {
+    name: 'user copy',
+    option: '--usercopy',
+    flag: UBLK_F.USER_COPY,
+    refusal: /user copy \(--usercopy\).*USER_COPY.*Linux 6\.5/,
+    targets: [
+      ['loop', loopTarget('uc-verify.img')],
+      ['mem', () => ['-t', 'mem', '--size', '256M']],
+      ['a JavaScript target (examples/ramdisk.js)', () => ['-t', RAMDISK, '--size', '256M']],
+      ['a JavaScript target over ctx.io (a file)', jsFileTarget('uc-js.img')],
+    ],
+    recoverable: [
+      ['loop', loopTarget('uc-reissue.img')],
+      ['a JavaScript target over ctx.io (a file)', jsFileTarget('uc-js-reissue.img')],
+    ],
+  },
+  {
+    name: 'manual zero copy',
+    option: '-z',
+    flag: UBLK_F.SUPPORT_ZERO_COPY,
+    refusal: /zero copy \(--zerocopy\).*SUPPORT_ZERO_COPY.*Linux 6\.15/,
+    targets: [
+      ['loop', loopTarget('zc-verify.img')],
+      ['mem', () => ['-t', 'mem', '--size', '256M']],
+    ],
+    recoverable: [['loop', loopTarget('zc-reissue.img')]],
+  },
+];
+
+for (const mode of MODES) {
+  if ((features & mode.flag) === 0) {
+    test(`add ${mode.option} on a kernel without it: ${mode.name} refused in one line naming the kernel, nothing left`, () => {
+      for (const args of [
+        ['-t', 'null'],
+        ['-t', 'loop', '-f', backingFile('refused.img', 16 * MiB)],
+        ['-t', 'mem', '--size', '16M'],
+      ]) {
+        const r = ublk('add', ...args, mode.option);
+        assert.notEqual(r.status, 0);
+        const message = r.stderr.trim();
+        assert.ok(!message.includes('\n'), `one line: ${message}`);
+        assert.match(message, mode.refusal);
+        assertNothingLeft();
+      }
+    });
+    continue;
+  }
+  for (const [name, args] of mode.targets) {
+    test(`${name} ${mode.option} -q 2 (${mode.name}): fio crc32c verify at QD1 and QD64, mixed sizes, 2 jobs`, async (t) => {
+      await withDevice([...args(), mode.option, '-q', '2'], (id, dev, added) => {
+        const flags = listedFlags(id);
+        assert.ok((flags & mode.flag) !== 0, `${mode.name} granted and listed`);
+        assert.equal(flags & UBLK_F.AUTO_BUF_REG, 0, 'and no auto zero copy with it');
+        verifyDevice(t, dev, added.block_size);
+      });
+    });
+  }
+
+  for (const [name, args] of mode.recoverable) {
+    test(`${name} ${mode.option} -r 1 -i 1 -q 2 (${mode.name}): 2 kill -9 / recover during one fio verify run, no error`, async (t) => {
+      const id = addDevice(...args(), mode.option, '-r', '1', '-i', '1', '-q', '2');
+      assert.ok((listedFlags(id) & mode.flag) !== 0);
+      let pid = theDaemon();
+      // As in recovery.test.ts: fio thinks 15 ms after each IO so that most of the run is still
+      // ahead at the last kill; verify_backlog checks every block shortly after it was written.
+      const size = 16 * MiB;
+      const fio = startFio(dir, `reissue-${mode.option.replace(/-/g, '')}-${id}`, [
+        `--filename=/dev/ublkb${id}`,
+        '--ioengine=io_uring',
+        '--direct=1',
+        '--rw=randwrite',
+        `--bssplit=${BSSPLIT}`,
+        '--iodepth=32',
+        `--size=${size}`,
+        '--thinktime=15ms',
+        '--verify=crc32c',
+        '--verify_backlog=128',
+        '--verify_fatal=1',
+      ]);
+      for (let kill = 1; kill <= 2; kill++) {
+        const before = completedIos(id);
+        await waitFor('fio IO', () => completedIos(id) > before + 50, 60_000);
+        assert.ok(fio.running(), `fio still runs at kill ${kill}`);
+        await killDaemon(pid);
+        pid = recover(id, pid);
+        assert.ok((listedFlags(id) & mode.flag) !== 0, `still ${mode.name}`);
+        t.diagnostic(`kill ${kill}: LIVE again`);
+      }
+      const { status, report, stderr } = await fio.finished(10 * 60_000);
+      assert.equal(status, 0, stderr);
+      assert.deepEqual(jobErrors(report), [0], 'no IO or verify error');
+      assert.equal(report.jobs[0].write.io_bytes, size, 'every block written');
+      assert.equal(report.jobs[0].read.io_bytes, size, 'and verified');
+      delDevice(id);
+      assertNothingLeft();
+    });
+  }
+}
+
+if ((features & UBLK_F.SUPPORT_ZERO_COPY) !== 0) {
+  test('null -z: reads and writes complete (nothing to register)', () => {
+    withDevice(['-t', 'null', '-z'], (_id, dev) => {
+      const size = 16 * MiB;
+      const report = fio([
+        '--name=null-zc',
+        `--filename=${dev}`,
+        '--ioengine=io_uring',
+        '--direct=1',
+        '--rw=randrw',
+        `--bssplit=${BSSPLIT}`,
+        '--iodepth=16',
+        `--size=${size}`,
+      ]);
+      const [job] = report.jobs;
+      assert.equal(job.error, 0);
+      assert.equal(job.read.io_bytes + job.write.io_bytes, size, 'every request completed');
+    });
+  });
+
+  test('a target that computes data in JavaScript refuses -z in one line, nothing left', () => {
+    const r = ublk('add', '-t', RAMDISK, '--size', '16M', '-z');
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr.trim(), /^[^\n]*cannot use zero copy \(--zerocopy\)[^\n]*$/);
+    assertNothingLeft();
+  });
+}
+
+if ((features & UBLK_F.USER_COPY) !== 0) {
+  test('RSS of the daemon in each mode, loop -q 1 -d 128 and -q 2 (figures, no assertion)', async (t) => {
+    const file = backingFile('rss.img', 256 * MiB);
+    const modes = [['--no_auto_zc'], ['--usercopy']];
+    if ((features & UBLK_F.SUPPORT_ZERO_COPY) !== 0) modes.push(['-z']);
+    if ((features & UBLK_F.AUTO_BUF_REG) !== 0) modes.push(['--auto_zc']);
+    for (const mode of modes) {
+      const rss: number[] = [];
+      for (const queues of ['1', '2']) {
+        await withDevice(
+          ['-t', 'loop', '-f', file, ...mode, '-q', queues, '-d', '128'],
+          (_id, dev, added) => {
+            // Every tag busy with large requests: what the data path touches at most.
+            fioVerify(dev, { iodepth: 128, size: 64 * MiB, bssplit: '512k/100' });
+            rss.push(rssKiB(added.daemon_pid ?? theDaemon()));
+          },
+        );
+      }
+      t.diagnostic(
+        `loop ${mode[0]}: VmRSS -q 1 -d 128 ${rss[0]} KiB; -q 2 ${rss[1]} KiB (+${rss[1] - rss[0]} KiB for the second queue)`,
+      );
+    }
+  });
+
+  test('--usercopy with --auto_zc, with -z, with -g 1: refused in one line, nothing left', () => {
+    for (const [extra, pattern] of [
+      [['--auto_zc'], /--usercopy and --auto_zc exclude each other/],
+      [['-z'], /--zerocopy excludes --auto_zc and --usercopy/],
+      [['-g', '1'], /--usercopy and -g 1/],
+    ] as const) {
+      const r = ublk('add', '-t', 'null', '--usercopy', ...extra);
+      assert.notEqual(r.status, 0);
+      const message = r.stderr.trim();
+      assert.ok(!message.includes('\n'), `one line: ${message}`);
+      assert.match(message, pattern);
+      assertNothingLeft();
+    }
+  });
+}
