@@ -193,9 +193,10 @@ export class Device {
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
       const userCopy = await userCopyFlag(control, options);
-      const manual = await manualZeroCopyFlag(control, target.name, caps, options);
+      const served = servedBy(target.name, setup);
+      const manual = await manualZeroCopyFlag(control, served, caps, options);
       const zeroCopy =
-        userCopy + manual !== 0 ? 0 : await zeroCopyFlag(control, target.name, caps, options);
+        userCopy + manual !== 0 ? 0 : await zeroCopyFlag(control, served, caps, options);
       const devId = options.id ?? AUTO_DEV_ID;
       const addFlags = await addDevFlags(
         control,
@@ -319,6 +320,14 @@ function refuseMissingFlags(asked: number, granted: number): void {
   throw new UserError(`this kernel's ublk driver does not support ${names.join(', ')}`);
 }
 
+/** "target loop", or "target loop under filters stats, cow" when filters wrap it (their info). */
+function servedBy(targetName: string, setup: TargetSetup): string {
+  const filters = setup.info?.filters;
+  return Array.isArray(filters) && filters.length > 0
+    ? `target ${targetName} under filter${filters.length > 1 ? 's' : ''} ${filters.join(', ')}`
+    : `target ${targetName}`;
+}
+
 /**
  * UBLK_F_AUTO_BUF_REG or 0, as DeviceOptions.zeroCopy asks. Zero copy needs a target whose
  * handlers never touch the data, and a kernel that reports the feature (GET_FEATURES; 6.1 has no
@@ -326,7 +335,7 @@ function refuseMissingFlags(asked: number, granted: number): void {
  */
 async function zeroCopyFlag(
   control: Control,
-  targetName: string,
+  servedBy: string,
   caps: Capabilities,
   options: DeviceOptions,
 ): Promise<number> {
@@ -339,7 +348,7 @@ async function zeroCopyFlag(
   if (caps.zeroCopy !== true) {
     if (!required) return 0;
     throw new UserError(
-      `target ${targetName} handles request data in JavaScript, so it cannot use zero copy (--auto_zc): that needs a target declaring zeroCopy (loop, mem, null)`,
+      `${servedBy} handles request data in JavaScript, so it cannot use zero copy (--auto_zc): that needs a target declaring zeroCopy (loop, mem, null)`,
     );
   }
   if (hasFlag((await control.getFeatures()) ?? 0, UBLK_F.AUTO_BUF_REG)) return UBLK_F.AUTO_BUF_REG;
@@ -381,7 +390,7 @@ async function userCopyFlag(control: Control, options: DeviceOptions): Promise<n
  */
 async function manualZeroCopyFlag(
   control: Control,
-  targetName: string,
+  servedBy: string,
   caps: Capabilities,
   options: DeviceOptions,
 ): Promise<number> {
@@ -400,7 +409,7 @@ async function manualZeroCopyFlag(
   }
   if (caps.zeroCopy !== true) {
     throw new UserError(
-      `target ${targetName} handles request data in JavaScript, so it cannot use zero copy (--zerocopy): that needs a target declaring zeroCopy (loop, mem, null)`,
+      `${servedBy} handles request data in JavaScript, so it cannot use zero copy (--zerocopy): that needs a target declaring zeroCopy (loop, mem, null)`,
     );
   }
   if (!hasFlag((await control.getFeatures()) ?? 0, UBLK_F.SUPPORT_ZERO_COPY)) {
