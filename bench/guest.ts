@@ -27,7 +27,7 @@ const FILE_SIZE = quick ? '256M' : '1G';
 
 /** The backing file of every ublk loop device, ours and the C servers' (they run in turn). */
 const ULOOP_FILE = '/tmp/bench-uloop.img';
-/** Our rows without a mode in their name copy, as a kernel without zero copy makes them. */
+/** Copy mode for the two-queue rows. */
 const COPY = '--no_auto_zc';
 
 /** kublk, where it was built and this kernel runs it (its `features` needs GET_FEATURES, 6.5+). */
@@ -39,14 +39,46 @@ function kublkRuns(): string | undefined {
   return undefined;
 }
 
-/** Whether this kernel reports AUTO_BUF_REG, which our `--auto_zc` rows need. */
-function zeroCopyRuns(ours: string[]): boolean {
+/** What this kernel's ublk driver reports (GET_FEATURES; 0 where it has none, as 6.1). */
+function kernelFeatures(ours: string[]): number {
   const text = run(ours[0], [...ours.slice(1), 'features']);
-  const features = Number(/^ublk_drv features: (0x[0-9a-f]+)$/m.exec(text)?.[1] ?? 0);
-  if ((features & UBLK_F.AUTO_BUF_REG) !== 0) return true;
-  progress('this kernel has no AUTO_BUF_REG: no auto_zc rows');
-  return false;
+  return Number(/^ublk_drv features: (0x[0-9a-f]+)$/m.exec(text)?.[1] ?? 0);
 }
+
+/**
+ * The data-path modes, by the UBLK_F flag each needs: ours and kublk's options for it. Copy mode
+ * is ours with zero copy turned off (the default where the kernel has it).
+ */
+const MODES: {
+  name: string;
+  feature: number;
+  ours: string[];
+  kublk: string[];
+  targets: ('null' | 'loop' | 'mem')[];
+}[] = [
+  { name: 'copy', feature: 0, ours: ['--no_auto_zc'], kublk: [], targets: ['null', 'loop', 'mem'] },
+  {
+    name: 'user_copy',
+    feature: UBLK_F.USER_COPY,
+    ours: ['--usercopy'],
+    kublk: ['-u'],
+    targets: ['loop'],
+  },
+  {
+    name: 'zero_copy',
+    feature: UBLK_F.SUPPORT_ZERO_COPY,
+    ours: ['-z'],
+    kublk: ['-z'],
+    targets: ['loop'],
+  },
+  {
+    name: 'auto_zc',
+    feature: UBLK_F.AUTO_BUF_REG,
+    ours: ['--auto_zc'],
+    kublk: ['--auto_zc'],
+    targets: ['null', 'loop', 'mem'],
+  },
+];
 
 function progress(message: string): void {
   process.stderr.write(`bench: ${message}\n`);
@@ -206,44 +238,30 @@ function main(): BenchReport {
     devices.push({ name: 'loop (kernel)', path: loopDev, cleanup: () => undefined });
     const ours = [process.execPath, CLI];
     const c = kublkRuns();
-    if (c) {
-      const depth = ['-q', '1', '-d', '128'];
-      devices.push(ublkDevice('kublk null', [c], ['-t', 'null', ...depth], 'null_blk'));
-      devices.push(
-        ublkDevice('kublk loop', [c], ['-t', 'loop', ...depth, ULOOP_FILE], 'loop (kernel)'),
-        ublkDevice(
-          'kublk loop auto_zc',
-          [c],
-          ['-t', 'loop', ...depth, '--auto_zc', ULOOP_FILE],
-          'loop (kernel)',
-        ),
-      );
-    }
-    devices.push({
-      ...ublkDevice('ublk-ts null', ours, ['-t', 'null', COPY], 'null_blk'),
-      peer: c && 'kublk null',
-    });
-    devices.push({
-      ...ublkDevice('ublk-ts loop', ours, ['-t', 'loop', '-f', ULOOP_FILE, COPY], 'loop (kernel)'),
-      peer: c && 'kublk loop',
-    });
-    devices.push(
-      ublkDevice('ublk-ts mem', ours, ['-t', 'mem', '--size', FILE_SIZE, COPY], 'null_blk'),
-    );
-    if (zeroCopyRuns(ours)) {
-      const zc = '--auto_zc';
-      devices.push({
-        ...ublkDevice(
-          'ublk-ts loop auto_zc',
-          ours,
-          ['-t', 'loop', '-f', ULOOP_FILE, zc],
-          'loop (kernel)',
-        ),
-        peer: c && 'kublk loop auto_zc',
-      });
-      devices.push(
-        ublkDevice('ublk-ts mem auto_zc', ours, ['-t', 'mem', '--size', FILE_SIZE, zc], 'null_blk'),
-      );
+    const features = kernelFeatures(ours);
+    const depth = ['-q', '1', '-d', '128'];
+    // Each data-path mode the kernel has, ours beside kublk's in the same mode (kublk has no mem).
+    const ourTarget = {
+      null: ['-t', 'null'],
+      loop: ['-t', 'loop', '-f', ULOOP_FILE],
+      mem: ['-t', 'mem', '--size', FILE_SIZE],
+    };
+    for (const mode of MODES.filter((m) => (features & m.feature) === m.feature)) {
+      const suffix = mode.name === 'copy' ? '' : ` ${mode.name}`;
+      for (const t of mode.targets) {
+        const baseline = t === 'loop' ? 'loop (kernel)' : 'null_blk';
+        const kublkName = c && t !== 'mem' ? `kublk ${t}${suffix}` : undefined;
+        if (kublkName) {
+          const backing = t === 'loop' ? [ULOOP_FILE] : [];
+          devices.push(
+            ublkDevice(kublkName, [c!], ['-t', t, ...depth, ...mode.kublk, ...backing], baseline),
+          );
+        }
+        devices.push({
+          ...ublkDevice(`ublk-ts ${t}${suffix}`, ours, [...ourTarget[t], ...mode.ours], baseline),
+          peer: kublkName,
+        });
+      }
     }
     if (peer) {
       devices.push(ublkDevice('peer null', [peer], ['-t', 'null'], 'null_blk'));
