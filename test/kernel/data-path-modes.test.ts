@@ -1,12 +1,14 @@
 /**
- * The data-path modes beside copy and auto zero copy (zero-copy.test.ts): user copy
- * (UBLK_F_USER_COPY, `ublk add --usercopy`), where the daemon copies each request's data with
- * read/write on /dev/ublkcN through a bounce pool, and manual zero copy (UBLK_F_SUPPORT_ZERO_COPY,
- * `ublk add -z`), where each forwarded request registers its pages with REGISTER_IO_BUF. Which
- * tests run depends on what the kernel reports (`ublk features`), never on its version: where it
- * has the mode, loop, mem and (user copy) JavaScript targets keep every byte through fio's verify
- * and kill -9 / recover; where it lacks it, `add` with the mode's option is refused in one line
- * naming the first kernel that has it, and leaves nothing.
+ * The data-path modes beside copy: auto zero copy (UBLK_F_AUTO_BUF_REG, `--auto_zc`, the default
+ * where the kernel has it), where the kernel registers each request's pages in the queue ring's
+ * buffer table for the daemon's READ_FIXED/WRITE_FIXED; manual zero copy
+ * (UBLK_F_SUPPORT_ZERO_COPY, `-z`), where each forwarded request registers its pages with
+ * REGISTER_IO_BUF; and user copy (UBLK_F_USER_COPY, `--usercopy`), where the daemon copies each
+ * request's data with read/write on /dev/ublkcN through a bounce pool. Which tests run depends on
+ * what the kernel reports (`ublk features`), never on its version: where it has the mode, loop,
+ * mem and (user copy) JavaScript targets keep every byte through fio's verify and kill -9 /
+ * recover; where it lacks it, `add` with the mode's option is refused in one line naming the
+ * first kernel that has it, and leaves nothing.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
@@ -19,6 +21,7 @@ import {
   delAll,
   delDevice,
   fio,
+  kernelFeatures,
   ublk,
   waitFor,
 } from './support/cli.js';
@@ -44,15 +47,6 @@ afterEach(() => {
   delAll();
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-/** The UBLK_F bits the kernel reports (`ublk features`: GET_FEATURES, or what 6.1 has). */
-function kernelFeatures(): number {
-  const r = ublk('features');
-  assert.equal(r.status, 0, r.stderr);
-  const m = /^ublk_drv features: (0x[0-9a-f]+)$/m.exec(r.stdout);
-  assert.ok(m, r.stdout);
-  return Number(m[1]);
-}
 
 const features = kernelFeatures();
 
@@ -140,6 +134,17 @@ const jsFileTarget = (name: string) => () => [
 
 const MODES: Mode[] = [
   {
+    name: 'auto zero copy',
+    option: '--auto_zc',
+    flag: UBLK_F.AUTO_BUF_REG,
+    refusal: /zero copy \(--auto_zc\).*AUTO_BUF_REG.*Linux 6\.16/,
+    targets: [
+      ['loop', loopTarget('azc-verify.img')],
+      ['mem', () => ['-t', 'mem', '--size', '256M']],
+    ],
+    recoverable: [['loop', loopTarget('azc-reissue.img')]],
+  },
+  {
     name: 'user copy',
     option: '--usercopy',
     flag: UBLK_F.USER_COPY,
@@ -191,7 +196,9 @@ for (const mode of MODES) {
       await withDevice([...args(), mode.option, '-q', '2'], (id, dev, added) => {
         const flags = listedFlags(id);
         assert.ok((flags & mode.flag) !== 0, `${mode.name} granted and listed`);
-        assert.equal(flags & UBLK_F.AUTO_BUF_REG, 0, 'and no auto zero copy with it');
+        for (const other of MODES.filter((m) => m !== mode)) {
+          assert.equal(flags & other.flag, 0, `and no ${other.name} with it`);
+        }
         verifyDevice(t, dev, added.block_size);
       });
     });
@@ -238,9 +245,10 @@ for (const mode of MODES) {
   }
 }
 
-if ((features & UBLK_F.SUPPORT_ZERO_COPY) !== 0) {
-  test('null -z: reads and writes complete (nothing to register)', () => {
-    withDevice(['-t', 'null', '-z'], (_id, dev) => {
+for (const mode of MODES.filter((m) => m.flag !== UBLK_F.USER_COPY && (features & m.flag) !== 0)) {
+  test(`null ${mode.option}: reads and writes complete (nothing to copy)`, () => {
+    withDevice(['-t', 'null', mode.option], (id, dev) => {
+      assert.ok((listedFlags(id) & mode.flag) !== 0, `${mode.name} granted`);
       const size = 16 * MiB;
       const report = fio([
         '--name=null-zc',
@@ -258,10 +266,27 @@ if ((features & UBLK_F.SUPPORT_ZERO_COPY) !== 0) {
     });
   });
 
-  test('a target that computes data in JavaScript refuses -z in one line, nothing left', () => {
-    const r = ublk('add', '-t', RAMDISK, '--size', '16M', '-z');
+  test(`a target that computes data in JavaScript refuses ${mode.option} in one line, nothing left`, () => {
+    const r = ublk('add', '-t', RAMDISK, '--size', '16M', mode.option);
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr.trim(), /^[^\n]*cannot use zero copy \(--zerocopy\)[^\n]*$/);
+    assert.match(r.stderr.trim(), /^[^\n]*cannot use zero copy \(--(auto_zc|zerocopy)\)[^\n]*$/);
+    assertNothingLeft();
+  });
+}
+
+if ((features & UBLK_F.AUTO_BUF_REG) !== 0) {
+  test('by default loop uses zero copy here, --no_auto_zc and -g 1 copy, a JS target copies', () => {
+    const autoZc = (...args: string[]) => {
+      const id = addDevice(...args);
+      const flags = listedFlags(id);
+      delDevice(id);
+      return flags & UBLK_F.AUTO_BUF_REG;
+    };
+    const file = backingFile('default.img', 16 * MiB);
+    assert.equal(autoZc('-t', 'loop', '-f', file), UBLK_F.AUTO_BUF_REG);
+    assert.equal(autoZc('-t', 'loop', '-f', file, '--no_auto_zc'), 0);
+    assert.equal(autoZc('-t', 'null', '-g', '1'), 0);
+    assert.equal(autoZc('-t', RAMDISK, '--size', '16M'), 0);
     assertNothingLeft();
   });
 }
