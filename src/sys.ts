@@ -64,6 +64,10 @@ export interface Sys {
   open(path: string, flags: number, mode: number): number;
   /** close(2). */
   close(fd: number): void;
+  /** fcntl(F_DUPFD_CLOEXEC): a second descriptor of the same open file. */
+  dup(fd: number): number;
+  /** shutdown(2) of a socket (how: 0 read, 1 write, 2 both); not connected is not an error. */
+  shutdown(fd: number, how: number): void;
   /**
    * Calls `callback(status)` on this thread's event loop whenever `fd` is readable (level
    * triggered: the callback must consume the readiness); status is 0 or -errno. The watch keeps
@@ -117,6 +121,8 @@ export const {
   readEventfd,
   open,
   close,
+  dup,
+  shutdown,
   watchReadable,
   unwatch,
   setWatchRef,
