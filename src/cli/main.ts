@@ -26,7 +26,7 @@ const USAGE = `ublk add -t TYPE
 \t-i USER_RECOVERY_REISSUE -e USER_RECOVERY_FAIL_IO
 \t--max_io_buf_bytes BYTES --foreground
 \t--auto_zc | --no_auto_zc (zero copy: by default where the kernel has it, Linux 6.16+,\n\t\tfor loop, mem and null)
-\tTYPE: null, loop, mem, or the path of a target module (./my-target.js)
+\tTYPE: null, loop, mem, nbd, or the path of a target module (./my-target.js)
 \tFor type specific options, run:
 \t\tublk help -t <type>
 ublk del -n DEV_ID [-a | --all]

@@ -8,10 +8,11 @@ const BUILT_IN: Record<string, string> = {
   null: '../targets/null.js',
   loop: '../targets/loop.js',
   mem: '../targets/mem.js',
+  nbd: '../targets/nbd.js',
 };
 
 /** ublksrv's numeric target types, for `list`'s target line; user modules have none of theirs. */
-export const TARGET_TYPE_NUMBERS: Record<string, number> = { null: 0, loop: 1, mem: 100 };
+export const TARGET_TYPE_NUMBERS: Record<string, number> = { null: 0, loop: 1, nbd: 3, mem: 100 };
 export const USER_TARGET_TYPE = 255;
 
 /**
@@ -23,7 +24,7 @@ export function resolveTargetSource(type: string): string {
   if (type.startsWith('file:')) return type;
   if (!type.includes('/') && !type.endsWith('.js')) {
     throw new UserError(
-      `unknown target type '${type}': use null, loop, mem, or a path to a target module such as ./my-target.js`,
+      `unknown target type '${type}': use null, loop, mem, nbd, or a path to a target module such as ./my-target.js`,
     );
   }
   const path = isAbsolute(type) ? type : resolve(type);
