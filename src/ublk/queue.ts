@@ -326,7 +326,9 @@ export class Queue implements IoCommandSink {
     if (buf.buffer === bytes.buffer) return address + buf.byteOffset;
     const own = this.allocated.get(buf.buffer);
     if (own) return own.address + buf.byteOffset;
-    throw new TypeError('target IO must use the request buffer, a slice of it, or io.allocate memory');
+    throw new TypeError(
+      'target IO must use the request buffer, a slice of it, or io.allocate memory',
+    );
   }
 
   private submit(): void {
