@@ -16,7 +16,7 @@ import { after, test } from 'node:test';
 import { NBD_TRACE_ENV } from '../../src/targets/nbd.js';
 import { assertNothingLeft, delAll, delDevice, RUN_DIR, sh, ublk, waitFor } from './support/cli.js';
 import {
-  FakeNbdServer,
+  FakeNbdThread,
   patternByte,
   SIMPLE_CORRUPTIONS,
   STRUCTURED_CORRUPTIONS,
@@ -170,6 +170,8 @@ test('qemu-nbd on a qcow2 image: fio verify; qemu-img compare of the image with 
     `--socket=${sock}`,
     '--format=qcow2',
     '--shared=4',
+    // Without it qemu-nbd exits when its first client (setup's probe) disconnects.
+    '--persistent',
     image,
   ]);
   const qemuPid = Number(readFileSync(pidFile, 'utf8'));
@@ -189,7 +191,7 @@ test('qemu-nbd on a qcow2 image: fio verify; qemu-img compare of the image with 
     });
     assertSameBytes(readFileSync(shown).subarray(48 * MiB, 64 * MiB), written!, 'read back');
   } finally {
-    process.kill(qemuPid, 'SIGTERM');
+    if (existsSync(`/proc/${qemuPid}`)) process.kill(qemuPid, 'SIGTERM');
     await waitFor('qemu-nbd to exit', () => !existsSync(`/proc/${qemuPid}`), 30_000);
   }
   // qemu-img reads the qcow2 itself: every byte the device showed is in the image.
@@ -300,8 +302,11 @@ test('user errors: no server, --tls, -q 2 without multi-conn, both --host and --
     assert.match(r.stderr, message);
     assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
   }
-  const fake = new FakeNbdServer({ size: 16 * MiB, structured: true, flags: 1 | 4 });
-  await fake.listen({ host: '127.0.0.1', port: 10813 });
+  const fake = new FakeNbdThread(
+    { size: 16 * MiB, structured: true, flags: 1 | 4 },
+    { host: '127.0.0.1', port: 10813 },
+  );
+  await fake.listening();
   try {
     const r = ublk('add', '-t', 'nbd', '--host', '127.0.0.1', '--port', '10813', '-q', '2');
     assert.equal(r.status, 1);
@@ -319,8 +324,8 @@ for (const structured of [true, false]) {
   const kinds = structured ? STRUCTURED_CORRUPTIONS : SIMPLE_CORRUPTIONS;
   test(`fuzzing, ${structured ? 'structured' : 'simple'} replies: each corrupt field drops the connection, never a wrong byte`, async () => {
     const port = structured ? 10814 : 10815;
-    const fake = new FakeNbdServer({ size: 32 * MiB, structured });
-    await fake.listen({ host: '127.0.0.1', port });
+    const fake = new FakeNbdThread({ size: 32 * MiB, structured }, { host: '127.0.0.1', port });
+    await fake.listening();
     const trace = join(dir, `trace-${port}`);
     process.env[NBD_TRACE_ENV] = trace; // inherited by `ublk add` and so by its daemon
     try {
@@ -333,12 +338,12 @@ for (const structured of [true, false]) {
           const startConnections = fake.connections;
           for (const [round, kind] of kinds.entries()) {
             const offset = (round + 1) * MiB;
-            fake.corruptNextRead(kind);
+            await fake.corruptNextRead(kind);
             const got = readAt(dev, offset, 65536);
             const want = Buffer.alloc(65536);
             for (let i = 0; i < want.length; i++) want[i] = patternByte(offset + i);
             assertSameBytes(got, want, `${kind}: the data read`);
-            assert.equal(fake.applied.length, round + 1, `${kind} was sent`);
+            assert.equal(fake.applied, round + 1, `${kind} was sent`);
             assert.equal(
               fake.connections,
               startConnections + round + 1,

@@ -5,6 +5,7 @@
  * and answers READ, WRITE, FLUSH, TRIM, WRITE_ZEROES and DISC.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { Worker } from 'node:worker_threads';
 
 const NBDMAGIC = 0x4e42444d41474943n;
 const IHAVEOPT = 0x49484156454f5054n;
@@ -58,6 +59,10 @@ export interface FakeServerOptions {
   structured: boolean;
   /** Transmission flags; by default HAS_FLAGS|SEND_FLUSH|SEND_FUA|SEND_TRIM|SEND_WRITE_ZEROES. */
   flags?: number;
+  /** The export's memory (the worker's SharedArrayBuffer); by default one of its own. */
+  memory?: SharedArrayBuffer;
+  /** Called after each completed handshake and each corruption sent. */
+  onChange?(): void;
 }
 
 /** The default fill: byte i of the export is a function of i, so any misplaced byte shows. */
@@ -76,7 +81,9 @@ export class FakeNbdServer {
   private readonly sockets = new Set<Socket>();
 
   constructor(private readonly options: FakeServerOptions) {
-    this.data = Buffer.alloc(options.size);
+    this.data = options.memory
+      ? Buffer.from(options.memory, 0, options.size)
+      : Buffer.alloc(options.size);
     for (let i = 0; i < options.size; i++) this.data[i] = patternByte(i);
     this.server = createServer((socket) => this.serve(socket));
   }
@@ -170,6 +177,7 @@ export class FakeNbdServer {
       }
     }
     this.connections++;
+    this.options.onChange?.();
     for (;;) {
       const req = await read(28);
       if (req.readUInt32BE(0) !== 0x25609513) throw new Error('bad request magic');
@@ -193,6 +201,7 @@ export class FakeNbdServer {
       }
       const kind = this.pending.shift();
       if (kind) this.applied.push(kind);
+      if (kind) this.options.onChange?.();
       const bytes = this.data.subarray(offset, offset + length);
       socket.write(
         structured ? structuredRead(handle, offset, bytes, kind) : simpleRead(handle, bytes, kind),
@@ -342,5 +351,58 @@ function structuredRead(
       return Buffer.concat([first(), second().subarray(0, 40)]);
     default:
       throw new Error(`no such corruption ${String(kind)}`);
+  }
+}
+
+/**
+ * A FakeNbdServer in a worker thread, for tests whose own thread blocks in spawnSync (`ublk add`,
+ * dd) while the server must answer. The export's bytes and the counters are shared memory, so
+ * the test reads them synchronously.
+ */
+export class FakeNbdThread {
+  readonly data: Buffer;
+  private readonly counters: Int32Array;
+  private readonly worker: Worker;
+  private readonly ready: Promise<void>;
+
+  constructor(
+    options: Omit<FakeServerOptions, 'memory' | 'onChange'>,
+    listen: { port: number; host: string },
+  ) {
+    const memory = new SharedArrayBuffer(options.size);
+    const counters = new SharedArrayBuffer(8);
+    this.data = Buffer.from(memory);
+    this.counters = new Int32Array(counters);
+    this.worker = new Worker(new URL('./fake-nbd-worker.js', import.meta.url), {
+      workerData: { options, listen, memory, counters },
+    });
+    this.ready = new Promise((resolve, reject) => {
+      this.worker.once('message', () => resolve());
+      this.worker.once('error', reject);
+    });
+  }
+
+  listening(): Promise<void> {
+    return this.ready;
+  }
+
+  get connections(): number {
+    return Atomics.load(this.counters, 0);
+  }
+
+  /** How many corruptions were sent. */
+  get applied(): number {
+    return Atomics.load(this.counters, 1);
+  }
+
+  corruptNextRead(kind: Corruption): Promise<void> {
+    return new Promise((resolve) => {
+      this.worker.once('message', () => resolve());
+      this.worker.postMessage({ corrupt: kind });
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.worker.terminate();
   }
 }
