@@ -202,7 +202,7 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
   cleanups.push(() => run('kill', [readFileSync(NBDKIT_PID, 'utf8').trim()]));
   run('modprobe', ['nbd', 'nbds_max=1']);
   cleanups.push(() => run('rmmod', ['nbd']));
-  run('nbd-client', ['127.0.0.1', '10809', '/dev/nbd0']);
+  run('nbd-client', ['-N', 'bench', '127.0.0.1', '10809', '/dev/nbd0']);
   cleanups.push(() => run('nbd-client', ['-d', '/dev/nbd0']));
   noScheduler('/dev/nbd0');
   makeFile('/dev/nbd0');
