@@ -287,6 +287,9 @@ export async function openConnection(
   );
   try {
     const exported = await negotiate(socket, exportName, where);
+    // Requests are small and each waits for its reply: Nagle's algorithm would hold a header
+    // back until the previous segment is acknowledged (a delayed ACK: up to 40 ms).
+    if (!('path' in address)) socket.setNoDelay(true);
     socket.pause();
     const handle = (socket as unknown as { _handle?: { fd?: number } })._handle;
     if (typeof handle?.fd !== 'number' || handle.fd < 0) {
