@@ -248,9 +248,17 @@ export class NbdClient {
     }
   }
 
-  /** Waits for at least `length` unparsed bytes. */
-  private async need(session: Session, length: number): Promise<void> {
-    if (this.recvEnd - this.recvStart >= length) return;
+  /** Whether `length` unparsed bytes are staged: the parser awaits only when they are not. */
+  private has(length: number): boolean {
+    return this.recvEnd - this.recvStart >= length;
+  }
+
+  /**
+   * Receives until at least `length` unparsed bytes are staged. Callers check `has` first: an
+   * await per field would cost microtask hops per reply, during which the queue may go back to
+   * waiting in the kernel with the rest of a batch of replies unparsed.
+   */
+  private async fill(session: Session, length: number): Promise<void> {
     if (this.recvStart > 0) {
       this.recvStage.copyWithin(0, this.recvStart, this.recvEnd);
       this.recvEnd -= this.recvStart;
@@ -265,11 +273,15 @@ export class NbdClient {
     }
   }
 
-  /** Moves the next `length` bytes of the stream to `dst`. */
-  private async receiveInto(session: Session, dst: Uint8Array): Promise<void> {
-    let done = Math.min(dst.length, this.recvEnd - this.recvStart);
-    dst.set(this.recvStage.subarray(this.recvStart, this.recvStart + done));
-    this.recvStart += done;
+  /** Moves the next `dst.length` bytes of the stream to `dst`; undefined if all were staged. */
+  private receiveInto(session: Session, dst: Uint8Array): Promise<void> | undefined {
+    const staged = Math.min(dst.length, this.recvEnd - this.recvStart);
+    dst.set(this.recvStage.subarray(this.recvStart, this.recvStart + staged));
+    this.recvStart += staged;
+    return staged === dst.length ? undefined : this.receiveRest(session, dst, staged);
+  }
+
+  private async receiveRest(session: Session, dst: Uint8Array, done: number): Promise<void> {
     while (done < dst.length) {
       const left = dst.length - done;
       if (left >= DIRECT_RECV_BYTES) {
@@ -279,7 +291,7 @@ export class NbdClient {
         if (n < 0) throw new Error(`recv: errno ${-n}`);
         done += n;
       } else {
-        await this.need(session, 1);
+        if (!this.has(1)) await this.fill(session, 1);
         const n = Math.min(left, this.recvEnd - this.recvStart);
         dst.set(this.recvStage.subarray(this.recvStart, this.recvStart + n), done);
         this.recvStart += n;
@@ -289,7 +301,7 @@ export class NbdClient {
   }
 
   private async skip(session: Session, length: number): Promise<void> {
-    await this.need(session, length);
+    if (!this.has(length)) await this.fill(session, length);
     this.recvStart += length;
   }
 
@@ -317,10 +329,10 @@ export class NbdClient {
   }
 
   private async receiveReply(session: Session): Promise<void> {
-    await this.need(session, 4);
+    if (!this.has(4)) await this.fill(session, 4);
     const magic = this.recvView.getUint32(this.recvStart);
     if (magic === NBD_SIMPLE_REPLY_MAGIC) {
-      await this.need(session, SIMPLE_REPLY_BYTES);
+      if (!this.has(SIMPLE_REPLY_BYTES)) await this.fill(session, SIMPLE_REPLY_BYTES);
       const at = this.recvStart;
       const error = this.recvView.getUint32(at + 4);
       const request = this.lookup(session, this.recvView.getBigUint64(at + 8));
@@ -328,7 +340,8 @@ export class NbdClient {
       if (request.type === NBD_CMD_READ && error === 0) {
         // With structured replies negotiated a READ's data must come in chunks.
         if (session.structured) throw new ProtocolError('simple reply with data to a READ');
-        await this.receiveInto(session, request.buf!.subarray(0, request.length));
+        const rest = this.receiveInto(session, request.buf!.subarray(0, request.length));
+        if (rest) await rest;
       }
       if (error !== 0) request.error = wireErrno(error);
       this.finish(session, request);
@@ -337,7 +350,7 @@ export class NbdClient {
     if (magic !== NBD_STRUCTURED_REPLY_MAGIC || !session.structured) {
       throw new ProtocolError(`bad reply magic 0x${magic.toString(16)}`);
     }
-    await this.need(session, STRUCTURED_REPLY_BYTES);
+    if (!this.has(STRUCTURED_REPLY_BYTES)) await this.fill(session, STRUCTURED_REPLY_BYTES);
     const at = this.recvStart;
     const flags = this.recvView.getUint16(at + 4);
     const type = this.recvView.getUint16(at + 6);
@@ -357,20 +370,21 @@ export class NbdClient {
             `data chunk of ${length} bytes for a ${request.length}-byte READ`,
           );
         }
-        await this.need(session, 8);
+        if (!this.has(8)) await this.fill(session, 8);
         const start = this.chunkStart(
           request,
           this.recvView.getBigUint64(this.recvStart),
           length - 8,
         );
         this.recvStart += 8;
-        await this.receiveInto(session, request.buf!.subarray(start, start + length - 8));
+        const rest = this.receiveInto(session, request.buf!.subarray(start, start + length - 8));
+        if (rest) await rest;
         break;
       }
       case NBD_REPLY_TYPE_OFFSET_HOLE: {
         if (request.type !== NBD_CMD_READ) throw new ProtocolError('hole chunk for a non-READ');
         if (length !== 12) throw new ProtocolError(`hole chunk of ${length} bytes`);
-        await this.need(session, 12);
+        if (!this.has(12)) await this.fill(session, 12);
         const size = this.recvView.getUint32(this.recvStart + 8);
         const start = this.chunkStart(request, this.recvView.getBigUint64(this.recvStart), size);
         this.recvStart += 12;
@@ -384,7 +398,7 @@ export class NbdClient {
         if (length < 6 || length > 6 + MAX_ERROR_MESSAGE + 8) {
           throw new ProtocolError(`error chunk of ${length} bytes`);
         }
-        await this.need(session, 6);
+        if (!this.has(6)) await this.fill(session, 6);
         const error = this.recvView.getUint32(this.recvStart);
         const messageLength = this.recvView.getUint16(this.recvStart + 4);
         const tail = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 8 : 0;
@@ -398,7 +412,7 @@ export class NbdClient {
         this.recvStart += 6;
         if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
           await this.skip(session, messageLength);
-          await this.need(session, 8);
+          if (!this.has(8)) await this.fill(session, 8);
           const offset = this.recvView.getBigUint64(this.recvStart);
           if (
             offset < BigInt(request.offset) ||
