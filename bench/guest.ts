@@ -20,6 +20,8 @@ const option = (name: string) => {
 const peer = option('--peer');
 /** The kernel's own C server, built for this kernel on the host (bench/kublk.ts). */
 const kublk = option('--kublk');
+/** Only the nbd rows (ours against the kernel's nbd client). */
+const nbdOnly = argv.includes('--nbd-only');
 const runtimeSec = quick ? 2 : 10;
 /** Every workload runs on every device once per round, so that ratios pair runs close in time. */
 const ROUNDS = quick ? 1 : 3;
@@ -218,12 +220,48 @@ function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]):
   }
 }
 
+/** The workloads the nbd rows run: what the network target is for. */
+const NBD_WORKLOADS = ['4k randread QD32', '64k seqread QD8'];
+const NBDKIT_PID = '/tmp/bench-nbdkit.pid';
+
+/**
+ * Our nbd target against the kernel's nbd driver (nbd-client), both on one nbdkit memory export
+ * over loopback TCP, filled first so that reads are not of holes.
+ */
+function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
+  const ours = [process.execPath, CLI];
+  progress('nbd: nbdkit memory export, kernel nbd client, ublk-ts nbd');
+  run('nbdkit', ['-P', NBDKIT_PID, '-i', '127.0.0.1', '-p', '10809', 'memory', FILE_SIZE]);
+  cleanups.push(() => run('kill', [readFileSync(NBDKIT_PID, 'utf8').trim()]));
+  run('modprobe', ['nbd', 'nbds_max=1']);
+  cleanups.push(() => run('rmmod', ['nbd']));
+  run('nbd-client', ['-N', 'bench', '127.0.0.1', '10809', '/dev/nbd0']);
+  cleanups.push(() => run('nbd-client', ['-d', '/dev/nbd0']));
+  noScheduler('/dev/nbd0');
+  makeFile('/dev/nbd0');
+  const devices: Device[] = [
+    { name: 'nbd (kernel)', path: '/dev/nbd0', cleanup: () => undefined },
+    ublkDevice('ublk-ts nbd', ours, ['-t', 'nbd', '--host', '127.0.0.1'], 'nbd (kernel)'),
+  ];
+  try {
+    runRounds(
+      devices,
+      WORKLOADS.filter((w) => NBD_WORKLOADS.includes(w.name)),
+      runs,
+    );
+  } finally {
+    devices[1].cleanup();
+  }
+}
+
 function main(): BenchReport {
   const devices: Device[] = [];
   const runs: Run[] = [];
   const memory: MemoryReport[] = [];
   const cleanups: (() => void)[] = [];
   try {
+    nbdRows(runs, cleanups);
+    if (nbdOnly) return report(runs, memory);
     progress('setting up kernel baselines: null_blk, loop over a tmpfs file');
     run('modprobe', ['null_blk', 'nr_devices=1', 'queue_mode=2', 'submit_queues=2']);
     cleanups.push(() => run('rmmod', ['null_blk']));
@@ -322,6 +360,10 @@ function main(): BenchReport {
       }
     }
   }
+  return report(runs, memory);
+}
+
+function report(runs: Run[], memory: MemoryReport[]): BenchReport {
   return {
     kernel: existsSync('/proc/version') ? release() : 'unknown',
     quick,

@@ -22,6 +22,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -366,6 +367,28 @@ static napi_value js_lseek(napi_env env, napi_callback_info info) {
   return make_number(env, r < 0 ? -errno : (double)r);
 }
 
+/* A descriptor of our own for a socket another owner (libuv) holds: close-on-exec, like theirs. */
+static napi_value js_dup(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!get_args(env, info, 1, argv) || !get_i32(env, argv[0], &fd)) return NULL;
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return throw_errno(env, "dup", errno);
+  napi_value out;
+  napi_create_int32(env, copy, &out);
+  return out;
+}
+
+/* shutdown(2): wakes every receive and send pending on the socket, which close(2) does not. */
+static napi_value js_shutdown(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t fd, how;
+  if (!get_args(env, info, 2, argv) || !get_i32(env, argv[0], &fd) || !get_i32(env, argv[1], &how))
+    return NULL;
+  if (shutdown(fd, how) < 0 && errno != ENOTCONN) return throw_errno(env, "shutdown", errno);
+  return NULL;
+}
+
 /* ---- readiness watches on the env's event loop ---------------------------------------- */
 
 struct watch {
@@ -627,6 +650,8 @@ NAPI_MODULE_INIT() {
       {"open", js_open},
       {"close", js_close},
       {"lseek", js_lseek},
+      {"dup", js_dup},
+      {"shutdown", js_shutdown},
       {"watchReadable", js_watch_readable},
       {"unwatch", js_unwatch},
       {"setWatchRef", js_set_watch_ref},

@@ -66,6 +66,10 @@ export interface Sys {
   close(fd: number): void;
   /** lseek(2): the new offset or -errno (SEEK_DATA beyond the last data: -ENXIO). */
   lseek(fd: number, offset: number, whence: number): number;
+  /** fcntl(F_DUPFD_CLOEXEC): a second descriptor of the same open file. */
+  dup(fd: number): number;
+  /** shutdown(2) of a socket (how: 0 read, 1 write, 2 both); not connected is not an error. */
+  shutdown(fd: number, how: number): void;
   /**
    * Calls `callback(status)` on this thread's event loop whenever `fd` is readable (level
    * triggered: the callback must consume the readiness); status is 0 or -errno. The watch keeps
@@ -123,6 +127,8 @@ export const {
   open,
   close,
   lseek,
+  dup,
+  shutdown,
   watchReadable,
   unwatch,
   setWatchRef,

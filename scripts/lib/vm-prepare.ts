@@ -70,6 +70,12 @@ const BASE_PACKAGES = [
   'gcc',
   'linux-image-amd64',
   'linux-headers-amd64',
+  // The guest runs the host's programs: NBD servers and tools for the nbd target's tests
+  // (nbdkit, qemu-nbd and qemu-img, nbdcopy) and the kernel's own client for the benchmark.
+  'nbdkit',
+  'qemu-utils',
+  'libnbd-bin',
+  'nbd-client',
 ];
 
 /** Modules the initramfs loads (with their dependencies, in dependency order). */

@@ -122,7 +122,7 @@ export function findTargetType(argv: readonly string[]): string {
     if (arg.startsWith('--type=')) return arg.slice('--type='.length);
     if (arg.startsWith('-t') && arg.length > 2) return arg.slice(2);
   }
-  throw new UserError('no target type given: use -t TYPE (null, loop, mem or ./module.js)');
+  throw new UserError('no target type given: use -t TYPE (null, loop, mem, nbd or ./module.js)');
 }
 
 export function strictParse(

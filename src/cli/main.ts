@@ -36,7 +36,7 @@ const USAGE = `ublk add -t TYPE
 \t--usercopy (user copy: read/write on /dev/ublkcN, no buffer per tag, Linux 6.5+)
 \t-z | --zerocopy (zero copy by REGISTER_IO_BUF per request, Linux 6.15+, for loop, mem and null)
 \t--filter FILTER ... (repeatable; the first given wraps the others, as in nbdkit)
-\tTYPE: null, loop, mem, or the path of a target module (./my-target.js)
+\tTYPE: null, loop, mem, nbd, or the path of a target module (./my-target.js)
 \tFILTER: ${Object.keys(BUILT_IN_FILTERS).join(', ')}, or the path of a filter module (./my-filter.js)
 \tFor type and filter specific options, run:
 \t\tublk help -t <type> [--filter <filter>...]

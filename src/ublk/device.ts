@@ -183,7 +183,11 @@ export class Device {
   static async create(options: DeviceOptions): Promise<Device> {
     const source = resolveTargetSource(options.target);
     const target = await loadTarget(source);
-    const setup = await target.setup(options.args ?? {}, { recovering: false, startEmpty: false });
+    const setup = await target.setup(options.args ?? {}, {
+      recovering: false,
+      startEmpty: false,
+      queues: options.queues ?? 1,
+    });
     const caps: Capabilities = setup.capabilities ?? {};
     let control: Control | undefined;
     let info: DevInfo;
@@ -268,6 +272,7 @@ export class Device {
       setup = await target.setup(options.args ?? {}, {
         recovering: true,
         startEmpty: options.startEmpty ?? false,
+        queues: info.nrHwQueues,
       });
       refuseOwnDevice(devId);
       const params = await control.getParams(devId);

@@ -3,6 +3,7 @@ import { errnoError, isErrnoError } from '../errors.js';
 import { constants as sysConstants, mmap, munmap } from '../sys.js';
 import {
   IORING_FSYNC_DATASYNC,
+  MSG_NOSIGNAL,
   IORING_SETUP_COOP_TASKRUN,
   IORING_SETUP_DEFER_TASKRUN,
   IORING_SETUP_SINGLE_ISSUER,
@@ -35,7 +36,7 @@ export type QueueRing = Pick<
   Ring,
   'submit' | 'submitAndWait' | 'drain' | 'awaitCqeInEventLoop' | 'cancelEventLoopWait' | 'close'
 > & {
-  sq: Pick<Ring['sq'], 'prepUringCmd'> & ForwardRing['sq'];
+  sq: Pick<Ring['sq'], 'prepUringCmd' | 'prepSend' | 'prepRecv'> & ForwardRing['sq'];
 };
 
 /** What a queue runs on: its ring, the kernel's descriptors and the tags' buffer. */
@@ -101,6 +102,8 @@ export class Queue implements IoCommandSink {
   private readonly failures: FailureLog;
   private readonly targetIo: (Settle | undefined)[] = [];
   private readonly freeSlots: number[] = [];
+  /** What `io.allocate` handed out: ring-addressable like the request buffer, freed with it. */
+  private readonly allocated = new Map<ArrayBufferLike, IoBuffer>();
   private targetIoInFlight = 0;
   private captured: Settle | undefined;
   private readonly capture = (resolve: Settle): void => void (this.captured = resolve);
@@ -200,6 +203,23 @@ export class Queue implements IoCommandSink {
         const slot = this.claimSlot();
         while (!sq.prepFallocate(fd, mode, offset, length, slot)) this.submit();
         return this.targetIoPromise(slot);
+      },
+      send: (fd, buf) => {
+        const address = this.addressOf(buf);
+        const slot = this.claimSlot();
+        while (!sq.prepSend(fd, address, buf.length, MSG_NOSIGNAL, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
+      recv: (fd, buf) => {
+        const address = this.addressOf(buf);
+        const slot = this.claimSlot();
+        while (!sq.prepRecv(fd, address, buf.length, 0, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
+      allocate: (length) => {
+        const memory = IoBuffer.allocate(length);
+        this.allocated.set(memory.bytes.buffer, memory);
+        return memory.bytes;
       },
     };
   }
@@ -317,10 +337,12 @@ export class Queue implements IoCommandSink {
 
   private addressOf(buf: Uint8Array): number {
     const { bytes, address } = this.resources.buffer;
-    if (buf.buffer !== bytes.buffer) {
-      throw new TypeError('target IO must use the request buffer or a slice of it');
-    }
-    return address + buf.byteOffset;
+    if (buf.buffer === bytes.buffer) return address + buf.byteOffset;
+    const own = this.allocated.get(buf.buffer);
+    if (own) return own.address + buf.byteOffset;
+    throw new TypeError(
+      'target IO must use the request buffer, a slice of it, or io.allocate memory',
+    );
   }
 
   private submit(): void {
@@ -339,6 +361,7 @@ export class Queue implements IoCommandSink {
       this.failures.flush();
       this.ring.close();
       this.resources.release();
+      for (const memory of this.allocated.values()) memory.free();
       this.resolveDone();
     }
   }

@@ -9,6 +9,7 @@ const BUILT_IN: Record<string, string> = {
   null: '../targets/null.js',
   loop: '../targets/loop.js',
   mem: '../targets/mem.js',
+  nbd: '../targets/nbd.js',
 };
 
 export const BUILT_IN_FILTERS: Record<string, string> = {
@@ -20,7 +21,7 @@ export const BUILT_IN_FILTERS: Record<string, string> = {
 };
 
 /** ublksrv's numeric target types, for `list`'s target line; user modules have none of theirs. */
-export const TARGET_TYPE_NUMBERS: Record<string, number> = { null: 0, loop: 1, mem: 100 };
+export const TARGET_TYPE_NUMBERS: Record<string, number> = { null: 0, loop: 1, nbd: 3, mem: 100 };
 export const USER_TARGET_TYPE = 255;
 
 /**

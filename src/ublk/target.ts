@@ -66,6 +66,8 @@ export interface SetupEnv {
   recovering: boolean;
   /** Accept starting without the data of the previous daemon (`recover --start_empty`). */
   startEmpty: boolean;
+  /** How many queues (threads) will serve the device: `queue` runs once for each. */
+  queues: number;
 }
 
 export interface TargetSetup<Shared = unknown> {
@@ -174,7 +176,8 @@ export interface QueueContext {
 }
 
 /**
- * IO on the queue's io_uring. `buf` must be the request's buffer or a subarray of it. The raw calls
+ * IO on the queue's io_uring. `buf` must be the request's buffer or a subarray of it, or memory
+ * from `allocate`. The raw calls
  * resolve with the kernel's result (bytes, or -errno); the whole-buffer ones loop over short IO and
  * throw an ErrnoError on failure.
  */
@@ -187,4 +190,13 @@ export interface QueueIo {
   writeFully(fd: number, buf: Uint8Array, offset: number): Promise<void>;
   fsync(fd: number, opts?: { dataOnly?: boolean }): Promise<number>;
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>;
+  /** send(2) on a connected socket (never SIGPIPE): bytes sent, possibly fewer, or -errno. */
+  send(fd: number, buf: Uint8Array): Promise<number>;
+  /** recv(2) from a connected socket: bytes received (0 at end of stream) or -errno. */
+  recv(fd: number, buf: Uint8Array): Promise<number>;
+  /**
+   * Memory the ring may read and write besides the request buffers (protocol headers, staging
+   * areas), zeroed, page-aligned; it lives as long as the queue.
+   */
+  allocate(length: number): Uint8Array;
 }

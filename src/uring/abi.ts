@@ -1,7 +1,7 @@
 /**
  * The io_uring ABI this project uses, from <linux/io_uring.h> (plus the poll and fallocate flags
  * its opcodes take). test/unit/uring-abi.test.ts checks every value here against the system
- * header, so nothing io_uring-related may be defined anywhere else.
+ * header (and <sys/socket.h> for the MSG_* flags), so nothing io_uring-related may be defined anywhere else.
  */
 
 // Opcodes (enum io_uring_op).
@@ -13,6 +13,8 @@ export const IORING_OP_POLL_ADD = 6;
 export const IORING_OP_FALLOCATE = 17;
 export const IORING_OP_READ = 22;
 export const IORING_OP_WRITE = 23;
+export const IORING_OP_SEND = 26;
+export const IORING_OP_RECV = 27;
 export const IORING_OP_URING_CMD = 46;
 
 // io_uring_setup(2) flags.
@@ -63,6 +65,12 @@ export const IORING_FSYNC_DATASYNC = 1 << 0;
 // sqe->poll32_events (<linux/poll.h>).
 export const POLLIN = 0x1;
 
+// sqe->msg_flags of SEND and RECV (<sys/socket.h>).
+/** A send to a peer that closed fails with EPIPE instead of raising SIGPIPE. */
+export const MSG_NOSIGNAL = 0x4000;
+/** The kernel retries a short stream receive (or send) until the length is reached. */
+export const MSG_WAITALL = 0x100;
+
 // IORING_OP_FALLOCATE mode (<linux/falloc.h>).
 export const FALLOC_FL_KEEP_SIZE = 0x1;
 export const FALLOC_FL_PUNCH_HOLE = 0x2;
@@ -81,7 +89,7 @@ export const IO_URING_SQE = {
   cmdOp: 8,
   addr: 16,
   len: 24,
-  /** The per-opcode flags union: rw_flags, fsync_flags, poll32_events, uring_cmd_flags. */
+  /** The per-opcode flags union: rw_flags, fsync_flags, poll32_events, msg_flags, uring_cmd_flags. */
   opFlags: 28,
   userData: 32,
   /** READ_FIXED/WRITE_FIXED: the index in the ring's registered buffer table. */

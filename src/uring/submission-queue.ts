@@ -6,6 +6,8 @@ import {
   IORING_OP_POLL_ADD,
   IORING_OP_READ,
   IORING_OP_READ_FIXED,
+  IORING_OP_RECV,
+  IORING_OP_SEND,
   IORING_OP_URING_CMD,
   IORING_OP_WRITE,
   IORING_OP_WRITE_FIXED,
@@ -161,6 +163,30 @@ export class SubmissionQueue {
     );
   }
 
+  /** send(2) of `length` bytes at `address` on socket `fd`; msgFlags are MSG_* flags. */
+  prepSend(
+    fd: number,
+    address: number,
+    length: number,
+    msgFlags: number,
+    userData: number,
+    sqeFlags = 0,
+  ): boolean {
+    return this.prepSocketIo(IORING_OP_SEND, fd, address, length, msgFlags, userData, sqeFlags);
+  }
+
+  /** recv(2) of up to `length` bytes into `address` from socket `fd`. */
+  prepRecv(
+    fd: number,
+    address: number,
+    length: number,
+    msgFlags: number,
+    userData: number,
+    sqeFlags = 0,
+  ): boolean {
+    return this.prepSocketIo(IORING_OP_RECV, fd, address, length, msgFlags, userData, sqeFlags);
+  }
+
   /** fsyncFlags: 0 or IORING_FSYNC_DATASYNC. */
   prepFsync(fd: number, fsyncFlags: number, userData: number, sqeFlags = 0): boolean {
     const sqe = this.claim(IORING_OP_FSYNC, fd, userData, sqeFlags);
@@ -229,6 +255,21 @@ export class SubmissionQueue {
     writeU64(this.words, sqe + ADDR, address);
     this.words[sqe + LEN] = length;
     return sqe;
+  }
+
+  private prepSocketIo(
+    opcode: number,
+    fd: number,
+    address: number,
+    length: number,
+    msgFlags: number,
+    userData: number,
+    sqeFlags: number,
+  ): boolean {
+    const sqe = this.prepReadWrite(opcode, fd, address, length, 0, userData, sqeFlags);
+    if (sqe < 0) return false;
+    this.words[sqe + OP_FLAGS] = msgFlags;
+    return true;
   }
 
   private prepFixed(

@@ -30,7 +30,7 @@ import {
   parseRate,
 } from '../../src/targets/filters/options.js';
 
-const env = { recovering: false, startEmpty: false };
+const env = { recovering: false, startEmpty: false, queues: 1 };
 
 /** A QueueIo that records its calls and answers with full transfers. */
 function recordingIo() {
@@ -61,6 +61,9 @@ function recordingIo() {
       calls.push(`fallocate ${fd} ${mode} ${offset} ${length}`),
       Promise.resolve(0)
     ),
+    send: () => Promise.reject(new Error('no sockets here')),
+    recv: () => Promise.reject(new Error('no sockets here')),
+    allocate: (bytes) => new Uint8Array(bytes),
   };
   return { io, calls, ctx: { queueId: 0, depth: 4, io } satisfies QueueContext };
 }

@@ -20,7 +20,7 @@ import loop from '../../src/targets/loop.js';
 import mem from '../../src/targets/mem.js';
 import type { TargetArgs, TargetSetup } from '../../src/targets/target.js';
 
-const env = { recovering: false, startEmpty: false };
+const env = { recovering: false, startEmpty: false, queues: 1 };
 const dir = mkdtempSync(join(tmpdir(), 'ublk-targets-unit-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -121,12 +121,12 @@ test('mem: size, capabilities, and a memfd closed by close()', async () => {
 
 test('mem: recovery needs --start_empty, since the data died with the old daemon', async () => {
   await assert.rejects(
-    async () => mem.setup({ size: '64M' }, { recovering: true, startEmpty: false }),
+    async () => mem.setup({ size: '64M' }, { recovering: true, startEmpty: false, queues: 1 }),
     (err: unknown) => err instanceof UserError && /recover --start_empty/.test(err.message),
   );
   const setup = (await mem.setup(
     { size: '64M' },
-    { recovering: true, startEmpty: true },
+    { recovering: true, startEmpty: true, queues: 1 },
   )) as TargetSetup;
   assert.equal(setup.size, 64 << 20);
   await setup.close?.();

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import * as abi from '../../src/uring/abi.js';
 import { evalCExpressions } from './support/cheader.js';
 
-const HEADERS = ['linux/io_uring.h', 'linux/poll.h', 'linux/falloc.h'];
+const HEADERS = ['linux/io_uring.h', 'linux/poll.h', 'linux/falloc.h', 'sys/socket.h'];
 
 // Every constant, checked against the C expression that defines it. Constants the header does
 // not name (SQE128/CQE32 sizes, the opcode-flags union) are checked through the definitions
@@ -18,6 +18,10 @@ const scalars: Record<string, string> = {
   IORING_OP_READ: 'IORING_OP_READ',
   IORING_OP_WRITE: 'IORING_OP_WRITE',
   IORING_OP_URING_CMD: 'IORING_OP_URING_CMD',
+  IORING_OP_SEND: 'IORING_OP_SEND',
+  IORING_OP_RECV: 'IORING_OP_RECV',
+  MSG_NOSIGNAL: 'MSG_NOSIGNAL',
+  MSG_WAITALL: 'MSG_WAITALL',
   IORING_SETUP_CQSIZE: 'IORING_SETUP_CQSIZE',
   IORING_SETUP_SQE128: 'IORING_SETUP_SQE128',
   IORING_SETUP_CQE32: 'IORING_SETUP_CQE32',
@@ -63,7 +67,13 @@ const structs: Record<string, Record<string, string>> = {
     cmdOp: `offsetof(${SQE}, cmd_op)`,
     addr: `offsetof(${SQE}, addr)`,
     len: `offsetof(${SQE}, len)`,
-    opFlags: sameOffset(SQE, ['rw_flags', 'fsync_flags', 'poll32_events', 'uring_cmd_flags']),
+    opFlags: sameOffset(SQE, [
+      'rw_flags',
+      'fsync_flags',
+      'poll32_events',
+      'msg_flags',
+      'uring_cmd_flags',
+    ]),
     userData: `offsetof(${SQE}, user_data)`,
     bufIndex: `offsetof(${SQE}, buf_index)`,
     cmd: `offsetof(${SQE}, cmd)`,

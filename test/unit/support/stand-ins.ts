@@ -53,7 +53,7 @@ export interface SentCommand {
 
 /** A target IO the queue prepared: its kind and user_data, which its completion must carry. */
 export interface PreparedIo {
-  kind: 'read' | 'write' | 'readFixed' | 'writeFixed' | 'fsync' | 'fallocate';
+  kind: 'read' | 'write' | 'readFixed' | 'writeFixed' | 'fsync' | 'fallocate' | 'send' | 'recv';
   userData: number;
   fd: number;
   length?: number;
@@ -124,6 +124,10 @@ export class StandInRing implements QueueRing {
       this.prepared({ kind: 'fsync', userData, fd }),
     prepFallocate: (fd: number, _mode: number, offset: number, length: number, userData: number) =>
       this.prepared({ kind: 'fallocate', userData, fd, length, offset }),
+    prepSend: (fd: number, address: number, length: number, _flags: number, userData: number) =>
+      this.prepared({ kind: 'send', userData, fd, length, address }),
+    prepRecv: (fd: number, address: number, length: number, _flags: number, userData: number) =>
+      this.prepared({ kind: 'recv', userData, fd, length, address }),
   };
   private readonly pendingViews: [number, number, number, DataView][] = [];
 

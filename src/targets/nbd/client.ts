@@ -1,0 +1,553 @@
+import { writeSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { close as closeFd, shutdown } from '../../sys.js';
+import type { QueueIo } from '../target.js';
+import type { Connection, Export } from './handshake.js';
+import {
+  encodeRequest,
+  NBD_CMD_DISC,
+  NBD_CMD_READ,
+  NBD_CMD_WRITE,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_ERROR,
+  NBD_REPLY_TYPE_ERROR_BIT,
+  NBD_REPLY_TYPE_ERROR_OFFSET,
+  NBD_REPLY_TYPE_NONE,
+  NBD_REPLY_TYPE_OFFSET_DATA,
+  NBD_REPLY_TYPE_OFFSET_HOLE,
+  NBD_SIMPLE_REPLY_MAGIC,
+  NBD_STRUCTURED_REPLY_MAGIC,
+  REQUEST_BYTES,
+  SIMPLE_REPLY_BYTES,
+  STRUCTURED_REPLY_BYTES,
+  wireErrno,
+} from './protocol.js';
+
+const { EIO } = osConstants.errno;
+
+/** Room for a batch of request headers and small writes: one SEND carries them all. */
+const SEND_STAGE_BYTES = 256 * 1024;
+/** Replies are received into this, then copied out; bigger payloads go straight to their buffer. */
+const RECV_STAGE_BYTES = 256 * 1024;
+/** A payload at least this big, with nothing of it staged yet, is received into its buffer. */
+const DIRECT_RECV_BYTES = 32 * 1024;
+/** The largest error message a server may send (the protocol caps strings at 4096 bytes). */
+const MAX_ERROR_MESSAGE = 4096;
+const SHUT_RDWR = 2;
+
+export interface Request {
+  type: number;
+  flags: number;
+  offset: number;
+  length: number;
+  /** READ: where the data goes; WRITE: the data. */
+  buf?: Uint8Array;
+  handle: number;
+  /** READ with structured replies: the byte ranges the chunks filled so far, [start, end). */
+  covered: [number, number][];
+  /** An error chunk's errno, reported when the reply is done. */
+  error: number;
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+export interface ClientOptions {
+  io: QueueIo;
+  /** Opens and negotiates a new connection. */
+  connect(): Promise<Connection>;
+  /** What the first connection found; every later one must offer the same. */
+  expected: Export;
+  /** How long after a connection broke requests wait for a new one before failing with EIO. */
+  reconnectTimeoutMs: number;
+  log(line: string): void;
+  /** A test aid: one line per event (connected, dropped ...) to this function. */
+  trace?(event: string): void;
+}
+
+/** A reply that breaks the protocol: the connection cannot be trusted any more. */
+class ProtocolError extends Error {}
+
+function requestError(errno: number, what: string): Error {
+  return Object.assign(new Error(`nbd ${what}: server error ${errno}`), { errno });
+}
+
+/** An established connection's state. */
+interface Session {
+  fd: number;
+  structured: boolean;
+  /** Requests sent (or being sent) whose reply is not complete, by handle. */
+  inFlight: Map<number, Request>;
+  broken: boolean;
+  /** Ring IO of this session still running: the descriptor closes when both are done. */
+  sending: boolean;
+  receiving: boolean;
+  /** Resolves once the descriptor is closed: no ring IO of the session uses the stages then. */
+  settled: Promise<void>;
+  markSettled(): void;
+}
+
+/**
+ * One NBD connection of one queue, its socket IO on the queue's ring: requests are multiplexed
+ * by handle, a single sender batches their headers (and small payloads) into one SEND, a single
+ * receiver parses replies from one RECV stream. When the connection breaks or the server says
+ * something that breaks the protocol, the connection is dropped and every request without a
+ * complete reply is sent again on a new one: a request completes only after its reply, so no
+ * acknowledged write is lost. Past the reconnect bound requests fail with EIO.
+ */
+export class NbdClient {
+  private session: Session | undefined;
+  private readonly queued: Request[] = [];
+  private nextHandle = 1;
+  private readonly sendStage: Uint8Array;
+  private readonly sendView: DataView;
+  private readonly recvStage: Uint8Array;
+  private readonly recvView: DataView;
+  /** Unparsed received bytes are recvStage[recvStart, recvEnd). */
+  private recvStart = 0;
+  private recvEnd = 0;
+  private reconnecting: Promise<void> | undefined;
+  /** Past the bound: requests fail at once until a connection succeeds again. */
+  private failed = false;
+  private closed = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly options: ClientOptions,
+    first: Connection,
+  ) {
+    this.sendStage = options.io.allocate(SEND_STAGE_BYTES);
+    this.sendView = new DataView(this.sendStage.buffer);
+    this.recvStage = options.io.allocate(RECV_STAGE_BYTES);
+    this.recvView = new DataView(this.recvStage.buffer);
+    this.adopt(first);
+  }
+
+  /** Sends a request and resolves once its (complete, valid) reply came. */
+  request(type: number, flags: number, offset: number, length: number, buf?: Uint8Array) {
+    return new Promise<void>((resolve, reject) => {
+      if (this.failed || this.closed) {
+        reject(requestError(EIO, 'server unreachable'));
+        return;
+      }
+      const handle = this.nextHandle++;
+      this.queued.push({
+        type,
+        flags,
+        offset,
+        length,
+        buf,
+        handle,
+        covered: [],
+        error: 0,
+        resolve,
+        reject,
+      });
+      this.pump();
+    });
+  }
+
+  /**
+   * Ends the session politely (NBD_CMD_DISC) and lets go of the socket; no request is pending.
+   * The queue no longer reaps its ring by then, so the 28 bytes go by write(2): an idle socket
+   * takes them at once.
+   */
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    const session = this.session;
+    if (!session || session.broken) return;
+    const disc = new Uint8Array(REQUEST_BYTES);
+    encodeRequest(new DataView(disc.buffer), 0, 0, NBD_CMD_DISC, 0, 0, 0);
+    try {
+      writeSync(session.fd, disc);
+    } catch {
+      // the server went away: nothing to say goodbye to
+    }
+    this.drop(session, undefined);
+  }
+
+  private adopt(connection: Connection): void {
+    let markSettled!: () => void;
+    const settled = new Promise<void>((resolve) => (markSettled = resolve));
+    this.session = {
+      fd: connection.fd,
+      structured: connection.export.structured,
+      inFlight: new Map(),
+      broken: false,
+      sending: false,
+      receiving: false,
+      settled,
+      markSettled,
+    };
+    this.recvStart = this.recvEnd = 0;
+    this.failed = false;
+    this.options.trace?.('connected');
+  }
+
+  /** Starts the sender and the receiver if there is work for them. */
+  private pump(): void {
+    const session = this.session;
+    if (!session || session.broken) return;
+    if (!session.sending && this.queued.length > 0) {
+      session.sending = true;
+      this.sendLoop(session).catch((err: unknown) => this.drop(session, err));
+    }
+    if (!session.receiving && session.inFlight.size > 0) {
+      session.receiving = true;
+      this.receiveLoop(session).catch((err: unknown) => this.drop(session, err));
+    }
+  }
+
+  private async sendLoop(session: Session): Promise<void> {
+    try {
+      while (this.queued.length > 0 && !session.broken) {
+        let staged = 0;
+        let large: Request | undefined;
+        while (this.queued.length > 0) {
+          const next = this.queued[0];
+          const payload = next.type === NBD_CMD_WRITE ? next.length : 0;
+          if (staged + REQUEST_BYTES + payload > SEND_STAGE_BYTES) {
+            if (staged > 0) break;
+            large = next; // alone: its header staged, its payload sent from its own buffer
+          }
+          this.queued.shift();
+          session.inFlight.set(next.handle, next);
+          encodeRequest(
+            this.sendView,
+            staged,
+            next.flags,
+            next.type,
+            next.handle,
+            next.offset,
+            next.length,
+          );
+          staged += REQUEST_BYTES;
+          if (large) break;
+          if (payload > 0) {
+            this.sendStage.set(next.buf!.subarray(0, payload), staged);
+            staged += payload;
+          }
+        }
+        // Replies may come before the send completes: the receiver runs from now.
+        this.pump();
+        await this.sendAll(session, this.sendStage.subarray(0, staged));
+        if (large) await this.sendAll(session, large.buf!.subarray(0, large.length));
+      }
+    } finally {
+      session.sending = false;
+      this.settleSession(session);
+    }
+  }
+
+  private async sendAll(session: Session, bytes: Uint8Array): Promise<void> {
+    for (let done = 0; done < bytes.length;) {
+      if (session.broken) return;
+      const n = await this.options.io.send(session.fd, bytes.subarray(done));
+      if (n <= 0) throw new Error(n === 0 ? 'send made no progress' : `send: errno ${-n}`);
+      done += n;
+    }
+  }
+
+  /** Whether `length` unparsed bytes are staged: the parser awaits only when they are not. */
+  private has(length: number): boolean {
+    return this.recvEnd - this.recvStart >= length;
+  }
+
+  /**
+   * Receives until at least `length` unparsed bytes are staged. Callers check `has` first: an
+   * await per field would cost microtask hops per reply, during which the queue may go back to
+   * waiting in the kernel with the rest of a batch of replies unparsed.
+   */
+  private async fill(session: Session, length: number): Promise<void> {
+    if (this.recvStart > 0) {
+      this.recvStage.copyWithin(0, this.recvStart, this.recvEnd);
+      this.recvEnd -= this.recvStart;
+      this.recvStart = 0;
+    }
+    while (this.recvEnd < length) {
+      if (session.broken) throw new Error('connection dropped');
+      const n = await this.options.io.recv(session.fd, this.recvStage.subarray(this.recvEnd));
+      if (n === 0) throw new Error('the server closed the connection');
+      if (n < 0) throw new Error(`recv: errno ${-n}`);
+      this.recvEnd += n;
+    }
+  }
+
+  /** Moves the next `dst.length` bytes of the stream to `dst`; undefined if all were staged. */
+  private receiveInto(session: Session, dst: Uint8Array): Promise<void> | undefined {
+    const staged = Math.min(dst.length, this.recvEnd - this.recvStart);
+    dst.set(this.recvStage.subarray(this.recvStart, this.recvStart + staged));
+    this.recvStart += staged;
+    return staged === dst.length ? undefined : this.receiveRest(session, dst, staged);
+  }
+
+  private async receiveRest(session: Session, dst: Uint8Array, done: number): Promise<void> {
+    while (done < dst.length) {
+      const left = dst.length - done;
+      if (left >= DIRECT_RECV_BYTES) {
+        if (session.broken) throw new Error('connection dropped');
+        const n = await this.options.io.recv(session.fd, dst.subarray(done));
+        if (n === 0) throw new Error('the server closed the connection');
+        if (n < 0) throw new Error(`recv: errno ${-n}`);
+        done += n;
+      } else {
+        if (!this.has(1)) await this.fill(session, 1);
+        const n = Math.min(left, this.recvEnd - this.recvStart);
+        dst.set(this.recvStage.subarray(this.recvStart, this.recvStart + n), done);
+        this.recvStart += n;
+        done += n;
+      }
+    }
+  }
+
+  private async skip(session: Session, length: number): Promise<void> {
+    if (!this.has(length)) await this.fill(session, length);
+    this.recvStart += length;
+  }
+
+  private async receiveLoop(session: Session): Promise<void> {
+    try {
+      while (session.inFlight.size > 0 && !session.broken) await this.receiveReply(session);
+    } finally {
+      session.receiving = false;
+      this.settleSession(session);
+    }
+    this.pump();
+  }
+
+  private lookup(session: Session, handle: bigint): Request {
+    const request =
+      handle <= BigInt(Number.MAX_SAFE_INTEGER) ? session.inFlight.get(Number(handle)) : undefined;
+    if (!request) throw new ProtocolError(`reply for unknown handle ${handle}`);
+    return request;
+  }
+
+  private finish(session: Session, request: Request): void {
+    session.inFlight.delete(request.handle);
+    if (request.error !== 0) request.reject(requestError(request.error, opName(request.type)));
+    else request.resolve();
+  }
+
+  private async receiveReply(session: Session): Promise<void> {
+    if (!this.has(4)) await this.fill(session, 4);
+    const magic = this.recvView.getUint32(this.recvStart);
+    if (magic === NBD_SIMPLE_REPLY_MAGIC) {
+      if (!this.has(SIMPLE_REPLY_BYTES)) await this.fill(session, SIMPLE_REPLY_BYTES);
+      const at = this.recvStart;
+      const error = this.recvView.getUint32(at + 4);
+      const request = this.lookup(session, this.recvView.getBigUint64(at + 8));
+      this.recvStart += SIMPLE_REPLY_BYTES;
+      if (request.type === NBD_CMD_READ && error === 0) {
+        // With structured replies negotiated a READ's data must come in chunks.
+        if (session.structured) throw new ProtocolError('simple reply with data to a READ');
+        const rest = this.receiveInto(session, request.buf!.subarray(0, request.length));
+        if (rest) await rest;
+      }
+      if (error !== 0) request.error = wireErrno(error);
+      this.finish(session, request);
+      return;
+    }
+    if (magic !== NBD_STRUCTURED_REPLY_MAGIC || !session.structured) {
+      throw new ProtocolError(`bad reply magic 0x${magic.toString(16)}`);
+    }
+    if (!this.has(STRUCTURED_REPLY_BYTES)) await this.fill(session, STRUCTURED_REPLY_BYTES);
+    const at = this.recvStart;
+    const flags = this.recvView.getUint16(at + 4);
+    const type = this.recvView.getUint16(at + 6);
+    const request = this.lookup(session, this.recvView.getBigUint64(at + 8));
+    const length = this.recvView.getUint32(at + 16);
+    this.recvStart += STRUCTURED_REPLY_BYTES;
+    const done = (flags & NBD_REPLY_FLAG_DONE) !== 0;
+    switch (type) {
+      case NBD_REPLY_TYPE_NONE:
+        if (length !== 0 || !done)
+          throw new ProtocolError('NBD_REPLY_TYPE_NONE with a payload or not last');
+        break;
+      case NBD_REPLY_TYPE_OFFSET_DATA: {
+        if (request.type !== NBD_CMD_READ) throw new ProtocolError('data chunk for a non-READ');
+        if (length <= 8 || length - 8 > request.length) {
+          throw new ProtocolError(
+            `data chunk of ${length} bytes for a ${request.length}-byte READ`,
+          );
+        }
+        if (!this.has(8)) await this.fill(session, 8);
+        const start = this.chunkStart(
+          request,
+          this.recvView.getBigUint64(this.recvStart),
+          length - 8,
+        );
+        this.recvStart += 8;
+        const rest = this.receiveInto(session, request.buf!.subarray(start, start + length - 8));
+        if (rest) await rest;
+        break;
+      }
+      case NBD_REPLY_TYPE_OFFSET_HOLE: {
+        if (request.type !== NBD_CMD_READ) throw new ProtocolError('hole chunk for a non-READ');
+        if (length !== 12) throw new ProtocolError(`hole chunk of ${length} bytes`);
+        if (!this.has(12)) await this.fill(session, 12);
+        const size = this.recvView.getUint32(this.recvStart + 8);
+        const start = this.chunkStart(request, this.recvView.getBigUint64(this.recvStart), size);
+        this.recvStart += 12;
+        request.buf!.fill(0, start, start + size);
+        break;
+      }
+      default: {
+        if ((type & NBD_REPLY_TYPE_ERROR_BIT) === 0) {
+          throw new ProtocolError(`unexpected reply chunk type ${type}`);
+        }
+        if (length < 6 || length > 6 + MAX_ERROR_MESSAGE + 8) {
+          throw new ProtocolError(`error chunk of ${length} bytes`);
+        }
+        if (!this.has(6)) await this.fill(session, 6);
+        const error = this.recvView.getUint32(this.recvStart);
+        const messageLength = this.recvView.getUint16(this.recvStart + 4);
+        const tail = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 8 : 0;
+        if (error === 0) throw new ProtocolError('error chunk with error 0');
+        if (
+          (type === NBD_REPLY_TYPE_ERROR || type === NBD_REPLY_TYPE_ERROR_OFFSET) &&
+          6 + messageLength + tail !== length
+        ) {
+          throw new ProtocolError('error chunk length does not match its message');
+        }
+        this.recvStart += 6;
+        if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
+          await this.skip(session, messageLength);
+          if (!this.has(8)) await this.fill(session, 8);
+          const offset = this.recvView.getBigUint64(this.recvStart);
+          if (
+            offset < BigInt(request.offset) ||
+            offset >= BigInt(request.offset + request.length)
+          ) {
+            throw new ProtocolError('error offset outside the request');
+          }
+          this.recvStart += 8;
+        } else {
+          await this.skip(session, length - 6);
+        }
+        request.error ||= wireErrno(error);
+        break;
+      }
+    }
+    if (!done) return;
+    if (request.type === NBD_CMD_READ && request.error === 0 && !fullyCovered(request)) {
+      throw new ProtocolError('READ reply done before all of its data came');
+    }
+    this.finish(session, request);
+  }
+
+  /** Where a chunk of `size` bytes at `offset` lands in the READ's buffer, after checking it. */
+  private chunkStart(request: Request, offset: bigint, size: number): number {
+    const start = Number(offset - BigInt(request.offset));
+    if (offset < BigInt(request.offset) || start + size > request.length || size === 0) {
+      throw new ProtocolError('chunk outside the request');
+    }
+    for (const [a, b] of request.covered) {
+      if (start < b && a < start + size) throw new ProtocolError('overlapping chunks');
+    }
+    request.covered.push([start, start + size]);
+    return start;
+  }
+
+  /**
+   * Drops a session: shutdown(2) wakes its pending ring IO; once that ended the descriptor is
+   * closed. The requests without a complete reply go first in line for the next connection.
+   */
+  private drop(session: Session, err: unknown): void {
+    if (session.broken) return;
+    session.broken = true;
+    try {
+      shutdown(session.fd, SHUT_RDWR);
+    } catch {
+      // already gone
+    }
+    this.settleSession(session);
+    if (this.closed && err === undefined) return;
+    const unanswered = [...session.inFlight.values()].sort((a, b) => a.handle - b.handle);
+    session.inFlight.clear();
+    for (const request of unanswered) {
+      request.covered = [];
+      request.error = 0;
+    }
+    this.queued.unshift(...unanswered);
+    const why = err instanceof Error ? err.message : String(err);
+    this.options.log(
+      `nbd: connection dropped (${why}); ${unanswered.length} request(s) will be sent again on a new connection`,
+    );
+    this.options.trace?.(`dropped ${err instanceof ProtocolError ? 'protocol' : 'io'}: ${why}`);
+    this.reconnect();
+  }
+
+  private settleSession(session: Session): void {
+    if (!session.broken || session.sending || session.receiving || session.fd < 0) return;
+    closeFd(session.fd);
+    session.fd = -1;
+    session.markSettled();
+  }
+
+  private reconnect(): void {
+    if (this.reconnecting || this.closed) return;
+    const deadline = Date.now() + this.options.reconnectTimeoutMs;
+    const old = this.session;
+    this.reconnecting = (async () => {
+      // The old session's last RECV and SEND use the stages until they end (shutdown ends them).
+      await old?.settled;
+      let pause = 50;
+      while (!this.closed) {
+        try {
+          const connection = await this.options.connect();
+          if (this.closed) {
+            closeFd(connection.fd);
+            return;
+          }
+          if (!sameExport(connection.export, this.options.expected)) {
+            closeFd(connection.fd);
+            throw new Error('the export changed (size or flags) across the reconnect');
+          }
+          this.adopt(connection);
+          if (this.failed) this.options.log('nbd: reconnected; IO is served again');
+          return;
+        } catch (err) {
+          if (Date.now() >= deadline && !this.failed) {
+            this.fail(`${(err as Error).message}`);
+          }
+          if (this.failed) {
+            // Keep trying in the background, slowly, so that a server that returns later is used.
+            await new Promise((resolve) => (this.retryTimer = setTimeout(resolve, 1000)));
+            continue;
+          }
+          await new Promise((resolve) => (this.retryTimer = setTimeout(resolve, pause)));
+          pause = Math.min(pause * 2, 1000);
+        }
+      }
+    })().finally(() => {
+      this.reconnecting = undefined;
+      this.pump();
+    });
+  }
+
+  /** Past the bound: everything waiting fails with EIO, and so does what comes next. */
+  private fail(why: string): void {
+    this.failed = true;
+    const waiting = this.queued.splice(0);
+    this.options.log(
+      `nbd: no connection to the server within --reconnect_timeout ${this.options.reconnectTimeoutMs / 1000} s (${why}): failing ${waiting.length} request(s) and new IO with EIO`,
+    );
+    for (const request of waiting) request.reject(requestError(EIO, 'server unreachable'));
+  }
+}
+
+function fullyCovered(request: Request): boolean {
+  let total = 0;
+  for (const [a, b] of request.covered) total += b - a;
+  return total === request.length; // chunks never overlap (checked on arrival)
+}
+
+export function sameExport(a: Export, b: Export): boolean {
+  return a.size === b.size && a.flags === b.flags && a.structured === b.structured;
+}
+
+function opName(type: number): string {
+  return (
+    ['read', 'write', 'disc', 'flush', 'trim', 'cache', 'write zeroes'][type] ?? `command ${type}`
+  );
+}

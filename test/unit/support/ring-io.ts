@@ -1,0 +1,67 @@
+/**
+ * The socket part of a queue's QueueIo on a real io_uring in event-loop mode, for running a
+ * target's ring-IO client (the nbd target's) without ublk.
+ */
+import { IoBuffer, MSG_NOSIGNAL, Ring } from '../../../src/uring/index.js';
+import type { QueueIo } from '../../../src/ublk/target.js';
+
+export class RingSocketIo {
+  readonly io: QueueIo;
+  private readonly ring = Ring.create({ entries: 256 });
+  private readonly settle = new Map<number, (res: number) => void>();
+  private readonly memory = new Map<ArrayBufferLike, IoBuffer>();
+  private next = 1;
+
+  constructor() {
+    this.ring.startEventLoop((userData, res) => {
+      const done = this.settle.get(userData)!;
+      this.settle.delete(userData);
+      done(res);
+    });
+    const unsupported = () => {
+      throw new Error('not in this stand-in');
+    };
+    this.io = {
+      read: unsupported,
+      write: unsupported,
+      readFully: unsupported,
+      writeFully: unsupported,
+      fsync: unsupported,
+      fallocate: unsupported,
+      send: (fd, buf) =>
+        this.op((ud) => this.ring.sq.prepSend(fd, this.address(buf), buf.length, MSG_NOSIGNAL, ud)),
+      recv: (fd, buf) =>
+        this.op((ud) => this.ring.sq.prepRecv(fd, this.address(buf), buf.length, 0, ud)),
+      allocate: (length) => {
+        const m = IoBuffer.allocate(length);
+        this.memory.set(m.bytes.buffer, m);
+        return m.bytes;
+      },
+    };
+  }
+
+  /** Ring memory for request buffers (as the queue's IO buffer is). */
+  buffer(length: number): Uint8Array {
+    return this.io.allocate(length);
+  }
+
+  close(): void {
+    this.ring.stopEventLoop();
+    this.ring.close();
+    for (const m of this.memory.values()) m.free();
+  }
+
+  private op(prep: (userData: number) => boolean): Promise<number> {
+    const ud = this.next++;
+    const promise = new Promise<number>((resolve) => this.settle.set(ud, resolve));
+    if (!prep(ud)) throw new Error('SQ full');
+    this.ring.submit();
+    return promise;
+  }
+
+  private address(buf: Uint8Array): number {
+    const m = this.memory.get(buf.buffer);
+    if (!m) throw new Error('not ring memory');
+    return m.address + buf.byteOffset;
+  }
+}
