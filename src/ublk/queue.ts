@@ -13,6 +13,7 @@ import {
 import { IoDescTable, ioDescMmapLength, ioDescMmapOffset, writeIoCmd } from './abi.js';
 import { FailureLog } from './failure-log.js';
 import { FORWARDED_IO_BASE, type ForwardRing } from './forwarded-io.js';
+import { HOOK_DELAY_BASE, type HookRing } from './request-hooks.js';
 import {
   TagStates,
   type IoCommandSink,
@@ -36,7 +37,9 @@ export type QueueRing = Pick<
   Ring,
   'submit' | 'submitAndWait' | 'drain' | 'awaitCqeInEventLoop' | 'cancelEventLoopWait' | 'close'
 > & {
-  sq: Pick<Ring['sq'], 'prepUringCmd' | 'prepSend' | 'prepRecv'> & ForwardRing['sq'];
+  sq: Pick<Ring['sq'], 'prepUringCmd' | 'prepSend' | 'prepRecv'> &
+    ForwardRing['sq'] &
+    HookRing['sq'];
 };
 
 /** What a queue runs on: its ring, the kernel's descriptors and the tags' buffer. */
@@ -61,7 +64,8 @@ const { ETIME, EBUSY } = osConstants.errno;
 /**
  * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
  * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
- * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag).
+ * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag);
+ * from HOOK_DELAY_BASE up, a filter's delay of a request (HOOK_DELAY_BASE + tag).
  */
 const TARGET_IO_BASE = 1 << 16;
 /**
@@ -165,7 +169,10 @@ export class Queue implements IoCommandSink {
       everyFailure: config.logEveryFailure,
       write: resources.log,
     });
-    const forwardRing: ForwardRing = { sq: this.ring.sq, makeRoom: () => this.submit() };
+    const forwardRing: ForwardRing & HookRing = {
+      sq: this.ring.sq,
+      makeRoom: () => this.submit(),
+    };
     this.tags = new TagStates(
       config,
       resources.descs,
@@ -307,6 +314,7 @@ export class Queue implements IoCommandSink {
 
   private readonly onCqe = (userData: number, res: number): void => {
     if (userData < TARGET_IO_BASE) return this.tags.complete(userData, res);
+    if (userData >= HOOK_DELAY_BASE) return this.tags.resumeDelayed(userData - HOOK_DELAY_BASE);
     if (userData >= USER_COPY_IO_BASE) {
       return this.tags.completeCopy(userData - USER_COPY_IO_BASE, res);
     }
