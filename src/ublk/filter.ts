@@ -250,13 +250,20 @@ export function overLayer(
     discard: own.discard ?? nextOf.discard,
     writeZeroes: own.writeZeroes ?? nextOf.writeZeroes,
   };
-  if (own.hook) {
+  const routes = own.hook?.route !== undefined;
+  if (own.hook && (!routes || beneath.forward)) {
     const hooks: RequestHooks = {};
     const mine = { name: filter.name, hook: own.hook };
     for (const kind of KINDS) hooks[kind] = [mine, ...(beneath.hooks?.[kind] ?? [])];
-    return { direct: { ...beneath, hooks, close }, next: { ...next, forward: beneath.forward } };
+    const direct: QueueHandlers = { ...beneath, hooks, close };
+    if (routes) {
+      // What its route sends to ROUTE_HANDLERS.
+      const { read, write, flush, discard, writeZeroes } = own;
+      Object.assign(direct, definedOnly({ read, write, flush, discard, writeZeroes }));
+    }
+    return { direct, next: { ...next, forward: beneath.forward } };
   }
-  if (servesData) {
+  if (servesData || routes) {
     const { read, write, flush, discard, writeZeroes } = next;
     return { direct: { read, write, flush, discard, writeZeroes, close }, next };
   }
@@ -286,6 +293,12 @@ export function overLayer(
     };
   }
   return { direct, next: { ...next, forward } };
+}
+
+function definedOnly<T extends object>(fields: T): Partial<T> {
+  return Object.fromEntries(
+    Object.entries(fields).filter(([, v]) => v !== undefined),
+  ) as Partial<T>;
 }
 
 /**

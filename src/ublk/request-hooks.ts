@@ -27,6 +27,15 @@ export interface RequestHook {
    */
   before?(kind: RequestKind, offset: number, length: number, tag: number): number;
   /**
+   * Where the request goes once `before` let it through, for a filter that serves some requests
+   * from a file of its own: an fd laid out as the device (byte N of the device at byte N), which
+   * the layer below's forward then reads or writes instead of its own (the hooks below are
+   * passed by); ROUTE_BELOW, on through the hooks below to the layer below; ROUTE_HANDLERS, to
+   * the filter's own handlers. Only a filter directly or through hooks over a forward routes:
+   * elsewhere its handlers serve every request.
+   */
+  route?(kind: RequestKind, offset: number, length: number, tag: number): number;
+  /**
    * The request's result (bytes for read and write, 0 for the others, or -errno), before it goes
    * to the kernel. Called for every request this hook's `before` let through.
    */
@@ -41,6 +50,10 @@ export interface LayerHook {
 
 /** Per request kind, the hooks its requests go through, outermost first. */
 export type RequestHooks = Partial<Record<RequestKind, readonly LayerHook[]>>;
+
+/** RequestHook.route: on to the layer below, or to the filter's own handlers. */
+export const ROUTE_BELOW = -1;
+export const ROUTE_HANDLERS = -2;
 
 /** user_data of a delayed request's TIMEOUT: this plus its tag. */
 export const HOOK_DELAY_BASE = 2 ** 42;
@@ -77,6 +90,10 @@ export class HookRunner {
 
   private readonly chains: (readonly LayerHook[])[];
   private readonly passed: Uint8Array;
+  /** Per tag, 1 while the hook before `passed` has yet to route it (its delay came first). */
+  private readonly unrouted: Uint8Array;
+  /** Per tag, where its hooks sent it (RequestHook.route). */
+  private readonly routes: Int32Array;
   private readonly op: Uint8Array;
   private readonly offset: Float64Array;
   private readonly length: Uint32Array;
@@ -109,6 +126,8 @@ export class HookRunner {
     this.chains = KIND_OF.map((kind) => (kind && hooks[kind]) || NO_HOOKS);
     for (let op = 0; op < 256; op++) this.chains[op] ??= NO_HOOKS;
     this.passed = new Uint8Array(depth);
+    this.unrouted = new Uint8Array(depth);
+    this.routes = new Int32Array(depth).fill(ROUTE_BELOW);
     this.op = new Uint8Array(depth);
     this.offset = new Float64Array(depth);
     this.length = new Uint32Array(depth);
@@ -124,6 +143,7 @@ export class HookRunner {
    */
   start(tag: number, op: number, offset: number, length: number, address: number): boolean {
     this.op[tag] = op;
+    this.routes[tag] = ROUTE_BELOW;
     if (this.chains[op].length === 0) return false;
     this.offset[tag] = offset;
     this.length[tag] = length;
@@ -138,6 +158,11 @@ export class HookRunner {
     if (this.run(tag)) return;
     const op = this.op[tag];
     this.requests.serve(tag, op, this.offset[tag], this.length[tag], this.address[tag]);
+  }
+
+  /** Where the tag's request goes once its hooks let it through: an fd, or a ROUTE_ value. */
+  routeOf(tag: number): number {
+    return this.routes[tag];
   }
 
   /** The request's result, before its commit: the hooks that let it through see it, inner first. */
@@ -162,21 +187,36 @@ export class HookRunner {
     const kind = KIND_OF[op]!;
     const offset = this.offset[tag];
     const length = this.length[tag];
-    for (let i = this.passed[tag]; i < chain.length; i++) {
+    let i = this.passed[tag];
+    if (this.unrouted[tag] !== 0) {
+      this.unrouted[tag] = 0;
+      if (this.routed(tag, chain[i - 1].hook, kind)) return false;
+    }
+    for (; i < chain.length; i++) {
       const hook = chain[i].hook;
       const verdict = hook.before === undefined ? 0 : hook.before(kind, offset, length, tag);
-      if (verdict === 0) continue;
       if (verdict < 0) {
         this.passed[tag] = i;
         this.requests.fail(tag, op, offset, length, this.errorOf(op, i, -verdict));
         return true;
       }
       this.passed[tag] = i + 1;
-      this.delay(tag, verdict);
-      return true;
+      if (verdict > 0) {
+        this.unrouted[tag] = hook.route === undefined ? 0 : 1;
+        this.delay(tag, verdict);
+        return true;
+      }
+      if (this.routed(tag, hook, kind)) return false;
     }
-    this.passed[tag] = chain.length;
     return false;
+  }
+
+  /** Whether the hook sent the tag's request somewhere other than on down (the hooks below). */
+  private routed(tag: number, hook: RequestHook, kind: RequestKind): boolean {
+    if (hook.route === undefined) return false;
+    const route = hook.route(kind, this.offset[tag], this.length[tag], tag);
+    this.routes[tag] = route;
+    return route !== ROUTE_BELOW;
   }
 
   private delay(tag: number, milliseconds: number): void {

@@ -3,7 +3,7 @@ import { errnoError } from '../errors.js';
 import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO, type IoDescTable } from './abi.js';
 import type { FailureLog } from './failure-log.js';
 import { ForwardedIo, forwardedError, type ForwardRing } from './forwarded-io.js';
-import { HookRunner, type HookRing } from './request-hooks.js';
+import { HookRunner, ROUTE_BELOW, ROUTE_HANDLERS, type HookRing } from './request-hooks.js';
 import { SECTOR, type IoResult, type QueueHandlers } from './target.js';
 import { BOUNCE_CHUNK, BouncePool, USER_COPY_IO_BASE, userCopyOffset } from './user-copy.js';
 
@@ -241,7 +241,13 @@ export class TagStates {
   /** The request, through its hooks: to the forward, else to the handlers. */
   private serveNow(tag: number, op: number, offset: number, length: number, address: number): void {
     const fua = (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0;
-    if (this.forwarded.start(tag, op, offset, length, fua, address)) return;
+    const route = this.hooks === undefined ? ROUTE_BELOW : this.hooks.routeOf(tag);
+    if (
+      route !== ROUTE_HANDLERS &&
+      this.forwarded.start(tag, op, offset, length, fua, address, route)
+    ) {
+      return;
+    }
     let result: IoResult | Promise<IoResult>;
     try {
       result = this.dispatch(tag, op, offset, length);

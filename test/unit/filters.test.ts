@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { isUserError } from '../../src/errors.js';
 import { defineFilter, nextHandlers, withFilters } from '../../src/ublk/filter.js';
+import { ROUTE_BELOW, ROUTE_HANDLERS } from '../../src/ublk/request-hooks.js';
 import { stackSource, loadTarget } from '../../src/ublk/target-loader.js';
 import type { QueueContext, QueueIo, Target } from '../../src/ublk/target.js';
 import cow, { COW_BLOCK, CowMap, mapOf } from '../../src/targets/filters/cow.js';
@@ -497,6 +498,32 @@ test('cow: the map of an existing overlay is its data, read with SEEK_DATA/SEEK_
     assert.deepEqual(held, [2, 60, 61], 'written zeros count as written');
   } finally {
     closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cow over a forward: its hook routes reads by the map and writes to the overlay; no zero copy (mixed reads need the buffer)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ublk-cow-route-'));
+  try {
+    const stack = withFilters(forwardingTarget([]), [cow]);
+    const setup = await stack.setup({ cow_file: join(dir, 'top.img') }, env);
+    assert.equal(setup.capabilities?.zeroCopy, false);
+    const handlers = await stack.queue(setup.shared!, recordingIo().ctx);
+    assert.equal(handlers.forward?.fd, 9, "the target's forward stays");
+    const hook = handlers.hooks?.read?.[0];
+    assert.equal(hook?.name, 'cow');
+    assert.equal(typeof handlers.read, 'function', 'for mixed reads');
+    const route = hook!.hook.route!;
+    const overlay = route('write', 0, 4096, 0);
+    assert.ok(overlay >= 0, 'writes go to the overlay');
+    assert.equal(route('read', 0, 8192, 0), ROUTE_BELOW, 'nothing written: the base');
+    hook!.hook.after!('write', 4096, 4096, 4096, 0);
+    assert.equal(route('read', 4096, 4096, 0), overlay, 'written: the overlay');
+    assert.equal(route('read', 0, 8192, 0), ROUTE_HANDLERS, 'both: the handler');
+    assert.equal(route('flush', 0, 0, 0), overlay);
+    assert.equal(route('discard', 0, 4096, 0), ROUTE_HANDLERS);
+    await setup.close?.();
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -10,7 +10,12 @@ import { UBLK_IO, UBLK_IO_OP, UBLK_IO_RES } from '../../src/ublk/abi.js';
 import { FailureLog } from '../../src/ublk/failure-log.js';
 import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
 import { Queue } from '../../src/ublk/queue.js';
-import { HOOK_DELAY_BASE, type LayerHook } from '../../src/ublk/request-hooks.js';
+import {
+  HOOK_DELAY_BASE,
+  ROUTE_BELOW,
+  ROUTE_HANDLERS,
+  type LayerHook,
+} from '../../src/ublk/request-hooks.js';
 import { TagStates } from '../../src/ublk/tag-states.js';
 import type { QueueHandlers } from '../../src/ublk/target.js';
 import {
@@ -200,4 +205,52 @@ test('the queue routes a delay TIMEOUT completion to its tag', async () => {
   for (let tag = 0; tag < DEPTH; tag++) ring.complete(tag, UBLK_IO_RES.ABORT);
   await queue.done;
   assert.equal(resources.fatalError(), undefined);
+});
+
+test("a hook's route: its own fd (the hooks below passed by), the layer below, or its handlers", () => {
+  const log: string[] = [];
+  const overlay = 7;
+  let route = overlay;
+  const router: LayerHook = {
+    name: 'cow',
+    hook: {
+      route: (kind, offset) => (log.push(`route ${kind} ${offset}`), route),
+      after: (kind, _offset, _length, result) => void log.push(`cow after ${kind} ${result}`),
+    },
+  };
+  const { sent, request, forwardedCqe } = hookedTags({
+    forward: { fd: 5, offset: 1 << 20, sync: true },
+    read: () => void log.push('handler read'),
+    hooks: { read: [router, logging('inner', log)], flush: [router] },
+  });
+  const [mine] = request(0, READ_8K);
+  assert.deepEqual({ fd: mine.fd, offset: mine.offset }, { fd: overlay, offset: 8192 });
+  forwardedCqe(mine, 8192);
+  assert.deepEqual(log, ['route read 8192', 'cow after read 8192']);
+
+  route = ROUTE_BELOW;
+  log.length = 0;
+  const [below] = request(1, READ_8K);
+  assert.deepEqual({ fd: below.fd, offset: below.offset }, { fd: 5, offset: (1 << 20) + 8192 });
+  forwardedCqe(below, 8192);
+  assert.deepEqual(log, [
+    'route read 8192',
+    'inner before read 8192+8192 tag 1',
+    'inner after read 8192 tag 1',
+    'cow after read 8192',
+  ]);
+
+  route = ROUTE_HANDLERS;
+  log.length = 0;
+  assert.deepEqual(request(2, READ_8K), [], 'no ring IO');
+  assert.deepEqual(log, ['route read 8192', 'handler read', 'cow after read 8192']);
+
+  route = overlay;
+  const [sync] = request(3, { op: UBLK_IO_OP.FLUSH });
+  assert.deepEqual({ kind: sync.kind, fd: sync.fd }, { kind: 'fsync', fd: overlay });
+  forwardedCqe(sync, 0);
+  assert.deepEqual(
+    sent.map((c) => c.result),
+    [8192, 8192, 8192, 0],
+  );
 });
