@@ -37,7 +37,7 @@ export type NextHandlers = Required<Omit<QueueHandlers, 'forward' | 'hooks' | 'c
 /**
  * What a filter's queue() returns: the request kinds it serves itself, each usually calling the
  * same kind of `next`. The kinds it leaves out go to the layer below unchanged, and the layer's
- * `forward` stays (promise-free, zero copy) unless the filter serves read or write itself.
+ * `forward` stays (promise-free, zero copy) unless the filter serves read or write without a hook.
  */
 export type FilterHandlers = Omit<QueueHandlers, 'forward' | 'hooks'> & {
   /**
@@ -222,7 +222,8 @@ const KINDS: readonly RequestKind[] = ['read', 'write', 'flush', 'discard', 'wri
 /**
  * A filter's queue() over the layer below. With a hook, the queue runs the hook in front of what
  * it ran for the layer below (forward and zero copy kept), and the filter's handlers serve only
- * filters above it that call `next`. Without one, a filter serving read or write takes the
+ * filters above it that call `next`, and the requests its route sends to them (a routing hook
+ * needs a forward below: elsewhere its handlers serve every request). Without one, a filter serving read or write takes the
  * layer's data path to handlers (no forward: its handlers need the data); one serving only other
  * kinds keeps the forward for reads and writes, and the kinds it serves go to its handlers, past
  * the hooks below it (which its `next` runs as their filters' handlers).
