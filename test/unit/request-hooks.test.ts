@@ -219,7 +219,7 @@ test("a hook's route: its own fd (the hooks below passed by), the layer below, o
     },
   };
   const { sent, request, forwardedCqe } = hookedTags({
-    forward: { fd: 5, offset: 1 << 20, sync: true },
+    forward: { fd: 5, offset: 1 << 20, sync: true, onSync: (kind) => void log.push(kind) },
     read: () => void log.push('handler read'),
     hooks: { read: [router, logging('inner', log)], flush: [router] },
   });
@@ -248,7 +248,9 @@ test("a hook's route: its own fd (the hooks below passed by), the layer below, o
   route = overlay;
   const [sync] = request(3, { op: UBLK_IO_OP.FLUSH });
   assert.deepEqual({ kind: sync.kind, fd: sync.fd }, { kind: 'fsync', fd: overlay });
+  log.length = 0;
   forwardedCqe(sync, 0);
+  assert.deepEqual(log, ['cow after flush 0'], "the forward's onSync is for its own fd only");
   assert.deepEqual(
     sent.map((c) => c.result),
     [8192, 8192, 8192, 0],
