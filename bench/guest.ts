@@ -239,9 +239,15 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
   cleanups.push(() => run('nbd-client', ['-d', '/dev/nbd0']));
   noScheduler('/dev/nbd0');
   makeFile('/dev/nbd0');
+  const nbd = ['-t', 'nbd', '--host', '127.0.0.1'];
   const devices: Device[] = [
     { name: 'nbd (kernel)', path: '/dev/nbd0', cleanup: () => undefined },
-    ublkDevice('ublk-ts nbd', ours, ['-t', 'nbd', '--host', '127.0.0.1'], 'nbd (kernel)'),
+    // An older build beside ours (--peer), on the same export: ours is compared with it too.
+    ...(peer ? [ublkDevice('peer nbd', [peer], nbd, 'nbd (kernel)')] : []),
+    {
+      ...ublkDevice('ublk-ts nbd', ours, nbd, 'nbd (kernel)'),
+      peer: peer ? 'peer nbd' : undefined,
+    },
   ];
   try {
     runRounds(
@@ -250,7 +256,7 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
       runs,
     );
   } finally {
-    devices[1].cleanup();
+    for (const d of devices.slice(1)) d.cleanup();
   }
 }
 

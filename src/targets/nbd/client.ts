@@ -17,6 +17,7 @@ import {
   NBD_REPLY_TYPE_OFFSET_HOLE,
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_STRUCTURED_REPLY_MAGIC,
+  readUint64,
   REQUEST_BYTES,
   SIMPLE_REPLY_BYTES,
   STRUCTURED_REPLY_BYTES,
@@ -105,6 +106,7 @@ export class NbdClient {
   /** Unparsed received bytes are recvStage[recvStart, recvEnd). */
   private recvStart = 0;
   private recvEnd = 0;
+  private senderScheduled = false;
   private reconnecting: Promise<void> | undefined;
   /** Past the bound: requests fail at once until a connection succeeds again. */
   private failed = false;
@@ -129,7 +131,9 @@ export class NbdClient {
         reject(requestError(EIO, 'server unreachable'));
         return;
       }
-      const handle = this.nextHandle++;
+      const handle = this.nextHandle;
+      // Handles go on the wire as 32 bits (encodeRequest); one in flight for 2^32 requests is not.
+      this.nextHandle = handle === 0xffffffff ? 1 : handle + 1;
       this.queued.push({
         type,
         flags,
@@ -184,19 +188,31 @@ export class NbdClient {
     this.options.trace?.('connected');
   }
 
-  /** Starts the sender and the receiver if there is work for them. */
+  /**
+   * Starts the sender and the receiver if there is work for them. The sender starts from a
+   * microtask: the queue hands a batch's requests to the handlers one after another in the same
+   * turn, so that they all go out in its first SEND rather than the first one alone.
+   */
   private pump(): void {
     const session = this.session;
     if (!session || session.broken) return;
-    if (!session.sending && this.queued.length > 0) {
-      session.sending = true;
-      this.sendLoop(session).catch((err: unknown) => this.drop(session, err));
+    if (!session.sending && !this.senderScheduled && this.queued.length > 0) {
+      this.senderScheduled = true;
+      queueMicrotask(this.startSender);
     }
     if (!session.receiving && session.inFlight.size > 0) {
       session.receiving = true;
       this.receiveLoop(session).catch((err: unknown) => this.drop(session, err));
     }
   }
+
+  private readonly startSender = (): void => {
+    this.senderScheduled = false;
+    const session = this.session;
+    if (!session || session.broken || session.sending || this.queued.length === 0) return;
+    session.sending = true;
+    this.sendLoop(session).catch((err: unknown) => this.drop(session, err));
+  };
 
   private async sendLoop(session: Session): Promise<void> {
     try {
@@ -315,9 +331,8 @@ export class NbdClient {
     this.pump();
   }
 
-  private lookup(session: Session, handle: bigint): Request {
-    const request =
-      handle <= BigInt(Number.MAX_SAFE_INTEGER) ? session.inFlight.get(Number(handle)) : undefined;
+  private lookup(session: Session, handle: number): Request {
+    const request = session.inFlight.get(handle);
     if (!request) throw new ProtocolError(`reply for unknown handle ${handle}`);
     return request;
   }
@@ -335,7 +350,7 @@ export class NbdClient {
       if (!this.has(SIMPLE_REPLY_BYTES)) await this.fill(session, SIMPLE_REPLY_BYTES);
       const at = this.recvStart;
       const error = this.recvView.getUint32(at + 4);
-      const request = this.lookup(session, this.recvView.getBigUint64(at + 8));
+      const request = this.lookup(session, readUint64(this.recvView, at + 8));
       this.recvStart += SIMPLE_REPLY_BYTES;
       if (request.type === NBD_CMD_READ && error === 0) {
         // With structured replies negotiated a READ's data must come in chunks.
@@ -354,7 +369,7 @@ export class NbdClient {
     const at = this.recvStart;
     const flags = this.recvView.getUint16(at + 4);
     const type = this.recvView.getUint16(at + 6);
-    const request = this.lookup(session, this.recvView.getBigUint64(at + 8));
+    const request = this.lookup(session, readUint64(this.recvView, at + 8));
     const length = this.recvView.getUint32(at + 16);
     this.recvStart += STRUCTURED_REPLY_BYTES;
     const done = (flags & NBD_REPLY_FLAG_DONE) !== 0;
@@ -373,7 +388,7 @@ export class NbdClient {
         if (!this.has(8)) await this.fill(session, 8);
         const start = this.chunkStart(
           request,
-          this.recvView.getBigUint64(this.recvStart),
+          readUint64(this.recvView, this.recvStart),
           length - 8,
         );
         this.recvStart += 8;
@@ -386,7 +401,7 @@ export class NbdClient {
         if (length !== 12) throw new ProtocolError(`hole chunk of ${length} bytes`);
         if (!this.has(12)) await this.fill(session, 12);
         const size = this.recvView.getUint32(this.recvStart + 8);
-        const start = this.chunkStart(request, this.recvView.getBigUint64(this.recvStart), size);
+        const start = this.chunkStart(request, readUint64(this.recvView, this.recvStart), size);
         this.recvStart += 12;
         request.buf!.fill(0, start, start + size);
         break;
@@ -413,11 +428,8 @@ export class NbdClient {
         if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
           await this.skip(session, messageLength);
           if (!this.has(8)) await this.fill(session, 8);
-          const offset = this.recvView.getBigUint64(this.recvStart);
-          if (
-            offset < BigInt(request.offset) ||
-            offset >= BigInt(request.offset + request.length)
-          ) {
+          const offset = readUint64(this.recvView, this.recvStart);
+          if (offset < request.offset || offset >= request.offset + request.length) {
             throw new ProtocolError('error offset outside the request');
           }
           this.recvStart += 8;
@@ -436,9 +448,9 @@ export class NbdClient {
   }
 
   /** Where a chunk of `size` bytes at `offset` lands in the READ's buffer, after checking it. */
-  private chunkStart(request: Request, offset: bigint, size: number): number {
-    const start = Number(offset - BigInt(request.offset));
-    if (offset < BigInt(request.offset) || start + size > request.length || size === 0) {
+  private chunkStart(request: Request, offset: number, size: number): number {
+    const start = offset - request.offset;
+    if (start < 0 || start + size > request.length || size === 0) {
       throw new ProtocolError('chunk outside the request');
     }
     for (const [a, b] of request.covered) {
