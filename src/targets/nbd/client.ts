@@ -1,8 +1,6 @@
-import { writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { close as closeFd, shutdown } from '../../sys.js';
 import type { QueueIo } from '../target.js';
-import type { Connection, Export } from './handshake.js';
+import { closeConnection, type Connection, type Export } from './handshake.js';
 import {
   encodeRequest,
   NBD_CMD_DISC,
@@ -23,6 +21,8 @@ import {
   STRUCTURED_REPLY_BYTES,
   wireErrno,
 } from './protocol.js';
+import { TlsStream } from './tls.js';
+import { RingSocket, type Transport } from './transport.js';
 
 const { EIO } = osConstants.errno;
 
@@ -34,7 +34,6 @@ const RECV_STAGE_BYTES = 256 * 1024;
 const DIRECT_RECV_BYTES = 32 * 1024;
 /** The largest error message a server may send (the protocol caps strings at 4096 bytes). */
 const MAX_ERROR_MESSAGE = 4096;
-const SHUT_RDWR = 2;
 
 export interface Request {
   type: number;
@@ -74,15 +73,16 @@ function requestError(errno: number, what: string): Error {
 
 /** An established connection's state. */
 interface Session {
-  fd: number;
+  transport: Transport;
   structured: boolean;
   /** Requests sent (or being sent) whose reply is not complete, by handle. */
   inFlight: Map<number, Request>;
   broken: boolean;
-  /** Ring IO of this session still running: the descriptor closes when both are done. */
+  /** IO of this session still running: the transport closes when both are done. */
   sending: boolean;
   receiving: boolean;
-  /** Resolves once the descriptor is closed: no ring IO of the session uses the stages then. */
+  closed: boolean;
+  /** Resolves once the transport is closed: no IO of the session uses the stages then. */
   settled: Promise<void>;
   markSettled(): void;
 }
@@ -152,8 +152,6 @@ export class NbdClient {
 
   /**
    * Ends the session politely (NBD_CMD_DISC) and lets go of the socket; no request is pending.
-   * The queue no longer reaps its ring by then, so the 28 bytes go by write(2): an idle socket
-   * takes them at once.
    */
   close(): void {
     this.closed = true;
@@ -162,11 +160,7 @@ export class NbdClient {
     if (!session || session.broken) return;
     const disc = new Uint8Array(REQUEST_BYTES);
     encodeRequest(new DataView(disc.buffer), 0, 0, NBD_CMD_DISC, 0, 0, 0);
-    try {
-      writeSync(session.fd, disc);
-    } catch {
-      // the server went away: nothing to say goodbye to
-    }
+    session.transport.goodbye(disc);
     this.drop(session, undefined);
   }
 
@@ -174,12 +168,15 @@ export class NbdClient {
     let markSettled!: () => void;
     const settled = new Promise<void>((resolve) => (markSettled = resolve));
     this.session = {
-      fd: connection.fd,
+      transport: connection.tls
+        ? new TlsStream(connection.tls)
+        : new RingSocket(this.options.io, connection.fd),
       structured: connection.export.structured,
       inFlight: new Map(),
       broken: false,
       sending: false,
       receiving: false,
+      closed: false,
       settled,
       markSettled,
     };
@@ -258,7 +255,7 @@ export class NbdClient {
   private async sendAll(session: Session, bytes: Uint8Array): Promise<void> {
     for (let done = 0; done < bytes.length;) {
       if (session.broken) return;
-      const n = await this.options.io.send(session.fd, bytes.subarray(done));
+      const n = await session.transport.send(bytes.subarray(done));
       if (n <= 0) throw new Error(n === 0 ? 'send made no progress' : `send: errno ${-n}`);
       done += n;
     }
@@ -282,7 +279,7 @@ export class NbdClient {
     }
     while (this.recvEnd < length) {
       if (session.broken) throw new Error('connection dropped');
-      const n = await this.options.io.recv(session.fd, this.recvStage.subarray(this.recvEnd));
+      const n = await session.transport.recv(this.recvStage.subarray(this.recvEnd));
       if (n === 0) throw new Error('the server closed the connection');
       if (n < 0) throw new Error(`recv: errno ${-n}`);
       this.recvEnd += n;
@@ -302,7 +299,7 @@ export class NbdClient {
       const left = dst.length - done;
       if (left >= DIRECT_RECV_BYTES) {
         if (session.broken) throw new Error('connection dropped');
-        const n = await this.options.io.recv(session.fd, dst.subarray(done));
+        const n = await session.transport.recv(dst.subarray(done));
         if (n === 0) throw new Error('the server closed the connection');
         if (n < 0) throw new Error(`recv: errno ${-n}`);
         done += n;
@@ -461,17 +458,13 @@ export class NbdClient {
   }
 
   /**
-   * Drops a session: shutdown(2) wakes its pending ring IO; once that ended the descriptor is
-   * closed. The requests without a complete reply go first in line for the next connection.
+   * Drops a session: shutting the transport down wakes its pending IO; once that ended the
+   * transport is closed. The requests without a complete reply go first in line for the next connection.
    */
   private drop(session: Session, err: unknown): void {
     if (session.broken) return;
     session.broken = true;
-    try {
-      shutdown(session.fd, SHUT_RDWR);
-    } catch {
-      // already gone
-    }
+    session.transport.shutdown();
     this.settleSession(session);
     if (this.closed && err === undefined) return;
     const unanswered = [...session.inFlight.values()].sort((a, b) => a.handle - b.handle);
@@ -490,9 +483,9 @@ export class NbdClient {
   }
 
   private settleSession(session: Session): void {
-    if (!session.broken || session.sending || session.receiving || session.fd < 0) return;
-    closeFd(session.fd);
-    session.fd = -1;
+    if (!session.broken || session.sending || session.receiving || session.closed) return;
+    session.transport.close();
+    session.closed = true;
     session.markSettled();
   }
 
@@ -508,11 +501,11 @@ export class NbdClient {
         try {
           const connection = await this.options.connect();
           if (this.closed) {
-            closeFd(connection.fd);
+            closeConnection(connection);
             return;
           }
           if (!sameExport(connection.export, this.options.expected)) {
-            closeFd(connection.fd);
+            closeConnection(connection);
             throw new Error('the export changed (size or flags) across the reconnect');
           }
           this.adopt(connection);

@@ -19,6 +19,7 @@ export const NBD_FLAG_C_NO_ZEROES = 1 << 1;
 // Options.
 export const NBD_OPT_EXPORT_NAME = 1;
 export const NBD_OPT_ABORT = 2;
+export const NBD_OPT_STARTTLS = 5;
 export const NBD_OPT_INFO = 6;
 export const NBD_OPT_GO = 7;
 export const NBD_OPT_STRUCTURED_REPLY = 8;
