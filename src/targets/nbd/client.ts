@@ -299,7 +299,8 @@ export class NbdClient {
       const left = dst.length - done;
       if (left >= DIRECT_RECV_BYTES) {
         if (session.broken) throw new Error('connection dropped');
-        const n = await session.transport.recv(dst.subarray(done));
+        // The payload's length is known: one completion for all of it, not one per segment.
+        const n = await session.transport.recv(dst.subarray(done), true);
         if (n === 0) throw new Error('the server closed the connection');
         if (n < 0) throw new Error(`recv: errno ${-n}`);
         done += n;

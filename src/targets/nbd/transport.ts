@@ -6,8 +6,11 @@ import type { QueueIo } from '../target.js';
 export interface Transport {
   /** Bytes sent, possibly fewer than given, or -errno. */
   send(bytes: Uint8Array): Promise<number>;
-  /** Bytes received into `into` (0 at the end of the stream) or -errno. */
-  recv(into: Uint8Array): Promise<number>;
+  /**
+   * Bytes received into `into` (0 at the end of the stream) or -errno; with `waitAll` the
+   * transport may wait until `into` is full (the ring does: one completion for a payload).
+   */
+  recv(into: Uint8Array, waitAll?: boolean): Promise<number>;
   /** Ends the connection at once: a pending send or recv ends too. */
   shutdown(): void;
   /** Lets go of it, once no send or recv is pending. */
@@ -29,8 +32,8 @@ export class RingSocket implements Transport {
     return this.io.send(this.fd, bytes);
   }
 
-  recv(into: Uint8Array): Promise<number> {
-    return this.io.recv(this.fd, into);
+  recv(into: Uint8Array, waitAll?: boolean): Promise<number> {
+    return this.io.recv(this.fd, into, waitAll);
   }
 
   shutdown(): void {
