@@ -132,7 +132,7 @@ export class NbdClient {
         return;
       }
       const handle = this.nextHandle;
-      // Handles go on the wire as 32 bits (encodeRequest); one in flight for 2^32 requests is not.
+      // 32 bits on the wire (encodeRequest): a request in flight while 2^32 others pass is none.
       this.nextHandle = handle === 0xffffffff ? 1 : handle + 1;
       this.queued.push({
         type,

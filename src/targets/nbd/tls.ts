@@ -158,8 +158,13 @@ export class TlsStream implements Transport {
     // A copy: the caller reuses its buffer once this settles, OpenSSL encrypts later.
     if (this.socket.write(Buffer.from(bytes))) return Promise.resolve(bytes.length);
     return new Promise((resolve) => {
-      this.socket.once('drain', () => resolve(bytes.length));
-      this.socket.once('close', () => resolve(-EPIPE));
+      const settle = (n: number) => {
+        this.socket.removeListener('drain', drained).removeListener('close', closed);
+        resolve(n);
+      };
+      const drained = () => settle(bytes.length);
+      const closed = () => settle(-EPIPE);
+      this.socket.once('drain', drained).once('close', closed);
     });
   }
 
