@@ -223,6 +223,51 @@ function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]):
 /** The workloads the nbd rows run: what the network target is for. */
 const NBD_WORKLOADS = ['4k randread QD32', '64k seqread QD8'];
 const NBDKIT_PID = '/tmp/bench-nbdkit.pid';
+const NBDKIT_TLS_PID = '/tmp/bench-nbdkit-tls.pid';
+const TLS_DIR = '/tmp/bench-tls';
+
+/** A CA and a server certificate it signed for 127.0.0.1, as nbdkit's --tls-certificates wants. */
+function tlsCertificates(): void {
+  run('mkdir', ['-p', TLS_DIR]);
+  const at = (name: string) => `${TLS_DIR}/${name}`;
+  const ca = ['-CA', at('ca-cert.pem'), '-CAkey', at('ca-key.pem'), '-CAcreateserial'];
+  const newKey = ['-newkey', 'rsa:2048', '-nodes', '-days', '2'];
+  run('openssl', [
+    'req',
+    '-x509',
+    ...newKey,
+    '-subj',
+    '/CN=bench CA',
+    '-keyout',
+    at('ca-key.pem'),
+    '-out',
+    at('ca-cert.pem'),
+  ]);
+  run('openssl', [
+    'req',
+    ...newKey,
+    '-subj',
+    '/CN=127.0.0.1',
+    '-keyout',
+    at('server-key.pem'),
+    '-out',
+    at('server.csr'),
+  ]);
+  writeFileSync(at('san.cnf'), 'subjectAltName=IP:127.0.0.1\n');
+  run('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    at('server.csr'),
+    ...ca,
+    '-days',
+    '2',
+    '-extfile',
+    at('san.cnf'),
+    '-out',
+    at('server-cert.pem'),
+  ]);
+}
 
 /**
  * Our nbd target against the kernel's nbd driver (nbd-client), both on one nbdkit memory export
@@ -239,9 +284,34 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
   cleanups.push(() => run('nbd-client', ['-d', '/dev/nbd0']));
   noScheduler('/dev/nbd0');
   makeFile('/dev/nbd0');
+  // Ours over TLS (Node's TLS in the queue thread), on an export of its own that requires it.
+  tlsCertificates();
+  const tlsServer = ['--tls=require', `--tls-certificates=${TLS_DIR}`];
+  run(
+    'nbdkit',
+    ['-P', NBDKIT_TLS_PID, '-i', '127.0.0.1', '-p', '10810', ...tlsServer].concat([
+      'memory',
+      FILE_SIZE,
+    ]),
+  );
+  cleanups.push(() => run('kill', [readFileSync(NBDKIT_TLS_PID, 'utf8').trim()]));
+  const nbd = ['-t', 'nbd', '--host', '127.0.0.1'];
+  const tls = ublkDevice(
+    'ublk-ts nbd tls',
+    ours,
+    [...nbd, '--port', '10810', '--tls', '--tls_certificates', TLS_DIR],
+    'nbd (kernel)',
+  );
+  makeFile(tls.path);
   const devices: Device[] = [
     { name: 'nbd (kernel)', path: '/dev/nbd0', cleanup: () => undefined },
-    ublkDevice('ublk-ts nbd', ours, ['-t', 'nbd', '--host', '127.0.0.1'], 'nbd (kernel)'),
+    // An older build beside ours (--peer), on the same export: ours is compared with it too.
+    ...(peer ? [ublkDevice('peer nbd', [peer], nbd, 'nbd (kernel)')] : []),
+    {
+      ...ublkDevice('ublk-ts nbd', ours, nbd, 'nbd (kernel)'),
+      peer: peer ? 'peer nbd' : undefined,
+    },
+    { ...tls, peer: 'ublk-ts nbd' },
   ];
   try {
     runRounds(
@@ -250,7 +320,7 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
       runs,
     );
   } finally {
-    devices[1].cleanup();
+    for (const d of devices.slice(1)) d.cleanup();
   }
 }
 

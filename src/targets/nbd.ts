@@ -27,14 +27,16 @@ import {
   NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES,
 } from './nbd/protocol.js';
+import { loadTlsConfig, type TlsConfig } from './nbd/tls.js';
 import { defineTarget, SECTOR, type Capabilities } from './target.js';
 
 /**
  * ublksrv's nbd target: `-t nbd --host HOST [--port PORT] | --unix PATH [--export_name NAME]
- * [--read_only] [--reconnect_timeout SECONDS]`.
+ * [--read_only] [--reconnect_timeout SECONDS] [--tls ...]`.
  *
  * Each queue thread opens its own connection (the handshake in Node, then the socket handed to
- * the queue's io_uring, which does every SEND and RECV of the transmission phase); see
+ * the queue's io_uring, which does every SEND and RECV of the transmission phase; with TLS, Node's
+ * TLS socket in the queue thread does them: see nbd/tls.ts); see
  * nbd/client.ts for how requests are multiplexed and what happens when a connection breaks. The
  * device's capabilities are the export's transmission flags: FLUSH, FUA, TRIM and WRITE_ZEROES
  * only where the server offers them, read-only where it is, its block size constraints.
@@ -53,6 +55,7 @@ interface NbdShared {
   readOnly: boolean;
   reconnectTimeoutMs: number;
   expected: Export;
+  tls?: TlsConfig;
 }
 
 /** Set in the daemon's environment, a file that gets one line per connection event (tests). */
@@ -119,27 +122,47 @@ export default defineTarget({
   options: {
     host: { type: 'string', description: 'NBD server host name or address (TCP)' },
     port: { type: 'string', description: `TCP port (default ${DEFAULT_PORT})` },
-    unix: { type: 'string', description: 'path of the NBD server Unix socket (instead of --host)' },
+    unix: {
+      type: 'string',
+      path: true,
+      description: 'path of the NBD server Unix socket (instead of --host)',
+    },
     export_name: { type: 'string', description: 'export to attach (default: the default export)' },
     read_only: { type: 'boolean', description: 'attach read-only even if the export is writable' },
     reconnect_timeout: {
       type: 'string',
       description: `seconds a broken connection may take to come back before IO fails with EIO (default ${DEFAULT_RECONNECT_TIMEOUT_S})`,
     },
-    tls: { type: 'boolean', description: 'TLS (STARTTLS): not implemented yet, refused' },
+    tls: {
+      type: 'boolean',
+      description: 'TLS (NBD_OPT_STARTTLS), the server certificate verified (default: no TLS)',
+    },
+    tls_certificates: {
+      type: 'string',
+      path: true,
+      description:
+        'directory of ca-cert.pem, and client-cert.pem with client-key.pem where the server verifies clients (qemu and nbdkit names)',
+    },
+    tls_ca: {
+      type: 'string',
+      path: true,
+      description: "the CA certificate (PEM) of the server's (default: the system's CAs)",
+    },
+    tls_cert: { type: 'string', path: true, description: 'a client certificate (PEM)' },
+    tls_key: { type: 'string', path: true, description: 'the client certificate key (PEM)' },
+    tls_hostname: {
+      type: 'string',
+      description: "the name the server's certificate must carry (default --host)",
+    },
   },
 
   async setup(args, env) {
-    if (args.tls === true) {
-      throw new UserError(
-        'nbd: --tls is not implemented yet: use a server without TLS, or a local TLS tunnel',
-      );
-    }
     const address = parseAddress(args);
+    const tls = loadTlsConfig(args, args.host);
     const exportName = args.export_name ?? '';
     const readOnly = args.read_only === true;
     const reconnectTimeoutMs = parseReconnectTimeout(args.reconnect_timeout);
-    const exported = await probeExport(address, exportName, CONNECT_TIMEOUT_MS).catch(
+    const exported = await probeExport(address, exportName, CONNECT_TIMEOUT_MS, tls).catch(
       (err: unknown) => {
         if (err instanceof UserError) throw err;
         throw new UserError(
@@ -169,6 +192,7 @@ export default defineTarget({
         readOnly,
         reconnectTimeoutMs,
         expected: exported,
+        tls,
       } satisfies NbdShared,
       info: {
         server: describeAddress(address),
@@ -176,12 +200,13 @@ export default defineTarget({
         export_size: exported.size,
         export_flags: describeFlags(exported.flags).join(','),
         structured_replies: exported.structured ? 1 : 0,
+        ...(exported.tls ? { tls: exported.tls } : {}),
       },
     };
   },
 
-  async queue({ address, exportName, reconnectTimeoutMs, expected }, { io, queueId }) {
-    const connect = () => openConnection(address, exportName, CONNECT_TIMEOUT_MS);
+  async queue({ address, exportName, reconnectTimeoutMs, expected, tls }, { io, queueId }) {
+    const connect = () => openConnection(address, exportName, CONNECT_TIMEOUT_MS, tls);
     const first = await connect().catch((err: unknown) => {
       if (err instanceof HandshakeRefused) throw err;
       throw new UserError(`nbd: queue ${queueId} cannot connect: ${(err as Error).message}`);

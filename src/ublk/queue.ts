@@ -4,6 +4,7 @@ import { constants as sysConstants, mmap, munmap } from '../sys.js';
 import {
   IORING_FSYNC_DATASYNC,
   MSG_NOSIGNAL,
+  MSG_WAITALL,
   IORING_SETUP_COOP_TASKRUN,
   IORING_SETUP_DEFER_TASKRUN,
   IORING_SETUP_SINGLE_ISSUER,
@@ -217,10 +218,11 @@ export class Queue implements IoCommandSink {
         while (!sq.prepSend(fd, address, buf.length, MSG_NOSIGNAL, slot)) this.submit();
         return this.targetIoPromise(slot);
       },
-      recv: (fd, buf) => {
+      recv: (fd, buf, waitAll) => {
         const address = this.addressOf(buf);
         const slot = this.claimSlot();
-        while (!sq.prepRecv(fd, address, buf.length, 0, slot)) this.submit();
+        const flags = waitAll === true ? MSG_WAITALL : 0;
+        while (!sq.prepRecv(fd, address, buf.length, flags, slot)) this.submit();
         return this.targetIoPromise(slot);
       },
       allocate: (length) => {

@@ -200,8 +200,12 @@ export interface QueueIo {
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>;
   /** send(2) on a connected socket (never SIGPIPE): bytes sent, possibly fewer, or -errno. */
   send(fd: number, buf: Uint8Array): Promise<number>;
-  /** recv(2) from a connected socket: bytes received (0 at end of stream) or -errno. */
-  recv(fd: number, buf: Uint8Array): Promise<number>;
+  /**
+   * recv(2) from a connected socket: bytes received (0 at end of stream) or -errno. With
+   * `waitAll` (MSG_WAITALL) the ring goes on receiving until `buf` is full: one completion for a
+   * payload of known length; fewer bytes only at the end of the stream or on an error.
+   */
+  recv(fd: number, buf: Uint8Array, waitAll?: boolean): Promise<number>;
   /**
    * Memory the ring may read and write besides the request buffers (protocol headers, staging
    * areas), zeroed, page-aligned; it lives as long as the queue.

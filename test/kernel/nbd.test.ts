@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -285,14 +285,18 @@ test('the server gone past --reconnect_timeout: EIO, a log line, and a clean del
   assertNothingLeft();
 });
 
-test('user errors: no server, --tls, -q 2 without multi-conn, both --host and --unix; nothing left behind', async () => {
+test('user errors: no server, TLS options, -q 2 without multi-conn, both --host and --unix; nothing left behind', async () => {
   const cases: [string[], RegExp][] = [
     [
       ['--host', '127.0.0.1', '--port', '10899'],
       /connection to 127.0.0.1:10899 refused: is the NBD server running/,
     ],
     [['--unix', join(dir, 'nothing.sock')], /no Unix socket/],
-    [['--host', '127.0.0.1', '--tls'], /--tls is not implemented yet/],
+    [
+      ['--unix', join(dir, 'nothing.sock'), '--tls'],
+      /--tls over a Unix socket needs --tls_hostname/,
+    ],
+    [['--host', '127.0.0.1', '--tls_ca', 'ca.pem'], /--tls_ca goes with --tls/],
     [['--host', 'h', '--unix', 'p'], /either --host HOST \[--port PORT\] or --unix PATH, not both/],
     [[], /no server: use --host HOST/],
   ];
@@ -393,5 +397,125 @@ test('read-only: --read_only, and an export the server marks read-only', async (
   } finally {
     await stop(writable);
     await stop(readOnly);
+  }
+});
+
+/**
+ * A CA, and a server certificate it signed for 127.0.0.1, in nbdkit's --tls-certificates layout
+ * (ca-cert.pem, server-cert.pem, server-key.pem); the client needs ca-cert.pem only. `other` gets a
+ * CA of its own, which signed nothing the server has.
+ */
+function certificates(name: string): string {
+  const out = join(dir, name);
+  sh('mkdir', ['-p', out]);
+  const openssl = (...args: string[]) => sh('openssl', args);
+  openssl(
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=test CA',
+    '-keyout',
+    join(out, 'ca-key.pem'),
+    '-out',
+    join(out, 'ca-cert.pem'),
+  );
+  openssl(
+    'req',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-subj',
+    '/CN=127.0.0.1',
+    '-keyout',
+    join(out, 'server-key.pem'),
+    '-out',
+    join(out, 'server.csr'),
+  );
+  const ext = join(out, 'san.cnf');
+  writeFileSync(ext, 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    join(out, 'server.csr'),
+    '-CA',
+    join(out, 'ca-cert.pem'),
+    '-CAkey',
+    join(out, 'ca-key.pem'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    ext,
+    '-out',
+    join(out, 'server-cert.pem'),
+  );
+  return out;
+}
+
+test('TLS: nbdkit --tls=require, STARTTLS then TLS 1.3; fio verify through it; the refusals', async (t) => {
+  const certs = certificates('tls');
+  const otherCa = certificates('tls-other');
+  const tlsServer = ['--tls=require', `--tls-certificates=${certs}`];
+  const server = await nbdkit(['-i', '127.0.0.1', '-p', '10818', ...tlsServer], ['memory', '64M']);
+  const plain = await nbdkit(['-i', '127.0.0.1', '-p', '10819'], ['memory', '16M']);
+  const tlsArgs = ['-t', 'nbd', '--host', '127.0.0.1', '--port', '10818', '--tls'];
+  try {
+    await withDevice([...tlsArgs, '--tls_certificates', certs], async (_id, dev, added) => {
+      assert.equal(added.target.tls, 'TLSv1.3');
+      assert.equal(added.target.dev_size, 64 * MiB);
+      await t.test('fio verify, iodepth 32, 4k-256k', (s) => {
+        s.diagnostic(fioSummary(fioVerify(dev, { iodepth: 32, size: 24 * MiB })));
+      });
+      const data = writeRandom(dev, 40 * MiB, 4 * MiB);
+      assertSameBytes(readAt(dev, 40 * MiB, 4 * MiB), data, 'read back through TLS');
+    });
+    // The CA as a file of its own gives the same.
+    await withDevice([...tlsArgs, '--tls_ca', join(certs, 'ca-cert.pem')], (_id, dev) => {
+      assert.equal(readAt(dev, 0, 4096).length, 4096);
+    });
+    const cases: [string[], RegExp][] = [
+      [
+        ['-t', 'nbd', '--host', '127.0.0.1', '--port', '10818'],
+        /127.0.0.1:10818 requires TLS for the default export: add --tls/,
+      ],
+      [
+        [
+          '-t',
+          'nbd',
+          '--host',
+          '127.0.0.1',
+          '--port',
+          '10819',
+          '--tls',
+          '--tls_certificates',
+          certs,
+        ],
+        /127.0.0.1:10819 does not offer TLS \(NBD_OPT_STARTTLS: .*\): drop --tls/,
+      ],
+      [
+        [...tlsArgs, '--tls_certificates', otherCa],
+        /TLS with 127.0.0.1:10818 failed: .*certificate/i,
+      ],
+      [
+        [...tlsArgs, '--tls_certificates', certs, '--tls_hostname', 'elsewhere.example'],
+        /TLS with 127.0.0.1:10818 failed: .*elsewhere.example/,
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = ublk('add', ...args);
+      assert.equal(r.status, 1, `${args.join(' ')}: ${r.stdout}`);
+      assert.match(r.stderr, message);
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+    }
+    assertNothingLeft();
+  } finally {
+    await stop(server);
+    await stop(plain);
   }
 });

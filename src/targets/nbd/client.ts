@@ -1,8 +1,6 @@
-import { writeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { close as closeFd, shutdown } from '../../sys.js';
 import type { QueueIo } from '../target.js';
-import type { Connection, Export } from './handshake.js';
+import { closeConnection, type Connection, type Export } from './handshake.js';
 import {
   encodeRequest,
   NBD_CMD_DISC,
@@ -17,11 +15,14 @@ import {
   NBD_REPLY_TYPE_OFFSET_HOLE,
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_STRUCTURED_REPLY_MAGIC,
+  readUint64,
   REQUEST_BYTES,
   SIMPLE_REPLY_BYTES,
   STRUCTURED_REPLY_BYTES,
   wireErrno,
 } from './protocol.js';
+import { TlsStream } from './tls.js';
+import { RingSocket, type Transport } from './transport.js';
 
 const { EIO } = osConstants.errno;
 
@@ -33,7 +34,6 @@ const RECV_STAGE_BYTES = 256 * 1024;
 const DIRECT_RECV_BYTES = 32 * 1024;
 /** The largest error message a server may send (the protocol caps strings at 4096 bytes). */
 const MAX_ERROR_MESSAGE = 4096;
-const SHUT_RDWR = 2;
 
 export interface Request {
   type: number;
@@ -73,15 +73,16 @@ function requestError(errno: number, what: string): Error {
 
 /** An established connection's state. */
 interface Session {
-  fd: number;
+  transport: Transport;
   structured: boolean;
   /** Requests sent (or being sent) whose reply is not complete, by handle. */
   inFlight: Map<number, Request>;
   broken: boolean;
-  /** Ring IO of this session still running: the descriptor closes when both are done. */
+  /** IO of this session still running: the transport closes when both are done. */
   sending: boolean;
   receiving: boolean;
-  /** Resolves once the descriptor is closed: no ring IO of the session uses the stages then. */
+  closed: boolean;
+  /** Resolves once the transport is closed: no IO of the session uses the stages then. */
   settled: Promise<void>;
   markSettled(): void;
 }
@@ -105,6 +106,7 @@ export class NbdClient {
   /** Unparsed received bytes are recvStage[recvStart, recvEnd). */
   private recvStart = 0;
   private recvEnd = 0;
+  private senderScheduled = false;
   private reconnecting: Promise<void> | undefined;
   /** Past the bound: requests fail at once until a connection succeeds again. */
   private failed = false;
@@ -129,7 +131,9 @@ export class NbdClient {
         reject(requestError(EIO, 'server unreachable'));
         return;
       }
-      const handle = this.nextHandle++;
+      const handle = this.nextHandle;
+      // 32 bits on the wire (encodeRequest): a request in flight while 2^32 others pass is none.
+      this.nextHandle = handle === 0xffffffff ? 1 : handle + 1;
       this.queued.push({
         type,
         flags,
@@ -148,8 +152,6 @@ export class NbdClient {
 
   /**
    * Ends the session politely (NBD_CMD_DISC) and lets go of the socket; no request is pending.
-   * The queue no longer reaps its ring by then, so the 28 bytes go by write(2): an idle socket
-   * takes them at once.
    */
   close(): void {
     this.closed = true;
@@ -158,11 +160,7 @@ export class NbdClient {
     if (!session || session.broken) return;
     const disc = new Uint8Array(REQUEST_BYTES);
     encodeRequest(new DataView(disc.buffer), 0, 0, NBD_CMD_DISC, 0, 0, 0);
-    try {
-      writeSync(session.fd, disc);
-    } catch {
-      // the server went away: nothing to say goodbye to
-    }
+    session.transport.goodbye(disc);
     this.drop(session, undefined);
   }
 
@@ -170,12 +168,15 @@ export class NbdClient {
     let markSettled!: () => void;
     const settled = new Promise<void>((resolve) => (markSettled = resolve));
     this.session = {
-      fd: connection.fd,
+      transport: connection.tls
+        ? new TlsStream(connection.tls)
+        : new RingSocket(this.options.io, connection.fd),
       structured: connection.export.structured,
       inFlight: new Map(),
       broken: false,
       sending: false,
       receiving: false,
+      closed: false,
       settled,
       markSettled,
     };
@@ -184,19 +185,31 @@ export class NbdClient {
     this.options.trace?.('connected');
   }
 
-  /** Starts the sender and the receiver if there is work for them. */
+  /**
+   * Starts the sender and the receiver if there is work for them. The sender starts from a
+   * microtask: the queue hands a batch's requests to the handlers one after another in the same
+   * turn, so that they all go out in its first SEND rather than the first one alone.
+   */
   private pump(): void {
     const session = this.session;
     if (!session || session.broken) return;
-    if (!session.sending && this.queued.length > 0) {
-      session.sending = true;
-      this.sendLoop(session).catch((err: unknown) => this.drop(session, err));
+    if (!session.sending && !this.senderScheduled && this.queued.length > 0) {
+      this.senderScheduled = true;
+      queueMicrotask(this.startSender);
     }
     if (!session.receiving && session.inFlight.size > 0) {
       session.receiving = true;
       this.receiveLoop(session).catch((err: unknown) => this.drop(session, err));
     }
   }
+
+  private readonly startSender = (): void => {
+    this.senderScheduled = false;
+    const session = this.session;
+    if (!session || session.broken || session.sending || this.queued.length === 0) return;
+    session.sending = true;
+    this.sendLoop(session).catch((err: unknown) => this.drop(session, err));
+  };
 
   private async sendLoop(session: Session): Promise<void> {
     try {
@@ -242,7 +255,7 @@ export class NbdClient {
   private async sendAll(session: Session, bytes: Uint8Array): Promise<void> {
     for (let done = 0; done < bytes.length;) {
       if (session.broken) return;
-      const n = await this.options.io.send(session.fd, bytes.subarray(done));
+      const n = await session.transport.send(bytes.subarray(done));
       if (n <= 0) throw new Error(n === 0 ? 'send made no progress' : `send: errno ${-n}`);
       done += n;
     }
@@ -266,7 +279,7 @@ export class NbdClient {
     }
     while (this.recvEnd < length) {
       if (session.broken) throw new Error('connection dropped');
-      const n = await this.options.io.recv(session.fd, this.recvStage.subarray(this.recvEnd));
+      const n = await session.transport.recv(this.recvStage.subarray(this.recvEnd));
       if (n === 0) throw new Error('the server closed the connection');
       if (n < 0) throw new Error(`recv: errno ${-n}`);
       this.recvEnd += n;
@@ -286,7 +299,8 @@ export class NbdClient {
       const left = dst.length - done;
       if (left >= DIRECT_RECV_BYTES) {
         if (session.broken) throw new Error('connection dropped');
-        const n = await this.options.io.recv(session.fd, dst.subarray(done));
+        // The payload's length is known: one completion for all of it, not one per segment.
+        const n = await session.transport.recv(dst.subarray(done), true);
         if (n === 0) throw new Error('the server closed the connection');
         if (n < 0) throw new Error(`recv: errno ${-n}`);
         done += n;
@@ -315,9 +329,8 @@ export class NbdClient {
     this.pump();
   }
 
-  private lookup(session: Session, handle: bigint): Request {
-    const request =
-      handle <= BigInt(Number.MAX_SAFE_INTEGER) ? session.inFlight.get(Number(handle)) : undefined;
+  private lookup(session: Session, handle: number): Request {
+    const request = session.inFlight.get(handle);
     if (!request) throw new ProtocolError(`reply for unknown handle ${handle}`);
     return request;
   }
@@ -335,7 +348,7 @@ export class NbdClient {
       if (!this.has(SIMPLE_REPLY_BYTES)) await this.fill(session, SIMPLE_REPLY_BYTES);
       const at = this.recvStart;
       const error = this.recvView.getUint32(at + 4);
-      const request = this.lookup(session, this.recvView.getBigUint64(at + 8));
+      const request = this.lookup(session, readUint64(this.recvView, at + 8));
       this.recvStart += SIMPLE_REPLY_BYTES;
       if (request.type === NBD_CMD_READ && error === 0) {
         // With structured replies negotiated a READ's data must come in chunks.
@@ -354,7 +367,7 @@ export class NbdClient {
     const at = this.recvStart;
     const flags = this.recvView.getUint16(at + 4);
     const type = this.recvView.getUint16(at + 6);
-    const request = this.lookup(session, this.recvView.getBigUint64(at + 8));
+    const request = this.lookup(session, readUint64(this.recvView, at + 8));
     const length = this.recvView.getUint32(at + 16);
     this.recvStart += STRUCTURED_REPLY_BYTES;
     const done = (flags & NBD_REPLY_FLAG_DONE) !== 0;
@@ -373,7 +386,7 @@ export class NbdClient {
         if (!this.has(8)) await this.fill(session, 8);
         const start = this.chunkStart(
           request,
-          this.recvView.getBigUint64(this.recvStart),
+          readUint64(this.recvView, this.recvStart),
           length - 8,
         );
         this.recvStart += 8;
@@ -386,7 +399,7 @@ export class NbdClient {
         if (length !== 12) throw new ProtocolError(`hole chunk of ${length} bytes`);
         if (!this.has(12)) await this.fill(session, 12);
         const size = this.recvView.getUint32(this.recvStart + 8);
-        const start = this.chunkStart(request, this.recvView.getBigUint64(this.recvStart), size);
+        const start = this.chunkStart(request, readUint64(this.recvView, this.recvStart), size);
         this.recvStart += 12;
         request.buf!.fill(0, start, start + size);
         break;
@@ -413,11 +426,8 @@ export class NbdClient {
         if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
           await this.skip(session, messageLength);
           if (!this.has(8)) await this.fill(session, 8);
-          const offset = this.recvView.getBigUint64(this.recvStart);
-          if (
-            offset < BigInt(request.offset) ||
-            offset >= BigInt(request.offset + request.length)
-          ) {
+          const offset = readUint64(this.recvView, this.recvStart);
+          if (offset < request.offset || offset >= request.offset + request.length) {
             throw new ProtocolError('error offset outside the request');
           }
           this.recvStart += 8;
@@ -436,9 +446,9 @@ export class NbdClient {
   }
 
   /** Where a chunk of `size` bytes at `offset` lands in the READ's buffer, after checking it. */
-  private chunkStart(request: Request, offset: bigint, size: number): number {
-    const start = Number(offset - BigInt(request.offset));
-    if (offset < BigInt(request.offset) || start + size > request.length || size === 0) {
+  private chunkStart(request: Request, offset: number, size: number): number {
+    const start = offset - request.offset;
+    if (start < 0 || start + size > request.length || size === 0) {
       throw new ProtocolError('chunk outside the request');
     }
     for (const [a, b] of request.covered) {
@@ -449,17 +459,13 @@ export class NbdClient {
   }
 
   /**
-   * Drops a session: shutdown(2) wakes its pending ring IO; once that ended the descriptor is
-   * closed. The requests without a complete reply go first in line for the next connection.
+   * Drops a session: shutting the transport down wakes its pending IO; once that ended the
+   * transport is closed. The requests without a complete reply go first in line for the next connection.
    */
   private drop(session: Session, err: unknown): void {
     if (session.broken) return;
     session.broken = true;
-    try {
-      shutdown(session.fd, SHUT_RDWR);
-    } catch {
-      // already gone
-    }
+    session.transport.shutdown();
     this.settleSession(session);
     if (this.closed && err === undefined) return;
     const unanswered = [...session.inFlight.values()].sort((a, b) => a.handle - b.handle);
@@ -478,9 +484,9 @@ export class NbdClient {
   }
 
   private settleSession(session: Session): void {
-    if (!session.broken || session.sending || session.receiving || session.fd < 0) return;
-    closeFd(session.fd);
-    session.fd = -1;
+    if (!session.broken || session.sending || session.receiving || session.closed) return;
+    session.transport.close();
+    session.closed = true;
     session.markSettled();
   }
 
@@ -496,11 +502,11 @@ export class NbdClient {
         try {
           const connection = await this.options.connect();
           if (this.closed) {
-            closeFd(connection.fd);
+            closeConnection(connection);
             return;
           }
           if (!sameExport(connection.export, this.options.expected)) {
-            closeFd(connection.fd);
+            closeConnection(connection);
             throw new Error('the export changed (size or flags) across the reconnect');
           }
           this.adopt(connection);

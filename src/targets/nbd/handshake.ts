@@ -1,6 +1,7 @@
 import { connect, type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { UserError } from '../../errors.js';
-import { dup } from '../../sys.js';
+import { close as closeFd, dup } from '../../sys.js';
 import {
   CLISERV_MAGIC,
   encodeRequest,
@@ -15,6 +16,7 @@ import {
   NBD_INFO_EXPORT,
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_GO,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_BLOCK_SIZE_REQD,
@@ -29,6 +31,7 @@ import {
   OPTION_REPLY_MAGIC,
   REQUEST_BYTES,
 } from './protocol.js';
+import { startTls, type TlsConfig } from './tls.js';
 
 /** Where the server is: TCP or a Unix socket. */
 export type NbdAddress = { host: string; port: number } | { path: string };
@@ -41,6 +44,8 @@ export interface Export {
   blockSize?: { minimum: number; preferred: number; maximum: number };
   /** Whether the server agreed to NBD_OPT_STRUCTURED_REPLY. */
   structured: boolean;
+  /** With TLS, the version negotiated ('TLSv1.3'). */
+  tls?: string;
 }
 
 /** A handshake that failed for a reason a user can act on (vs. a broken connection). */
@@ -62,16 +67,29 @@ class ExactReader {
   private buffered = 0;
   private wake: (() => void) | undefined;
   private failure: Error | undefined;
+  private readonly onData = (chunk: Buffer): void => {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    this.wake?.();
+  };
+  private readonly onEnd = () => this.fail(new HandshakeError('the server closed the connection'));
+  private readonly onError = (err: Error) => this.fail(err);
+  private readonly onClose = () => this.fail(new HandshakeError('the connection closed'));
 
-  constructor(socket: Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-      this.wake?.();
-    });
-    socket.on('end', () => this.fail(new HandshakeError('the server closed the connection')));
-    socket.on('error', (err) => this.fail(err));
-    socket.on('close', () => this.fail(new HandshakeError('the connection closed')));
+  constructor(private readonly socket: Socket) {
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('error', this.onError);
+    socket.on('close', this.onClose);
+  }
+
+  /** Stops reading (the socket paused): another reader, or the transmission phase, takes over. */
+  detach(): void {
+    this.socket.pause();
+    this.socket.removeListener('data', this.onData);
+    this.socket.removeListener('end', this.onEnd);
+    this.socket.removeListener('error', this.onError);
+    this.socket.removeListener('close', this.onClose);
   }
 
   get pending(): number {
@@ -173,7 +191,7 @@ function refusal(exportName: string, where: string, reply: OptionReply): Error {
       return new HandshakeRefused(`nbd: ${where} has no ${name}${message}: check --export_name`);
     case NBD_REP_ERR_TLS_REQD:
       return new HandshakeRefused(
-        `nbd: ${where} requires TLS for ${name}, which this client does not implement yet`,
+        `nbd: ${where} requires TLS for ${name}: add --tls (with --tls_certificates DIR or --tls_ca FILE for its CA)`,
       );
     case NBD_REP_ERR_POLICY:
       return new HandshakeRefused(`nbd: ${where} refused access to ${name}${message}`);
@@ -188,13 +206,55 @@ function refusal(exportName: string, where: string, reply: OptionReply): Error {
   }
 }
 
+/** What a negotiation ends with: the export, and the stream transmission goes on (TLS or not). */
+interface Negotiated {
+  exported: Export;
+  stream: Socket;
+  reader: ExactReader;
+}
+
 /**
- * The fixed newstyle handshake up to transmission: structured replies if the server agrees, then
- * NBD_OPT_GO with NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME where GO is
- * unsupported).
+ * NBD_OPT_STARTTLS, then TLS on the socket: every later option, and transmission, is inside it.
+ * The server sends nothing after its ACK until our TLS ClientHello, so Node holds no byte of the
+ * socket's that the TLS layer should have had.
  */
-async function negotiate(socket: Socket, exportName: string, where: string): Promise<Export> {
-  const reader = new ExactReader(socket);
+async function upgrade(
+  socket: Socket,
+  reader: ExactReader,
+  tls: TlsConfig,
+  where: string,
+): Promise<TLSSocket> {
+  socket.write(option(NBD_OPT_STARTTLS));
+  const reply = await optionReply(reader, NBD_OPT_STARTTLS);
+  if (reply.type !== NBD_REP_ACK) {
+    const why =
+      reply.type === NBD_REP_ERR_UNSUP
+        ? 'unsupported'
+        : reply.type === NBD_REP_ERR_POLICY
+          ? 'refused by policy'
+          : `reply ${reply.type}`;
+    throw new HandshakeRefused(
+      `nbd: ${where} does not offer TLS (NBD_OPT_STARTTLS: ${why}): drop --tls, or enable TLS on the server`,
+    );
+  }
+  if (reader.pending !== 0) throw new HandshakeError('the server sent data after STARTTLS');
+  reader.detach();
+  return startTls(socket, tls, where);
+}
+
+/**
+ * The fixed newstyle handshake up to transmission: STARTTLS with `tls`, structured replies if the
+ * server agrees, then NBD_OPT_GO with NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE
+ * (NBD_OPT_EXPORT_NAME where GO is unsupported).
+ */
+async function negotiate(
+  raw: Socket,
+  exportName: string,
+  where: string,
+  tls: TlsConfig | undefined,
+): Promise<Negotiated> {
+  let socket = raw;
+  let reader = new ExactReader(socket);
   const greeting = await reader.read(18);
   if (greeting.readBigUInt64BE(0) !== NBDMAGIC) {
     throw new HandshakeRefused(`nbd: ${where} is not an NBD server (no NBDMAGIC)`);
@@ -211,6 +271,13 @@ async function negotiate(socket: Socket, exportName: string, where: string): Pro
   const clientFlags = Buffer.alloc(4);
   clientFlags.writeUInt32BE(NBD_FLAG_C_FIXED_NEWSTYLE | (noZeroes ? NBD_FLAG_C_NO_ZEROES : 0));
   socket.write(clientFlags);
+  let version: string | undefined;
+  if (tls) {
+    const secure = await upgrade(socket, reader, tls, where);
+    version = secure.getProtocol() ?? undefined;
+    socket = secure;
+    reader = new ExactReader(socket);
+  }
 
   socket.write(option(NBD_OPT_STRUCTURED_REPLY));
   const sr = await optionReply(reader, NBD_OPT_STRUCTURED_REPLY);
@@ -260,24 +327,37 @@ async function negotiate(socket: Socket, exportName: string, where: string): Pro
   if ((flags & NBD_FLAG_HAS_FLAGS) === 0) flags = 0;
   // Transmission has begun; the server sends nothing until asked, so Node must hold nothing.
   if (reader.pending !== 0) throw new HandshakeError('the server sent data after the handshake');
-  return { size, flags, blockSize, structured };
+  return { exported: { size, flags, blockSize, structured, tls: version }, stream: socket, reader };
 }
 
-/** A connection in transmission phase: our own descriptor of the socket, and the export. */
+/**
+ * A connection in transmission phase: our own descriptor of the socket for the ring, or (TLS)
+ * Node's TLS socket, and the export.
+ */
 export interface Connection {
+  /** -1 with TLS. */
   fd: number;
+  tls?: TLSSocket;
   export: Export;
+}
+
+/** Lets go of a connection no client took. */
+export function closeConnection(connection: Connection): void {
+  if (connection.tls) connection.tls.destroy();
+  else closeFd(connection.fd);
 }
 
 /**
  * Connects and negotiates in Node (the handshake is a few round trips, once per connection), then
  * hands the socket over as a descriptor of our own for the ring: Node's socket is closed, which
- * does not end the connection while our descriptor is open.
+ * does not end the connection while our descriptor is open. With TLS, Node's TLS socket is the
+ * connection (see tls.ts).
  */
 export async function openConnection(
   address: NbdAddress,
   exportName: string,
   timeoutMs: number,
+  tls?: TlsConfig,
 ): Promise<Connection> {
   const socket = await openSocket(address, timeoutMs);
   const where = describeAddress(address);
@@ -285,12 +365,19 @@ export async function openConnection(
     () => socket.destroy(new HandshakeError(`handshake with ${where} timed out`)),
     timeoutMs,
   );
+  let handedOver = false;
   try {
-    const exported = await negotiate(socket, exportName, where);
+    const { exported, stream, reader } = await negotiate(socket, exportName, where, tls);
     // Requests are small and each waits for its reply: Nagle's algorithm would hold a header
     // back until the previous segment is acknowledged (a delayed ACK: up to 40 ms).
     if (!('path' in address)) socket.setNoDelay(true);
-    socket.pause();
+    reader.detach();
+    if (stream !== socket) {
+      // Until the client listens: an error then must not be an uncaught one.
+      stream.on('error', () => undefined);
+      handedOver = true;
+      return { fd: -1, tls: stream as TLSSocket, export: exported };
+    }
     const handle = (socket as unknown as { _handle?: { fd?: number } })._handle;
     if (typeof handle?.fd !== 'number' || handle.fd < 0) {
       throw new Error('nbd: cannot get the socket descriptor from Node');
@@ -298,7 +385,7 @@ export async function openConnection(
     return { fd: dup(handle.fd), export: exported };
   } finally {
     clearTimeout(timer);
-    socket.destroy();
+    if (!handedOver) socket.destroy();
   }
 }
 
@@ -310,6 +397,7 @@ export async function probeExport(
   address: NbdAddress,
   exportName: string,
   timeoutMs: number,
+  tls?: TlsConfig,
 ): Promise<Export> {
   const socket = await openSocket(address, timeoutMs);
   const where = describeAddress(address);
@@ -318,10 +406,10 @@ export async function probeExport(
     timeoutMs,
   );
   try {
-    const exported = await negotiate(socket, exportName, where);
+    const { exported, stream } = await negotiate(socket, exportName, where, tls);
     const disc = Buffer.alloc(REQUEST_BYTES);
     encodeRequest(new DataView(disc.buffer, disc.byteOffset), 0, 0, NBD_CMD_DISC, 0, 0, 0);
-    await new Promise<void>((resolve) => socket.end(disc, resolve));
+    await new Promise<void>((resolve) => stream.end(disc, resolve));
     return exported;
   } finally {
     clearTimeout(timer);

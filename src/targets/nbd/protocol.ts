@@ -19,6 +19,7 @@ export const NBD_FLAG_C_NO_ZEROES = 1 << 1;
 // Options.
 export const NBD_OPT_EXPORT_NAME = 1;
 export const NBD_OPT_ABORT = 2;
+export const NBD_OPT_STARTTLS = 5;
 export const NBD_OPT_INFO = 6;
 export const NBD_OPT_GO = 7;
 export const NBD_OPT_STRUCTURED_REPLY = 8;
@@ -97,9 +98,20 @@ export function encodeRequest(
   view.setUint32(at, NBD_REQUEST_MAGIC);
   view.setUint16(at + 4, flags);
   view.setUint16(at + 6, type);
-  view.setBigUint64(at + 8, BigInt(handle));
-  view.setBigUint64(at + 16, BigInt(offset));
+  // Two 32-bit halves each, not BigInt: no allocation per request (handles are 32-bit).
+  view.setUint32(at + 8, 0);
+  view.setUint32(at + 12, handle);
+  view.setUint32(at + 16, Math.floor(offset / 2 ** 32));
+  view.setUint32(at + 20, offset >>> 0);
   view.setUint32(at + 24, length);
+}
+
+/**
+ * A 64-bit wire integer as a number, without a BigInt: exact up to 2^53, beyond that rounded, but
+ * still beyond every offset and handle a request can have, which is all the callers compare with.
+ */
+export function readUint64(view: DataView, at: number): number {
+  return view.getUint32(at) * 2 ** 32 + view.getUint32(at + 4);
 }
 
 /** A transmission flag's name, for messages and `ublk list`. */

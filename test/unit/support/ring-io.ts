@@ -2,7 +2,7 @@
  * The socket part of a queue's QueueIo on a real io_uring in event-loop mode, for running a
  * target's ring-IO client (the nbd target's) without ublk.
  */
-import { IoBuffer, MSG_NOSIGNAL, Ring } from '../../../src/uring/index.js';
+import { IoBuffer, MSG_NOSIGNAL, MSG_WAITALL, Ring } from '../../../src/uring/index.js';
 import type { QueueIo } from '../../../src/ublk/target.js';
 
 export class RingSocketIo {
@@ -30,8 +30,10 @@ export class RingSocketIo {
       fallocate: unsupported,
       send: (fd, buf) =>
         this.op((ud) => this.ring.sq.prepSend(fd, this.address(buf), buf.length, MSG_NOSIGNAL, ud)),
-      recv: (fd, buf) =>
-        this.op((ud) => this.ring.sq.prepRecv(fd, this.address(buf), buf.length, 0, ud)),
+      recv: (fd, buf, waitAll) =>
+        this.op((ud) =>
+          this.ring.sq.prepRecv(fd, this.address(buf), buf.length, waitAll ? MSG_WAITALL : 0, ud),
+        ),
       allocate: (length) => {
         const m = IoBuffer.allocate(length);
         this.memory.set(m.bytes.buffer, m);

@@ -1,0 +1,59 @@
+import { writeSync } from 'node:fs';
+import { close as closeFd, shutdown as shutdownFd } from '../../sys.js';
+import type { QueueIo } from '../target.js';
+
+/** The byte stream of a connection's transmission phase, as the client uses it. */
+export interface Transport {
+  /** Bytes sent, possibly fewer than given, or -errno. */
+  send(bytes: Uint8Array): Promise<number>;
+  /**
+   * Bytes received into `into` (0 at the end of the stream) or -errno; with `waitAll` the
+   * transport may wait until `into` is full (the ring does: one completion for a payload).
+   */
+  recv(into: Uint8Array, waitAll?: boolean): Promise<number>;
+  /** Ends the connection at once: a pending send or recv ends too. */
+  shutdown(): void;
+  /** Lets go of it, once no send or recv is pending. */
+  close(): void;
+  /** NBD_CMD_DISC's bytes at the end, best effort: the queue no longer reaps its ring then. */
+  goodbye(bytes: Uint8Array): void;
+}
+
+const SHUT_RDWR = 2;
+
+/** A plain socket: our own descriptor of it, every send and recv on the queue's io_uring. */
+export class RingSocket implements Transport {
+  constructor(
+    private readonly io: QueueIo,
+    private readonly fd: number,
+  ) {}
+
+  send(bytes: Uint8Array): Promise<number> {
+    return this.io.send(this.fd, bytes);
+  }
+
+  recv(into: Uint8Array, waitAll?: boolean): Promise<number> {
+    return this.io.recv(this.fd, into, waitAll);
+  }
+
+  shutdown(): void {
+    try {
+      shutdownFd(this.fd, SHUT_RDWR);
+    } catch {
+      // already gone
+    }
+  }
+
+  close(): void {
+    closeFd(this.fd);
+  }
+
+  /** By write(2): an idle socket takes the 28 bytes at once. */
+  goodbye(bytes: Uint8Array): void {
+    try {
+      writeSync(this.fd, bytes);
+    } catch {
+      // the server went away: nothing to say goodbye to
+    }
+  }
+}
