@@ -20,10 +20,11 @@ const { ENOBUFS } = constants.errno;
 export const BATCH_IO_BASE = 2 ** 42;
 /**
  * Element buffers: PREP_IO_CMDS's, then COMMIT_IO_CMDS's. The kernel reads one while the command
- * is submitted, but it is free again only once its CQE came; the commit of one wake-up is built
- * while the previous one's CQE may not have been drained yet.
+ * is submitted, but it is free again only once its CQE came: the commit of one wake-up is built
+ * while the previous one's CQE may not have been drained yet, and a full SQ flushes a commit
+ * early (Queue.submit).
  */
-const BATCH_SLOTS = 4;
+export const BATCH_SLOTS = 8;
 /**
  * FETCH_IO_CMDS per queue, each over its own buffer group, as kublk: when one ends (its buffer is
  * used up) the kernel delivers through the other while it is re-armed.

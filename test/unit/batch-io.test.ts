@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import { BATCH_IO, ELEM_HEADER, UBLK_BATCH_F, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/abi.js';
 import {
   BATCH_IO_BASE,
+  BATCH_SLOTS,
   BatchIo,
   batchElemBytes,
   type BatchMemory,
@@ -24,7 +25,7 @@ const FETCH_ADDRESS = [0x20_0000, 0x30_0000];
 const FETCH_BYTES = 64;
 const TAG_BUFFERS = 0x7f00_0000_0000;
 const BYTES_PER_TAG = 0x8_0000;
-const FETCH_CODE = 4; // BatchIo's element slots come first
+const FETCH_CODE = BATCH_SLOTS; // the element slots' codes come first
 
 interface Sent {
   cmdOp: number;
@@ -42,7 +43,7 @@ function standIn(options: { copy?: boolean; autoBufReg?: boolean } = {}) {
   const requests: number[] = [];
   const aborts: number[][] = [];
   const elemBytes = batchElemBytes(options.copy === true);
-  const elems = new Uint8Array(4 * DEPTH * elemBytes);
+  const elems = new Uint8Array(BATCH_SLOTS * DEPTH * elemBytes);
   const fetchBuffers = FETCH_ADDRESS.map(() => new Uint8Array(FETCH_BYTES));
   const memory: BatchMemory = {
     elems: { bytes: elems, address: ELEMS_ADDRESS },
@@ -269,4 +270,23 @@ test('a fetch failure, a tag beyond the depth or delivered twice fails the queue
   const other = started();
   other.deliver(0, [2]);
   assert.throws(() => other.deliver(1, [2]), /delivered tag 2, not committed since/);
+});
+
+test('element buffers are reused once their CQE came; none free fails the queue in words', () => {
+  const { batch, deliver, sent } = started();
+  for (let round = 0; round < 3 * BATCH_SLOTS; round++) {
+    deliver(round % 2, [round % DEPTH]);
+    batch.commit(round % DEPTH, 0);
+    batch.flush();
+    const s = sent[sent.length - 1];
+    batch.complete(s.userData - BATCH_IO_BASE, s.len, 0);
+  }
+  assert.equal(new Set(sent.map((s) => s.addr)).size, 1, 'the same buffer while each CQE comes');
+  for (let slot = 0; slot < BATCH_SLOTS; slot++) {
+    deliver(0, [slot]);
+    batch.commit(slot, 0);
+    batch.flush();
+  }
+  deliver(1, [0]);
+  assert.throws(() => batch.commit(0, 0), /all 8 batch element buffers await their CQE/);
 });
