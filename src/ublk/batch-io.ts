@@ -88,7 +88,7 @@ export interface BatchSink {
  * request or per batch.
  */
 export class BatchIo {
-  /** PREP_IO_CMDS and COMMIT_IO_CMDS submitted whose CQE has not come. */
+  /** PREP_IO_CMDS and COMMIT_IO_CMDS prepared whose CQE has not been handled. */
   inFlight = 0;
   private readonly elemBytes: number;
   private readonly slotBytes: number;
