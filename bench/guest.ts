@@ -80,6 +80,21 @@ const MODES: {
     kublk: ['--auto_zc'],
     targets: ['null', 'loop', 'mem'],
   },
+  // Batch IO (kublk's -b, ublksrv's -b/--batch-io) in copy mode and with auto zero copy.
+  {
+    name: 'batch',
+    feature: UBLK_F.BATCH_IO,
+    ours: ['-b', '--no_auto_zc'],
+    kublk: ['-b'],
+    targets: ['null', 'loop'],
+  },
+  {
+    name: 'batch_auto_zc',
+    feature: UBLK_F.BATCH_IO | UBLK_F.AUTO_BUF_REG,
+    ours: ['-b', '--auto_zc'],
+    kublk: ['-b', '--auto_zc'],
+    targets: ['null', 'loop'],
+  },
 ];
 
 function progress(message: string): void {

@@ -35,6 +35,8 @@ export interface AddOptions {
   userCopy?: boolean;
   /** ublksrv's -z/--zerocopy: UBLK_F_SUPPORT_ZERO_COPY (6.15+), REGISTER_IO_BUF per request. */
   manualZeroCopy?: boolean;
+  /** ublksrv's -b/--batch-io: UBLK_F_BATCH_IO (7.0+), batched fetch and commit commands. */
+  batchIo?: boolean;
   /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
   debugMask: number;
   /** --filter, as given, first outermost; their options are in targetArgs with the target's. */
@@ -47,17 +49,6 @@ const { PAGE_SIZE } = constants;
 const MAX_QUEUES = 4096;
 const MAX_DEPTH = 4096;
 const MAX_IO_BUF_BYTES = 32 << 20;
-
-/**
- * ublksrv 1.8's data-path options that ublk-ts does not implement yet: parsed so that `add`
- * refuses each by name, saying what it lacks, rather than as an unknown option.
- */
-const UNIMPLEMENTED_ADD_OPTIONS = {
-  'batch-io': { type: 'boolean', short: 'b' },
-} as const satisfies ParseArgsConfig['options'];
-const UNIMPLEMENTED_LACKS: Readonly<Record<keyof typeof UNIMPLEMENTED_ADD_OPTIONS, string>> = {
-  'batch-io': 'batch IO (UBLK_F_BATCH_IO, PREP/COMMIT/FETCH_IO_CMDS)',
-};
 
 /** ublksrv's standard `add` options; names and letters are those of ublksrv so scripts keep working. */
 const STANDARD_ADD_OPTIONS = {
@@ -80,10 +71,11 @@ const STANDARD_ADD_OPTIONS = {
   no_auto_part_scan: { type: 'boolean' },
   unprivileged: { type: 'boolean' },
   filter: { type: 'string', multiple: true },
+  'batch-io': { type: 'boolean', short: 'b' },
 } as const satisfies ParseArgsConfig['options'];
 
 /** Every option `add` has before the target's own. */
-const ADD_OPTIONS = { ...STANDARD_ADD_OPTIONS, ...UNIMPLEMENTED_ADD_OPTIONS };
+const ADD_OPTIONS = STANDARD_ADD_OPTIONS;
 
 export function isAddOption(name: string): boolean {
   return Object.hasOwn(ADD_OPTIONS, name);
@@ -147,7 +139,6 @@ export function parseAddArgs(
     if (name in ADD_OPTIONS) throw new Error(`target option --${name} clashes`);
   }
   const values = strictParse('add', argv, { ...ADD_OPTIONS, ...targetOptions });
-  refuseUnimplemented(values);
   const str = (name: string) => values[name] as string | undefined;
   const flag = (name: string, what: string) => {
     const text = str(name);
@@ -194,6 +185,7 @@ export function parseAddArgs(
     autoZc: autoZc(values.auto_zc === true, values.no_auto_zc === true),
     userCopy: values.usercopy === true,
     manualZeroCopy: values.zerocopy === true,
+    batchIo: values['batch-io'] === true,
     debugMask:
       str('debug_mask') === undefined
         ? 0
@@ -206,14 +198,6 @@ export function parseAddArgs(
 function autoZc(on: boolean, off: boolean): boolean | undefined {
   if (on && off) throw new UserError('--auto_zc and --no_auto_zc exclude each other');
   return on ? true : off ? false : undefined;
-}
-
-function refuseUnimplemented(values: Record<string, string | boolean | undefined>): void {
-  for (const [name, lacks] of Object.entries(UNIMPLEMENTED_LACKS)) {
-    if (values[name] !== undefined) {
-      throw new UserError(`add: --${name} is not implemented by ublk-ts yet: it lacks ${lacks}`);
-    }
-  }
 }
 
 export interface DelOptions {

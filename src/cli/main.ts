@@ -35,6 +35,7 @@ const USAGE = `ublk add -t TYPE
 \t--auto_zc | --no_auto_zc (zero copy: by default where the kernel has it, Linux 6.16+,\n\t\tfor loop, mem and null)
 \t--usercopy (user copy: read/write on /dev/ublkcN, no buffer per tag, Linux 6.5+)
 \t-z | --zerocopy (zero copy by REGISTER_IO_BUF per request, Linux 6.15+, for loop, mem and null)
+\t-b | --batch-io (batched fetch and commit commands, Linux 7.0+; with copy or any mode above)
 \t--filter FILTER ... (repeatable; the first given wraps the others, as in nbdkit)
 \tTYPE: null, loop, mem, nbd, or the path of a target module (./my-target.js)
 \tFILTER: ${Object.keys(BUILT_IN_FILTERS).join(', ')}, or the path of a filter module (./my-filter.js)

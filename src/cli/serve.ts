@@ -54,6 +54,7 @@ async function startDevice(
       zeroCopy: options.autoZc,
       userCopy: options.userCopy,
       manualZeroCopy: options.manualZeroCopy,
+      batchIo: options.batchIo,
       logEveryFailure: (options.debugMask & DEBUG_EVERY_FAILURE) !== 0,
     });
     return { device, options, targetSource };

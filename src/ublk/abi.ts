@@ -673,6 +673,29 @@ export function writeIoCmd(
   view.setUint32(offset + IO_CMD_ADDR + 4, Math.floor(addr / TWO_POW_32), true);
 }
 
+const BATCH_Q_ID = BATCH_IO.fields.qId.offset;
+const BATCH_FLAGS = BATCH_IO.fields.flags.offset;
+const BATCH_NR_ELEM = BATCH_IO.fields.nrElem.offset;
+const BATCH_ELEM_BYTES = BATCH_IO.fields.elemBytes.offset;
+
+/**
+ * Writes a `ublk_batch_io` at `offset` of `view` (an SQE's byte 48), for the per-batch path: no
+ * allocation and no range checks. The SQE's command area is zeroed, so the reserved members are.
+ */
+export function writeBatchIo(
+  view: DataView,
+  offset: number,
+  qId: number,
+  flags: number,
+  nrElem: number,
+  elemBytes: number,
+): void {
+  view.setUint16(offset + BATCH_Q_ID, qId, true);
+  view.setUint16(offset + BATCH_FLAGS, flags, true);
+  view.setUint16(offset + BATCH_NR_ELEM, nrElem, true);
+  view.setUint8(offset + BATCH_ELEM_BYTES, elemBytes);
+}
+
 const FEATURE_NAMES = new Map<number, string>(
   Object.entries(UBLK_F).map(([name, bit]) => [bit, name]),
 );

@@ -46,6 +46,13 @@ export interface DeviceOptions {
    * other modes; refused where the kernel lacks it.
    */
   manualZeroCopy?: boolean;
+  /**
+   * Batch IO (UBLK_F_BATCH_IO, 7.0+; ublksrv's -b): one PREP_IO_CMDS per queue, requests fetched
+   * by a multishot FETCH_IO_CMDS, one COMMIT_IO_CMDS per wake-up. Combines with copy mode and the
+   * other data-path modes; refused with NEED_GET_DATA (the kernel drops it) and where the kernel
+   * lacks it.
+   */
+  batchIo?: boolean;
   /** The block layer's I/O scheduler for the device (sysfs name); default 'none'. */
   ioScheduler?: string;
   /** Log every request a handler fails, not only the first of each cause. */
@@ -196,6 +203,7 @@ export class Device {
       control = openControl();
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
+      const batch = await batchIoFlag(control, options);
       const userCopy = await userCopyFlag(control, options);
       const served = servedBy(target.name, setup);
       const manual = await manualZeroCopyFlag(control, served, caps, options);
@@ -204,7 +212,7 @@ export class Device {
       const devId = options.id ?? AUTO_DEV_ID;
       const addFlags = await addDevFlags(
         control,
-        (options.flags ?? 0) | zeroCopy | userCopy | manual,
+        (options.flags ?? 0) | zeroCopy | userCopy | manual | batch,
       );
       const flags = addFlags.flags;
       required = addFlags.required;
@@ -359,6 +367,21 @@ async function zeroCopyFlag(
   if (hasFlag((await control.getFeatures()) ?? 0, UBLK_F.AUTO_BUF_REG)) return UBLK_F.AUTO_BUF_REG;
   if (!required) return 0;
   throw missingFeature('zero copy (--auto_zc)', UBLK_F.AUTO_BUF_REG);
+}
+
+/**
+ * UBLK_F_BATCH_IO or 0, as DeviceOptions.batchIo asks: refused with NEED_GET_DATA, which the kernel
+ * silently drops from a batch device, and where GET_FEATURES lacks it (6.1 has no GET_FEATURES).
+ */
+async function batchIoFlag(control: Control, options: DeviceOptions): Promise<number> {
+  if (options.batchIo !== true) return 0;
+  if (hasFlag(options.flags ?? 0, UBLK_F.NEED_GET_DATA)) {
+    throw new UserError('batch IO (-b) and -g 1 (need_get_data) exclude each other: drop -g');
+  }
+  if (!hasFlag((await control.getFeatures()) ?? 0, UBLK_F.BATCH_IO)) {
+    throw missingFeature('batch IO (-b)', UBLK_F.BATCH_IO);
+  }
+  return UBLK_F.BATCH_IO;
 }
 
 /**
@@ -651,6 +674,7 @@ async function startQueues(
       autoBufReg: (info.flags & UBLK_F.AUTO_BUF_REG) !== 0,
       userCopy: (info.flags & UBLK_F.USER_COPY) !== 0,
       manualZeroCopy: (info.flags & UBLK_F.SUPPORT_ZERO_COPY) !== 0,
+      batchIo: (info.flags & UBLK_F.BATCH_IO) !== 0,
       targetSource,
       shared: setup.shared,
       capabilities: setup.capabilities ?? {},

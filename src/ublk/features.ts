@@ -17,6 +17,7 @@ const FIRST_KERNEL: ReadonlyMap<number, string> = new Map([
   [UBLK_F.UPDATE_SIZE, '6.16'],
   [UBLK_F.QUIESCE, '6.16'],
   [UBLK_F.AUTO_BUF_REG, '6.16'],
+  [UBLK_F.BATCH_IO, '7.0'],
   [UBLK_F.SAFE_STOP_DEV, '7.0'],
   [UBLK_F.NO_AUTO_PART_SCAN, '7.0'],
 ]);

@@ -42,6 +42,12 @@ export interface TagStatesConfig {
   manualZeroCopy?: boolean;
   /** /dev/ublkcN; user copy reads and writes it. */
   charFd?: number;
+  /**
+   * The device was granted UBLK_F_BATCH_IO: the scheduler turns the fetches and commits asked of
+   * it into PREP_IO_CMDS and COMMIT_IO_CMDS (batch-io.ts), and requests arrive through
+   * FETCH_IO_CMDS.
+   */
+  batchIo?: boolean;
 }
 
 /** What a user-copy request's copy on /dev/ublkcN is, per tag. */
@@ -198,6 +204,15 @@ export class TagStates {
       // daemon and lets the kernel's monitor take the device over (recovery, or DEAD).
       throw errnoError('ublk IO command', -res, { queueId: this.config.queueId, tag });
     }
+  }
+
+  /**
+   * Batch IO: the kernel ended the queue's fetch commands with ABORT (its per-tag form). The tags
+   * not `held` are out of service now, the others once their request is committed.
+   */
+  abortUnheld(held: Uint8Array): void {
+    this.aborting = true;
+    for (let tag = 0; tag < this.config.depth; tag++) if (held[tag] === 0) this.finish(tag);
   }
 
   /** The queue is shutting down: no request is in flight. */

@@ -1,6 +1,6 @@
 /**
  * The io_uring ABI this project uses, from <linux/io_uring.h> (plus the poll and fallocate flags
- * its opcodes take). test/unit/uring-abi.test.ts checks every value here against the system
+ * its opcodes take). test/unit/uring-abi.test.ts checks every value here against Linux 7.3's
  * header (and <sys/socket.h> for the MSG_* flags), so nothing io_uring-related may be defined anywhere else.
  */
 
@@ -40,6 +40,12 @@ export const IORING_ENTER_EXT_ARG = 1 << 3;
 export const IORING_REGISTER_EVENTFD = 4;
 export const IORING_UNREGISTER_EVENTFD = 5;
 export const IORING_REGISTER_BUFFERS2 = 15;
+/** A provided buffer ring (5.19+): buffers the kernel picks for IOSQE_BUFFER_SELECT requests. */
+export const IORING_REGISTER_PBUF_RING = 22;
+
+// io_uring_buf_reg.flags.
+/** Buffers are consumed a CQE's bytes at a time, not whole (6.12+). */
+export const IOU_PBUF_RING_INC = 2;
 
 // io_uring_rsrc_register.flags.
 export const IORING_RSRC_REGISTER_SPARSE = 1 << 0;
@@ -51,8 +57,14 @@ export const IORING_OFF_SQES = 0x10000000;
 
 // sqe->flags.
 export const IOSQE_IO_LINK = 1 << 2;
+/** The request takes its buffer from provided-buffer group `sqe->buf_group`. */
+export const IOSQE_BUFFER_SELECT = 1 << 5;
 /** No CQE when the request succeeds (5.17+): a failure still posts one. */
 export const IOSQE_CQE_SKIP_SUCCESS = 1 << 6;
+
+// sqe->uring_cmd_flags.
+/** A driver command that posts CQEs until it ends (with IORING_CQE_F_MORE on all but the last). */
+export const IORING_URING_CMD_MULTISHOT = 1 << 1;
 
 // cqe->flags.
 export const IORING_CQE_F_MORE = 1 << 1;
@@ -93,7 +105,10 @@ export const IO_URING_SQE = {
   /** The per-opcode flags union: rw_flags, fsync_flags, poll32_events, msg_flags, uring_cmd_flags. */
   opFlags: 28,
   userData: 32,
-  /** READ_FIXED/WRITE_FIXED: the index in the ring's registered buffer table. */
+  /**
+   * READ_FIXED/WRITE_FIXED: the index in the ring's registered buffer table; with
+   * IOSQE_BUFFER_SELECT, the same u16 is the provided-buffer group.
+   */
   bufIndex: 40,
   /** IORING_OP_URING_CMD's command bytes: 16 of them, 80 with IORING_SETUP_SQE128. */
   cmd: 48,
@@ -104,6 +119,28 @@ export const IO_URING_RSRC_REGISTER = {
   size: 32,
   nr: 0,
   flags: 4,
+} as const;
+
+/** struct io_uring_buf_reg, IORING_REGISTER_PBUF_RING's argument. */
+export const IO_URING_BUF_REG = {
+  size: 40,
+  ringAddr: 0,
+  ringEntries: 8,
+  bgid: 12,
+  flags: 14,
+} as const;
+
+/** struct io_uring_buf: one entry of a provided buffer ring. */
+export const IO_URING_BUF = {
+  size: 16,
+  addr: 0,
+  len: 8,
+  bid: 12,
+} as const;
+
+/** struct io_uring_buf_ring: the ring's tail (u16) shares the first entry's reserved field. */
+export const IO_URING_BUF_RING = {
+  tail: 14,
 } as const;
 
 /** struct io_uring_cqe: byte offsets and sizes. */

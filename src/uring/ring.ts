@@ -1,11 +1,13 @@
 import { close as closeFd, ioUringEnter, ioUringRegister } from '../sys.js';
 import {
+  IO_URING_BUF_REG,
   IO_URING_CQE,
   IO_URING_RSRC_REGISTER,
   IO_URING_SQE,
   IORING_ENTER_EXT_ARG,
   IORING_ENTER_GETEVENTS,
   IORING_REGISTER_BUFFERS2,
+  IORING_REGISTER_PBUF_RING,
   IORING_RSRC_REGISTER_SPARSE,
   IORING_SETUP_CQE32,
   IORING_SETUP_SQE128,
@@ -15,6 +17,7 @@ import { CompletionNotifier } from './completion-notifier.js';
 import { CompletionQueue, type CqeHandler } from './completion-queue.js';
 import { mapRing, type RingMemory } from './ring-memory.js';
 import { setupRing } from './setup.js';
+import { writeU64 } from './u64.js';
 import { SubmissionQueue } from './submission-queue.js';
 import { WaitTimeout } from './wait-timeout.js';
 
@@ -176,6 +179,21 @@ export class Ring {
     arg[IO_URING_RSRC_REGISTER.nr / 4] = count;
     arg[IO_URING_RSRC_REGISTER.flags / 4] = IORING_RSRC_REGISTER_SPARSE;
     return ioUringRegister(this.fd, IORING_REGISTER_BUFFERS2, arg, arg.byteLength);
+  }
+
+  /**
+   * Registers a provided buffer ring of `entries` (a power of two) at `address`, page-aligned
+   * memory of ours (see ProvidedBufferRing), as buffer group `bgid`; `flags` are IOU_PBUF_RING_*.
+   * It lives as long as the ring. 0 or -errno.
+   */
+  registerBufRing(address: number, entries: number, bgid: number, flags: number): number {
+    const arg = new Uint32Array(IO_URING_BUF_REG.size / 4);
+    writeU64(arg, IO_URING_BUF_REG.ringAddr / 4, address);
+    arg[IO_URING_BUF_REG.ringEntries / 4] = entries;
+    const halves = new Uint16Array(arg.buffer);
+    halves[IO_URING_BUF_REG.bgid / 2] = bgid;
+    halves[IO_URING_BUF_REG.flags / 2] = flags;
+    return ioUringRegister(this.fd, IORING_REGISTER_PBUF_RING, arg, 1);
   }
 
   /** Unmaps the ring memory (detaching every view) and closes the fds; repeated calls do nothing. */

@@ -12,6 +12,7 @@ import {
   IORING_OP_URING_CMD,
   IORING_OP_WRITE,
   IORING_OP_WRITE_FIXED,
+  IOSQE_BUFFER_SELECT,
 } from './abi.js';
 import type { RingParams } from './setup.js';
 import { writeU64 } from './u64.js';
@@ -238,7 +239,8 @@ export class SubmissionQueue {
   /**
    * A driver command. Returns the zeroed command area of the SQE (16 bytes, 80 on an SQE128
    * ring) for the caller to fill in place before the next submit, or null when the SQ is full.
-   * `addr` is the SQE's own addr field, which some drivers read (ublk's AUTO_BUF_REG).
+   * `addr` and `len` are the SQE's own fields, which some drivers read (ublk's AUTO_BUF_REG, the
+   * element buffer of its batch commands).
    */
   prepUringCmd(
     fd: number,
@@ -246,11 +248,33 @@ export class SubmissionQueue {
     userData: number,
     addr = 0,
     sqeFlags = 0,
+    len = 0,
   ): DataView | null {
     const sqe = this.claim(IORING_OP_URING_CMD, fd, userData, sqeFlags);
     if (sqe < 0) return null;
     this.words[sqe + CMD_OP] = cmdOp;
     writeU64(this.words, sqe + ADDR, addr);
+    this.words[sqe + LEN] = len;
+    return this.cmdViews[sqe / this.sqeWords];
+  }
+
+  /**
+   * A driver command whose CQEs each take a buffer from provided-buffer group `bufGroup`
+   * (IOSQE_BUFFER_SELECT); `cmdFlags` are IORING_URING_CMD_* flags (MULTISHOT). Returns the
+   * command area as prepUringCmd does.
+   */
+  prepUringCmdBufferSelect(
+    fd: number,
+    cmdOp: number,
+    userData: number,
+    bufGroup: number,
+    cmdFlags: number,
+  ): DataView | null {
+    const sqe = this.claim(IORING_OP_URING_CMD, fd, userData, IOSQE_BUFFER_SELECT);
+    if (sqe < 0) return null;
+    this.words[sqe + CMD_OP] = cmdOp;
+    this.words[sqe + OP_FLAGS] = cmdFlags;
+    this.halfWords[sqe * 2 + BUF_INDEX] = bufGroup;
     return this.cmdViews[sqe / this.sqeWords];
   }
 

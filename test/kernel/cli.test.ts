@@ -233,7 +233,6 @@ test('bad input: a clear one-line error, a non-zero exit, no device', () => {
   assertRefused(['add', '-t', 'null', '--max_io_buf_bytes', '5000'], /multiple of the page size/);
   assertRefused(['add', '-t', 'null', '--bogus'], /Unknown option '--bogus'/);
   assertRefused(['add'], /use -t TYPE/);
-  assertRefused(['add', '-t', 'null', '-b'], /--batch-io is not implemented by ublk-ts yet/);
   for (const command of [['add', '-t', 'null'], ['list']]) {
     assertRefused(command, /UBLK_LIST_FORMAT=1\.4 is not a list layout/, {
       UBLK_LIST_FORMAT: '1.4',

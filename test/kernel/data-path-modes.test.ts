@@ -4,7 +4,9 @@
  * buffer table for the daemon's READ_FIXED/WRITE_FIXED; manual zero copy
  * (UBLK_F_SUPPORT_ZERO_COPY, `-z`), where each forwarded request registers its pages with
  * REGISTER_IO_BUF; and user copy (UBLK_F_USER_COPY, `--usercopy`), where the daemon copies each
- * request's data with read/write on /dev/ublkcN through a bounce pool. Which tests run depends on
+ * request's data with read/write on /dev/ublkcN through a bounce pool; and batch IO
+ * (UBLK_F_BATCH_IO, `-b`), one PREP_IO_CMDS per queue, a multishot FETCH_IO_CMDS and one
+ * COMMIT_IO_CMDS per wake-up, in copy mode and with auto zero copy. Which tests run depends on
  * what the kernel reports (`ublk features`), never on its version: where it has the mode, loop,
  * mem and (user copy) JavaScript targets keep every byte through fio's verify and kill -9 /
  * recover; where it lacks it, `add` with the mode's option is refused in one line naming the
@@ -116,7 +118,9 @@ function verifyDevice(t: { diagnostic(s: string): void }, dev: string, blockSize
 
 interface Mode {
   name: string;
-  option: string;
+  /** The options of `add` that select it. */
+  options: string[];
+  /** The UBLK_F flags it needs, every one of them granted and listed. */
   flag: number;
   /** How its refusal names the feature and the kernel. */
   refusal: RegExp;
@@ -135,7 +139,7 @@ const jsFileTarget = (name: string) => () => [
 const MODES: Mode[] = [
   {
     name: 'auto zero copy',
-    option: '--auto_zc',
+    options: ['--auto_zc'],
     flag: UBLK_F.AUTO_BUF_REG,
     refusal: /zero copy \(--auto_zc\).*AUTO_BUF_REG.*Linux 6\.16/,
     targets: [
@@ -146,7 +150,7 @@ const MODES: Mode[] = [
   },
   {
     name: 'user copy',
-    option: '--usercopy',
+    options: ['--usercopy'],
     flag: UBLK_F.USER_COPY,
     refusal: /user copy \(--usercopy\).*USER_COPY.*Linux 6\.5/,
     targets: [
@@ -162,7 +166,7 @@ const MODES: Mode[] = [
   },
   {
     name: 'manual zero copy',
-    option: '-z',
+    options: ['-z'],
     flag: UBLK_F.SUPPORT_ZERO_COPY,
     refusal: /zero copy \(--zerocopy\).*SUPPORT_ZERO_COPY.*Linux 6\.15/,
     targets: [
@@ -171,17 +175,50 @@ const MODES: Mode[] = [
     ],
     recoverable: [['loop', loopTarget('zc-reissue.img')]],
   },
+  {
+    name: 'batch IO, copying',
+    options: ['-b', '--no_auto_zc'],
+    flag: UBLK_F.BATCH_IO,
+    refusal: /batch IO \(-b\).*BATCH_IO.*Linux 7\.0/,
+    targets: [
+      ['loop', loopTarget('batch-verify.img')],
+      ['mem', () => ['-t', 'mem', '--size', '256M']],
+      ['a JavaScript target (examples/ramdisk.js)', () => ['-t', RAMDISK, '--size', '256M']],
+    ],
+    recoverable: [
+      ['loop', loopTarget('batch-reissue.img')],
+      ['a JavaScript target over ctx.io (a file)', jsFileTarget('batch-js-reissue.img')],
+    ],
+  },
+  {
+    name: 'batch IO with auto zero copy',
+    options: ['-b', '--auto_zc'],
+    flag: UBLK_F.BATCH_IO | UBLK_F.AUTO_BUF_REG,
+    refusal:
+      /batch IO \(-b\).*BATCH_IO.*Linux 7\.0|zero copy \(--auto_zc\).*AUTO_BUF_REG.*Linux 6\.16/,
+    targets: [
+      ['loop', loopTarget('bazc-verify.img')],
+      ['mem', () => ['-t', 'mem', '--size', '256M']],
+    ],
+    recoverable: [['loop', loopTarget('bazc-reissue.img')]],
+  },
 ];
 
+/** Whether the running kernel has every flag of the mode. */
+const has = (mode: Mode) => (features & mode.flag) === mode.flag;
+/** What a mode's flags must not include: the flags only the other modes have. */
+const othersOnly = (mode: Mode, other: Mode) => other.flag & ~mode.flag;
+
 for (const mode of MODES) {
-  if ((features & mode.flag) === 0) {
-    test(`add ${mode.option} on a kernel without it: ${mode.name} refused in one line naming the kernel, nothing left`, () => {
+  const option = mode.options.join(' ');
+  if (!has(mode)) {
+    test(`add ${option} on a kernel without it: ${mode.name} refused in one line naming the kernel, nothing left`, () => {
       for (const args of [
         ['-t', 'null'],
         ['-t', 'loop', '-f', backingFile('refused.img', 16 * MiB)],
         ['-t', 'mem', '--size', '16M'],
       ]) {
-        const r = ublk('add', ...args, mode.option);
+        const r = ublk('add', ...args, ...mode.options);
         assert.notEqual(r.status, 0);
         const message = r.stderr.trim();
         assert.ok(!message.includes('\n'), `one line: ${message}`);
@@ -192,12 +229,12 @@ for (const mode of MODES) {
     continue;
   }
   for (const [name, args] of mode.targets) {
-    test(`${name} ${mode.option} -q 2 (${mode.name}): fio crc32c verify at QD1 and QD64, mixed sizes, 2 jobs`, async (t) => {
-      await withDevice([...args(), mode.option, '-q', '2'], (id, dev, added) => {
+    test(`${name} ${option} -q 2 (${mode.name}): fio crc32c verify at QD1 and QD64, mixed sizes, 2 jobs`, async (t) => {
+      await withDevice([...args(), ...mode.options, '-q', '2'], (id, dev, added) => {
         const flags = listedFlags(id);
-        assert.ok((flags & mode.flag) !== 0, `${mode.name} granted and listed`);
+        assert.equal(flags & mode.flag, mode.flag, `${mode.name} granted and listed`);
         for (const other of MODES.filter((m) => m !== mode)) {
-          assert.equal(flags & other.flag, 0, `and no ${other.name} with it`);
+          assert.equal(flags & othersOnly(mode, other), 0, `and no ${other.name} with it`);
         }
         verifyDevice(t, dev, added.block_size);
       });
@@ -205,14 +242,14 @@ for (const mode of MODES) {
   }
 
   for (const [name, args] of mode.recoverable) {
-    test(`${name} ${mode.option} -r 1 -i 1 -q 2 (${mode.name}): 2 kill -9 / recover during one fio verify run, no error`, async (t) => {
-      const id = addDevice(...args(), mode.option, '-r', '1', '-i', '1', '-q', '2');
-      assert.ok((listedFlags(id) & mode.flag) !== 0);
+    test(`${name} ${option} -r 1 -i 1 -q 2 (${mode.name}): 2 kill -9 / recover during one fio verify run, no error`, async (t) => {
+      const id = addDevice(...args(), ...mode.options, '-r', '1', '-i', '1', '-q', '2');
+      assert.equal(listedFlags(id) & mode.flag, mode.flag);
       let pid = theDaemon();
       // As in recovery.test.ts: fio thinks 15 ms after each IO so that most of the run is still
       // ahead at the last kill; verify_backlog checks every block shortly after it was written.
       const size = 16 * MiB;
-      const fio = startFio(dir, `reissue-${mode.option.replace(/-/g, '')}-${id}`, [
+      const fio = startFio(dir, `reissue-${option.replace(/[- ]/g, '')}-${id}`, [
         `--filename=/dev/ublkb${id}`,
         '--ioengine=io_uring',
         '--direct=1',
@@ -231,7 +268,7 @@ for (const mode of MODES) {
         assert.ok(fio.running(), `fio still runs at kill ${kill}`);
         await killDaemon(pid);
         pid = recover(id, pid);
-        assert.ok((listedFlags(id) & mode.flag) !== 0, `still ${mode.name}`);
+        assert.equal(listedFlags(id) & mode.flag, mode.flag, `still ${mode.name}`);
         t.diagnostic(`kill ${kill}: LIVE again`);
       }
       const { status, report, stderr } = await fio.finished(10 * 60_000);
@@ -245,10 +282,11 @@ for (const mode of MODES) {
   }
 }
 
-for (const mode of MODES.filter((m) => m.flag !== UBLK_F.USER_COPY && (features & m.flag) !== 0)) {
-  test(`null ${mode.option}: reads and writes complete (nothing to copy)`, () => {
-    withDevice(['-t', 'null', mode.option], (id, dev) => {
-      assert.ok((listedFlags(id) & mode.flag) !== 0, `${mode.name} granted`);
+for (const mode of MODES.filter((m) => m.flag !== UBLK_F.USER_COPY && has(m))) {
+  const option = mode.options.join(' ');
+  test(`null ${option}: reads and writes complete`, () => {
+    withDevice(['-t', 'null', ...mode.options], (id, dev) => {
+      assert.equal(listedFlags(id) & mode.flag, mode.flag, `${mode.name} granted`);
       const size = 16 * MiB;
       const report = fio([
         '--name=null-zc',
@@ -266,8 +304,9 @@ for (const mode of MODES.filter((m) => m.flag !== UBLK_F.USER_COPY && (features 
     });
   });
 
-  test(`a target that computes data in JavaScript refuses ${mode.option} in one line, nothing left`, () => {
-    const r = ublk('add', '-t', RAMDISK, '--size', '16M', mode.option);
+  if ((mode.flag & (UBLK_F.AUTO_BUF_REG | UBLK_F.SUPPORT_ZERO_COPY)) === 0) continue;
+  test(`a target that computes data in JavaScript refuses ${option} in one line, nothing left`, () => {
+    const r = ublk('add', '-t', RAMDISK, '--size', '16M', ...mode.options);
     assert.notEqual(r.status, 0);
     assert.match(r.stderr.trim(), /^[^\n]*cannot use zero copy \(--(auto_zc|zerocopy)\)[^\n]*$/);
     assertNothingLeft();
@@ -330,3 +369,12 @@ if ((features & UBLK_F.USER_COPY) !== 0) {
     }
   });
 }
+
+test('-b with -g 1: refused in one line (the kernel drops NEED_GET_DATA from a batch device), nothing left', () => {
+  const r = ublk('add', '-t', 'null', '-b', '-g', '1');
+  assert.notEqual(r.status, 0);
+  const message = r.stderr.trim();
+  assert.ok(!message.includes('\n'), `one line: ${message}`);
+  assert.match(message, /batch IO \(-b\) and -g 1 \(need_get_data\) exclude each other/);
+  assertNothingLeft();
+});

@@ -38,6 +38,7 @@ test('add: ublksrv defaults', () => {
       autoZc: undefined,
       userCopy: false,
       manualZeroCopy: false,
+      batchIo: false,
       debugMask: 0,
       filters: [],
       targetArgs: undefined,
@@ -128,19 +129,10 @@ test('add: --usercopy is ublksrv’s flag for USER_COPY', () => {
   assert.equal(parseAddArgs(['-t', 'null', '--zerocopy'], {}).manualZeroCopy, true);
 });
 
-test('add: ublksrv 1.8’s data-path options are refused by name, one line saying what is missing', () => {
-  const refusals: [string[], RegExp][] = [
-    [['-b'], /^add: --batch-io is not implemented by ublk-ts yet: .*UBLK_F_BATCH_IO/],
-    [['--batch-io'], /^add: --batch-io is not implemented/],
-  ];
-  for (const [extra, pattern] of refusals) {
-    assert.throws(
-      () => parseAddArgs(['-t', 'loop', '-f', 'x.img', ...extra], LOOP_OPTIONS),
-      (err: unknown) =>
-        err instanceof UserError && !err.message.includes('\n') && pattern.test(err.message),
-      extra.join(' '),
-    );
-  }
+test('add: -b/--batch-io is ublksrv’s flag for BATCH_IO', () => {
+  assert.equal(parseAddArgs(['-t', 'null', '-b'], {}).batchIo, true);
+  assert.equal(parseAddArgs(['-t', 'null', '--batch-io', '--auto_zc'], {}).batchIo, true);
+  assert.equal(parseAddArgs(['-t', 'null'], {}).batchIo, false);
 });
 
 test('add: a target option may not take the name of a refused one', () => {

@@ -5,13 +5,11 @@
 // itself (its exports and layout tables), so nothing added there goes unchecked.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { suitePackageRoot } from '../../scripts/lib/debian-suites.js';
 import * as abi from '../../src/ublk/abi.js';
 import type { FieldType, StructLayout } from '../../src/ublk/abi.js';
 import { evalCExpressions, includeFlags } from './support/cheader.js';
+import { linux73IncludeDir } from './support/linux73-headers.js';
 
 const INCLUDES = ['errno.h', 'linux/ioctl.h', 'linux/ublk_cmd.h'];
 
@@ -144,28 +142,7 @@ function readHeader(name: string, includeDirs: readonly string[] = []): Header {
   return { name, macros, structs, values };
 }
 
-/**
- * 7.3's include dir. Fetching it needs the network once (then the cache: UBLK_VM_CACHE); without
- * it the whole file fails, saying so: a check that quietly shrank to the older header would pass
- * with every newer number wrong.
- */
-function linux73IncludeDir(): string {
-  let root: string;
-  try {
-    root = suitePackageRoot('linux-libc-dev', '7.3');
-  } catch (err) {
-    throw new Error(
-      `cannot get Linux 7.3's ublk_cmd.h (linux-libc-dev 7.3 from Debian trixie-backports, by scripts/lib/debian-suites.ts), which this test checks src/ublk/abi.ts against: ${(err as Error).message}`,
-    );
-  }
-  const dir = join(root, 'usr', 'include');
-  if (!existsSync(join(dir, 'linux', 'ublk_cmd.h'))) {
-    throw new Error(`linux-libc-dev 7.3 unpacked in ${root} has no usr/include/linux/ublk_cmd.h`);
-  }
-  return dir;
-}
-
-const latest = readHeader('Linux 7.3', [linux73IncludeDir()]);
+const latest = readHeader('Linux 7.3', [linux73IncludeDir('linux/ublk_cmd.h')]);
 const system = readHeader('the system');
 const HEADERS = [latest, system];
 

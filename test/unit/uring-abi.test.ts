@@ -2,8 +2,11 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as abi from '../../src/uring/abi.js';
 import { evalCExpressions } from './support/cheader.js';
+import { linux73IncludeDir } from './support/linux73-headers.js';
 
 const HEADERS = ['linux/io_uring.h', 'linux/poll.h', 'linux/falloc.h', 'sys/socket.h'];
+/** Linux 7.3's UAPI headers before the system's (6.1 here, which lacks the newer flags). */
+const INCLUDE_DIRS = [linux73IncludeDir('linux/io_uring.h')];
 
 // Every constant, checked against the C expression that defines it. Constants the header does
 // not name (SQE128/CQE32 sizes, the opcode-flags union) are checked through the definitions
@@ -35,6 +38,10 @@ const scalars: Record<string, string> = {
   IORING_REGISTER_EVENTFD: 'IORING_REGISTER_EVENTFD',
   IORING_UNREGISTER_EVENTFD: 'IORING_UNREGISTER_EVENTFD',
   IORING_REGISTER_BUFFERS2: 'IORING_REGISTER_BUFFERS2',
+  IORING_REGISTER_PBUF_RING: 'IORING_REGISTER_PBUF_RING',
+  IOU_PBUF_RING_INC: 'IOU_PBUF_RING_INC',
+  IOSQE_BUFFER_SELECT: 'IOSQE_BUFFER_SELECT',
+  IORING_URING_CMD_MULTISHOT: 'IORING_URING_CMD_MULTISHOT',
   IORING_RSRC_REGISTER_SPARSE: 'IORING_RSRC_REGISTER_SPARSE',
   IORING_OFF_SQ_RING: 'IORING_OFF_SQ_RING',
   IORING_OFF_CQ_RING: 'IORING_OFF_CQ_RING',
@@ -76,13 +83,29 @@ const structs: Record<string, Record<string, string>> = {
       'uring_cmd_flags',
     ]),
     userData: `offsetof(${SQE}, user_data)`,
-    bufIndex: `offsetof(${SQE}, buf_index)`,
+    bufIndex: sameOffset(SQE, ['buf_index', 'buf_group']),
     cmd: `offsetof(${SQE}, cmd)`,
   },
   IO_URING_RSRC_REGISTER: {
     size: 'sizeof(struct io_uring_rsrc_register)',
     nr: 'offsetof(struct io_uring_rsrc_register, nr)',
     flags: 'offsetof(struct io_uring_rsrc_register, flags)',
+  },
+  IO_URING_BUF_REG: {
+    size: 'sizeof(struct io_uring_buf_reg)',
+    ringAddr: 'offsetof(struct io_uring_buf_reg, ring_addr)',
+    ringEntries: 'offsetof(struct io_uring_buf_reg, ring_entries)',
+    bgid: 'offsetof(struct io_uring_buf_reg, bgid)',
+    flags: 'offsetof(struct io_uring_buf_reg, flags)',
+  },
+  IO_URING_BUF: {
+    size: 'sizeof(struct io_uring_buf)',
+    addr: 'offsetof(struct io_uring_buf, addr)',
+    len: 'offsetof(struct io_uring_buf, len)',
+    bid: 'offsetof(struct io_uring_buf, bid)',
+  },
+  IO_URING_BUF_RING: {
+    tail: 'offsetof(struct io_uring_buf_ring, tail)',
   },
   IO_URING_CQE: {
     size: 'sizeof(struct io_uring_cqe)',
@@ -146,9 +169,9 @@ test('every abi.ts value has a C definition to be checked against', () => {
   assert.deepEqual([...flatten().keys()].sort(), Object.keys(expressions()).sort());
 });
 
-test('abi.ts matches the system headers', () => {
+test("abi.ts matches Linux 7.3's headers", () => {
   const exprs = expressions();
-  const c = evalCExpressions(HEADERS, exprs);
+  const c = evalCExpressions(HEADERS, exprs, INCLUDE_DIRS);
   for (const [name, value] of flatten()) {
     assert.equal(
       BigInt(value),
