@@ -61,9 +61,12 @@ const { ETIME, EBUSY } = osConstants.errno;
 /**
  * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
  * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
- * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag).
+ * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag);
+ * from LINKED_COMMIT_BASE up, a commit linked behind a forwarded request's IO.
  */
 const TARGET_IO_BASE = 1 << 16;
+/** user_data of a commit linked behind a forwarded request's IO: this plus the tag. */
+const LINKED_COMMIT_BASE = 2 ** 42;
 /**
  * Longest kernel wait while handlers are pending: they may also wait for something only the event
  * loop delivers (a timer, a socket), which must not be held up by much more than this.
@@ -233,17 +236,18 @@ export class Queue implements IoCommandSink {
   }
 
   /** For TagStates: prepared now, submitted by the loop's next enter (woken if parked). */
-  sendIoCmd(cmdOp: number, tag: number, result: number): void {
+  sendIoCmd(cmdOp: number, tag: number, result: number, linked = false): void {
     this.progress++;
     // Zero copy: the SQE's addr is struct ublk_auto_buf_reg, {index: tag, flags: 0}, and the
     // command carries no buffer. No UBLK_AUTO_BUF_REG_FALLBACK: a request whose pages the kernel
     // cannot register (never with one table slot per tag) is failed by the kernel itself.
     const autoBufReg = this.config.autoBufReg === true;
     const sqeAddr = autoBufReg ? tag : 0;
-    let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag, sqeAddr);
+    const userData = linked ? LINKED_COMMIT_BASE + tag : tag;
+    let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     while (!cmd) {
       this.submit();
-      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag, sqeAddr);
+      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     }
     // With user copy the kernel maps no buffer either: the command's addr is 0.
     const address =
@@ -307,6 +311,9 @@ export class Queue implements IoCommandSink {
 
   private readonly onCqe = (userData: number, res: number): void => {
     if (userData < TARGET_IO_BASE) return this.tags.complete(userData, res);
+    if (userData >= LINKED_COMMIT_BASE) {
+      return this.tags.completeLinkedCommit(userData - LINKED_COMMIT_BASE, res);
+    }
     if (userData >= USER_COPY_IO_BASE) {
       return this.tags.completeCopy(userData - USER_COPY_IO_BASE, res);
     }
