@@ -28,6 +28,8 @@ export {
   type QueueContext,
   type QueueHandlers,
   type QueueIo,
+  type RequestHook,
+  type RequestKind,
   type RingForward,
   type SetupEnv,
   type Target,

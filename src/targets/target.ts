@@ -34,6 +34,7 @@ export {
   type FilterSetup,
   type NextHandlers,
 } from '../ublk/filter.js';
+export type { RequestHook, RequestKind } from '../ublk/request-hooks.js';
 export { parseSize } from './size.js';
 export { UserError } from '../errors.js';
 

@@ -7,6 +7,7 @@
 import { constants as osConstants } from 'node:os';
 import { errnoError, UserError } from '../errors.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/abi.js';
+import type { RequestHook, RequestHooks, RequestKind } from './request-hooks.js';
 import type {
   Capabilities,
   MaybePromise,
@@ -28,7 +29,7 @@ const { EOPNOTSUPP } = osConstants.errno;
  * serves it with a handler or with its `forward` (then as ring IO with a promise, the way the
  * queue would have forwarded it); one the layer cannot serve fails with EOPNOTSUPP.
  */
-export type NextHandlers = Required<Omit<QueueHandlers, 'forward' | 'close'>> & {
+export type NextHandlers = Required<Omit<QueueHandlers, 'forward' | 'hooks' | 'close'>> & {
   /** The layer's own forward, for a filter that wants to know; the filter cannot change it. */
   readonly forward?: RingForward;
 };
@@ -36,9 +37,16 @@ export type NextHandlers = Required<Omit<QueueHandlers, 'forward' | 'close'>> & 
 /**
  * What a filter's queue() returns: the request kinds it serves itself, each usually calling the
  * same kind of `next`. The kinds it leaves out go to the layer below unchanged, and the layer's
- * `forward` stays (promise-free, zero copy) unless the filter serves read or write itself.
+ * `forward` stays (promise-free, zero copy) unless the filter serves read or write without a hook.
  */
-export type FilterHandlers = Omit<QueueHandlers, 'forward'>;
+export type FilterHandlers = Omit<QueueHandlers, 'forward' | 'hooks'> & {
+  /**
+   * The filter's synchronous view of each request (see RequestHook): with it the queue keeps the
+   * layer below's forward and zero copy, and the handlers above serve only filters stacked over
+   * this one that serve requests themselves (they call `next`).
+   */
+  hook?: RequestHook;
+};
 
 /** What a filter's setup returns: each field left out is the layer below's. */
 export interface FilterSetup<Shared = unknown> {
@@ -186,59 +194,112 @@ export function withFilters(target: Target, entries: readonly FilterEntry[]): Ta
       };
     },
     async queue(shared, ctx) {
-      let handlers = await target.queue(shared.target, ctx);
+      const inner = await target.queue(shared.target, ctx);
+      let layer: Layer = { direct: inner, next: nextHandlers(inner, ctx) };
       for (let depth = layers.length - 1; depth >= 0; depth--) {
         const { filter } = layers[depth];
         if (!filter.queue) continue;
-        const own = await filter.queue(nextHandlers(handlers, ctx), shared.filters[depth], ctx);
+        const own = await filter.queue(layer.next, shared.filters[depth], ctx);
         const keepsForward = shared.keepsForward[depth];
-        handlers = overLayer({ name: filter.name, keepsForward }, own, handlers, ctx);
+        layer = overLayer({ name: filter.name, keepsForward }, own, layer);
       }
-      return handlers;
+      return layer.direct;
     },
   };
 }
 
-/** A filter's handlers over the layer below's: what the queue runs for that filter. */
+/**
+ * The stack down to some layer, two ways: `direct`, what the queue runs (hooks, then the forward
+ * or handlers), and `next`, what a filter above that serves a request kind itself calls.
+ */
+export interface Layer {
+  direct: QueueHandlers;
+  next: NextHandlers;
+}
+
+const KINDS: readonly RequestKind[] = ['read', 'write', 'flush', 'discard', 'write_zeroes'];
+
+/**
+ * A filter's queue() over the layer below. With a hook, the queue runs the hook in front of what
+ * it ran for the layer below (forward and zero copy kept), and the filter's handlers serve only
+ * filters above it that call `next`, and the requests its route sends to them (a routing hook
+ * needs a forward below: elsewhere its handlers serve every request). Without one, a filter serving read or write takes the
+ * layer's data path to handlers (no forward: its handlers need the data); one serving only other
+ * kinds keeps the forward for reads and writes, and the kinds it serves go to its handlers, past
+ * the hooks below it (which its `next` runs as their filters' handlers).
+ */
 export function overLayer(
   filter: Pick<Filter, 'name' | 'keepsForward'>,
   own: FilterHandlers,
-  below: QueueHandlers,
-  ctx: Pick<QueueContext, 'io'>,
-): QueueHandlers {
+  below: Layer,
+): Layer {
   const servesData = own.read !== undefined || own.write !== undefined;
-  if (servesData && filter.keepsForward) {
+  if (servesData && filter.keepsForward && own.hook === undefined) {
     throw new Error(
-      `filter ${filter.name} declares keepsForward but its queue() serves read or write`,
+      `filter ${filter.name} declares keepsForward but its queue() serves read or write without a hook`,
     );
   }
+  const { next: nextOf, direct: beneath } = below;
   const close = async () => {
     await own.close?.();
-    await below.close?.();
+    await beneath.close?.();
   };
-  const forward = below.forward;
-  if (forward && !servesData) {
-    return {
-      ...below,
-      ...own,
-      // A forwarded FLUSH or DISCARD would pass the filter's own by.
-      forward: {
-        ...forward,
-        sync: forward.sync === true && own.flush === undefined,
-        discard: forward.discard === true && own.discard === undefined,
-      },
-      close,
+  const next: NextHandlers = {
+    read: own.read ?? nextOf.read,
+    write: own.write ?? nextOf.write,
+    flush: own.flush ?? nextOf.flush,
+    discard: own.discard ?? nextOf.discard,
+    writeZeroes: own.writeZeroes ?? nextOf.writeZeroes,
+  };
+  const routes = own.hook?.route !== undefined;
+  if (own.hook && (!routes || beneath.forward)) {
+    const hooks: RequestHooks = {};
+    const mine = { name: filter.name, hook: own.hook };
+    for (const kind of KINDS) hooks[kind] = [mine, ...(beneath.hooks?.[kind] ?? [])];
+    const direct: QueueHandlers = { ...beneath, hooks, close };
+    if (routes) {
+      // What its route sends to ROUTE_HANDLERS.
+      const { read, write, flush, discard, writeZeroes } = own;
+      Object.assign(direct, definedOnly({ read, write, flush, discard, writeZeroes }));
+    }
+    return { direct, next: { ...next, forward: beneath.forward } };
+  }
+  if (servesData || routes) {
+    const { read, write, flush, discard, writeZeroes } = next;
+    return { direct: { read, write, flush, discard, writeZeroes, close }, next };
+  }
+  // The kinds it serves go past the hooks below, which its next runs as their filters' handlers.
+  const direct: QueueHandlers = { ...beneath, close };
+  const hooks: RequestHooks = { ...beneath.hooks };
+  if (own.flush) {
+    direct.flush = own.flush;
+    delete hooks.flush;
+  }
+  if (own.discard) {
+    direct.discard = own.discard;
+    delete hooks.discard;
+  }
+  if (own.writeZeroes) {
+    direct.writeZeroes = own.writeZeroes;
+    delete hooks.write_zeroes;
+  }
+  direct.hooks = hooks;
+  const forward = beneath.forward;
+  if (forward) {
+    // A forwarded FLUSH or DISCARD would pass the filter's own by.
+    direct.forward = {
+      ...forward,
+      sync: forward.sync === true && own.flush === undefined,
+      discard: forward.discard === true && own.discard === undefined,
     };
   }
-  const next = nextHandlers(below, ctx);
-  return {
-    read: own.read ?? next.read,
-    write: own.write ?? next.write,
-    flush: own.flush ?? next.flush,
-    discard: own.discard ?? next.discard,
-    writeZeroes: own.writeZeroes ?? next.writeZeroes,
-    close,
-  };
+  return { direct, next: { ...next, forward } };
+}
+
+function definedOnly<T extends object>(fields: T): Partial<T> {
+  return Object.fromEntries(
+    Object.entries(fields).filter(([, v]) => v !== undefined),
+  ) as Partial<T>;
 }
 
 /**

@@ -99,7 +99,8 @@ export class ForwardedIo {
 
   private forward: RingForward | undefined;
   private readonly stage: Uint8Array;
-  /** Byte offset in the forward's fd of the request's first byte. */
+  /** The file the request's IO goes to (the forward's, or a filter's route), and where in it. */
+  private readonly fd: Int32Array;
   private readonly fileOffset: Float64Array;
   private readonly length: Uint32Array;
   private readonly done: Uint32Array;
@@ -123,6 +124,7 @@ export class ForwardedIo {
     private readonly finished: ForwardedDone,
   ) {
     this.stage = new Uint8Array(config.depth);
+    this.fd = new Int32Array(config.depth);
     this.fileOffset = new Float64Array(config.depth);
     this.length = new Uint32Array(config.depth);
     this.done = new Uint32Array(config.depth);
@@ -144,7 +146,8 @@ export class ForwardedIo {
    * Starts a request as ring IO when the forward covers it: READ and WRITE always, FLUSH with
    * `sync`, DISCARD with `discard`. False leaves the request to the handlers. `address` is where
    * the request's data is in memory: the tag's buffer (copy mode) or its bounce buffer (user
-   * copy); unused with zero copy.
+   * copy); unused with zero copy. `routeFd`, when not -1, is a file laid out as the device (a
+   * filter's route, see request-hooks.ts) that the request's IO goes to instead.
    */
   start(
     tag: number,
@@ -153,6 +156,7 @@ export class ForwardedIo {
     length: number,
     fua: boolean,
     address: number,
+    routeFd = -1,
   ): boolean {
     const forward = this.forward;
     if (forward === undefined) return false;
@@ -176,7 +180,8 @@ export class ForwardedIo {
         return false;
     }
     this.stage[tag] = stage;
-    this.fileOffset[tag] = forward.offset + offset;
+    this.fd[tag] = routeFd < 0 ? forward.fd : routeFd;
+    this.fileOffset[tag] = routeFd < 0 ? forward.offset + offset : offset;
     this.length[tag] = length;
     this.done[tag] = 0;
     this.address[tag] = address;
@@ -261,10 +266,10 @@ export class ForwardedIo {
         return this.dataDone(tag, done, 0);
       }
       case STAGE_FUA_SYNC:
-        this.forward?.onSync?.('fua');
+        if (this.fd[tag] === this.forward?.fd) this.forward.onSync?.('fua');
         return this.finish(tag, this.length[tag]);
       case STAGE_FLUSH:
-        this.forward?.onSync?.('flush');
+        if (this.fd[tag] === this.forward?.fd) this.forward.onSync?.('flush');
         return this.finish(tag, 0);
       default:
         return this.finish(tag, 0);
@@ -338,7 +343,7 @@ export class ForwardedIo {
   /** Prepares the tag's next ring IO for its stage, from what is done so far. */
   private prepare(tag: number, sqeFlags = 0): void {
     const stage = this.stage[tag];
-    const fd = this.forward!.fd;
+    const fd = this.fd[tag];
     const userData = FORWARDED_IO_BASE + tag;
     const sq = this.ring.sq;
     if (stage === STAGE_FUA_SYNC || stage === STAGE_FLUSH) {

@@ -13,6 +13,7 @@ import {
 import { IoDescTable, ioDescMmapLength, ioDescMmapOffset, writeIoCmd } from './abi.js';
 import { FailureLog } from './failure-log.js';
 import { FORWARDED_IO_BASE, type ForwardRing } from './forwarded-io.js';
+import { HOOK_DELAY_BASE, type HookRing } from './request-hooks.js';
 import {
   TagStates,
   type IoCommandSink,
@@ -36,7 +37,9 @@ export type QueueRing = Pick<
   Ring,
   'submit' | 'submitAndWait' | 'drain' | 'awaitCqeInEventLoop' | 'cancelEventLoopWait' | 'close'
 > & {
-  sq: Pick<Ring['sq'], 'prepUringCmd' | 'prepSend' | 'prepRecv'> & ForwardRing['sq'];
+  sq: Pick<Ring['sq'], 'prepUringCmd' | 'prepSend' | 'prepRecv'> &
+    ForwardRing['sq'] &
+    HookRing['sq'];
 };
 
 /** What a queue runs on: its ring, the kernel's descriptors and the tags' buffer. */
@@ -62,11 +65,12 @@ const { ETIME, EBUSY } = osConstants.errno;
  * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
  * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
  * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag);
- * from LINKED_COMMIT_BASE up, a commit linked behind a forwarded request's IO.
+ * from HOOK_DELAY_BASE up, a filter's delay of a request (HOOK_DELAY_BASE + tag); from
+ * LINKED_COMMIT_BASE up, a commit linked behind a forwarded request's IO.
  */
 const TARGET_IO_BASE = 1 << 16;
 /** user_data of a commit linked behind a forwarded request's IO: this plus the tag. */
-const LINKED_COMMIT_BASE = 2 ** 42;
+const LINKED_COMMIT_BASE = 2 ** 43;
 /**
  * Longest kernel wait while handlers are pending: they may also wait for something only the event
  * loop delivers (a timer, a socket), which must not be held up by much more than this.
@@ -168,7 +172,10 @@ export class Queue implements IoCommandSink {
       everyFailure: config.logEveryFailure,
       write: resources.log,
     });
-    const forwardRing: ForwardRing = { sq: this.ring.sq, makeRoom: () => this.submit() };
+    const forwardRing: ForwardRing & HookRing = {
+      sq: this.ring.sq,
+      makeRoom: () => this.submit(),
+    };
     this.tags = new TagStates(
       config,
       resources.descs,
@@ -314,6 +321,7 @@ export class Queue implements IoCommandSink {
     if (userData >= LINKED_COMMIT_BASE) {
       return this.tags.completeLinkedCommit(userData - LINKED_COMMIT_BASE, res);
     }
+    if (userData >= HOOK_DELAY_BASE) return this.tags.resumeDelayed(userData - HOOK_DELAY_BASE);
     if (userData >= USER_COPY_IO_BASE) {
       return this.tags.completeCopy(userData - USER_COPY_IO_BASE, res);
     }

@@ -8,6 +8,7 @@ import {
   type ForwardRing,
   type LinkedCommit,
 } from './forwarded-io.js';
+import { HookRunner, ROUTE_BELOW, ROUTE_HANDLERS, type HookRing } from './request-hooks.js';
 import { SECTOR, type IoResult, type QueueHandlers } from './target.js';
 import { BOUNCE_CHUNK, BouncePool, USER_COPY_IO_BASE, userCopyOffset } from './user-copy.js';
 
@@ -69,6 +70,8 @@ export class TagStates {
   pendingHandlers = 0;
   /** Requests served as ring IO (QueueHandlers.forward); their CQEs go to `forwarded.complete`. */
   readonly forwarded: ForwardedIo;
+  /** The filters' request hooks (QueueHandlers.hooks), when there are any. */
+  private hooks: HookRunner | undefined;
   /** Tags out of service (see finish): all of them once the device stopped or was quiesced. */
   private finishedTags = 0;
   /** Per tag, 1 once it is out of service. */
@@ -120,7 +123,7 @@ export class TagStates {
     buffer: { bytes: Uint8Array; address: number },
     private readonly sink: IoCommandSink,
     private readonly failures: FailureLog,
-    private readonly ring: ForwardRing,
+    private readonly ring: ForwardRing & HookRing,
   ) {
     const { depth, bufferBytes } = config;
     this.buffer = buffer.bytes;
@@ -177,7 +180,7 @@ export class TagStates {
 
   /** Ring IO the state machine prepared whose CQE has not come: forwarded IO and user copies. */
   get ringIoInFlight(): number {
-    return this.forwarded.inFlight + this.copiesInFlight;
+    return this.forwarded.inFlight + this.copiesInFlight + (this.hooks?.inFlight ?? 0);
   }
 
   /** Every tag is out of service: the queue can close its ring. */
@@ -189,6 +192,10 @@ export class TagStates {
   start(handlers: QueueHandlers): void {
     this.handlers = handlers;
     this.forwarded.use(handlers.forward);
+    this.hooks = HookRunner.of(handlers.hooks, this.config.depth, this.ring, {
+      serve: (tag, op, offset, length, address) => this.serveNow(tag, op, offset, length, address),
+      fail: (tag, op, offset, length, err) => this.fail(tag, op, offset, length, err),
+    });
     for (let tag = 0; tag < this.config.depth; tag++) this.sink.sendIoCmd(this.ops.fetch, tag, -1);
   }
 
@@ -215,7 +222,8 @@ export class TagStates {
    * unlinked, as every later commit is.
    */
   completeLinkedCommit(tag: number, res: number): void {
-    if (res === -EINVAL && this.linkCommits) {
+    if (res === -EINVAL) {
+      // Others may be refused after this one: each is sent again.
       this.linkCommits = false;
       return this.commit(tag, this.linkedResult[tag]);
     }
@@ -223,9 +231,11 @@ export class TagStates {
   }
 
   private readonly linkedCommit: LinkedCommit = {
-    // Not with user copy (the commit gives the bounce buffer back, which the IO still uses) nor
-    // while aborting (the commit takes the tag out of service at once).
-    allowed: (tag) => this.linkCommits && !this.aborting && this.bounceChunk[tag] < 0,
+    // Not with user copy (the commit gives the bounce buffer back, which the IO still uses),
+    // while aborting (the commit takes the tag out of service at once), nor under request hooks
+    // (their `after` must see what the IO did).
+    allowed: (tag) =>
+      this.linkCommits && !this.aborting && this.bounceChunk[tag] < 0 && this.hooks === undefined,
     send: (tag, result) => {
       this.linkedResult[tag] = result;
       this.sink.sendIoCmd(this.ops.commit, tag, result, true);
@@ -259,10 +269,27 @@ export class TagStates {
     this.serve(tag, op, offset, length, this.bufferAddress + tag * this.config.bufferBytes);
   }
 
+  /** A delayed request's TIMEOUT completed (see request-hooks.ts). */
+  resumeDelayed(tag: number): void {
+    this.hooks!.resume(tag);
+  }
+
   /** The data of a request is in memory at `address` (or, with zero copy, in its own pages). */
   private serve(tag: number, op: number, offset: number, length: number, address: number): void {
+    if (this.hooks?.start(tag, op, offset, length, address) === true) return;
+    this.serveNow(tag, op, offset, length, address);
+  }
+
+  /** The request, through its hooks: to the forward, else to the handlers. */
+  private serveNow(tag: number, op: number, offset: number, length: number, address: number): void {
     const fua = (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0;
-    if (this.forwarded.start(tag, op, offset, length, fua, address)) return;
+    const route = this.hooks === undefined ? ROUTE_BELOW : this.hooks.routeOf(tag);
+    if (
+      route !== ROUTE_HANDLERS &&
+      this.forwarded.start(tag, op, offset, length, fua, address, route)
+    ) {
+      return;
+    }
     let result: IoResult | Promise<IoResult>;
     try {
       result = this.dispatch(tag, op, offset, length);
@@ -451,6 +478,7 @@ export class TagStates {
   };
 
   private commit(tag: number, result: number): void {
+    this.hooks?.after(tag, result);
     if (this.bounceChunk[tag] >= 0) this.releaseBounce(tag);
     this.sink.sendIoCmd(this.ops.commit, tag, result);
     if (this.aborting) this.finish(tag);

@@ -4,6 +4,8 @@
  * target authors reach it through src/targets/target.ts or the package's index.
  */
 
+import type { RequestHooks } from './request-hooks.js';
+
 /** ublk counts offsets and lengths in 512-byte sectors, whatever the device's block size. */
 export const SECTOR = 512;
 
@@ -125,6 +127,12 @@ export type MaybePromise<T> = T | Promise<T>;
  * without its capability is never called.
  */
 export interface QueueHandlers {
+  /**
+   * Synchronous hooks each request of a kind goes through before and after it is served, by the
+   * forward or a handler, outermost first: how filters watch, fail or delay requests without a
+   * promise per request (see request-hooks.ts). withFilters sets them.
+   */
+  hooks?: RequestHooks;
   /**
    * Requests the queue serves itself as IO on its ring, between `fd` and the request's buffer
    * (or, with zero copy, the request's own pages): no handler is called for them.

@@ -4,6 +4,7 @@ import {
   IORING_OP_FSYNC,
   IORING_OP_NOP,
   IORING_OP_POLL_ADD,
+  IORING_OP_TIMEOUT,
   IORING_OP_READ,
   IORING_OP_READ_FIXED,
   IORING_OP_RECV,
@@ -218,6 +219,19 @@ export class SubmissionQueue {
     const sqe = this.claim(IORING_OP_POLL_ADD, fd, userData, sqeFlags);
     if (sqe < 0) return false;
     this.words[sqe + OP_FLAGS] = pollEvents;
+    return true;
+  }
+
+  /**
+   * A pure timer (a TIMEOUT counting no completions): its CQE comes when the struct
+   * __kernel_timespec at `timespecAddress` (relative, read at submission) has passed, with
+   * res -ETIME.
+   */
+  prepTimeout(timespecAddress: number, userData: number, sqeFlags = 0): boolean {
+    const sqe = this.claim(IORING_OP_TIMEOUT, -1, userData, sqeFlags);
+    if (sqe < 0) return false;
+    writeU64(this.words, sqe + ADDR, timespecAddress);
+    this.words[sqe + LEN] = 1;
     return true;
   }
 

@@ -105,50 +105,84 @@ test('readonly: the block layer refuses writes, reads are the base, and list sho
   assert.match(readFileSync(stats, 'utf8'), /^write: ops=0 /m, 'no write reached the target');
 });
 
-test('zero copy under filters: kept under readonly and a flush-only delay, off under stats (which sees each request)', async () => {
+const kernelHasZeroCopy = () => (kernelFeatures() & UBLK_F.AUTO_BUF_REG) !== 0;
+const zeroCopyOf = async (id: number) => ((await kernelFlags(id)) & UBLK_F.AUTO_BUF_REG) !== 0;
+
+test('zero copy under filters: kept under readonly, stats, error and delay on any kinds (their hooks run in front of the forward), off under cow', async () => {
   const base = baseImage('zc.img', 16 * MiB);
-  const kernelHas = (kernelFeatures() & UBLK_F.AUTO_BUF_REG) !== 0;
-  const zeroCopy = async (id: number) => ((await kernelFlags(id)) & UBLK_F.AUTO_BUF_REG) !== 0;
-  await withDevice(['-t', 'loop', '-f', base, '--filter', 'readonly'], async (id, dev) => {
-    assert.equal(await zeroCopy(id), kernelHas, 'readonly keeps the forward, so zero copy');
-    assertSameBytes(readAt(dev, 0, 8 * MiB), fileAt(base, 0, 8 * MiB), 'reads are the base');
-  });
+  const kernelHas = kernelHasZeroCopy();
+  const stacks: [string, string[]][] = [
+    ['readonly', ['--filter', 'readonly']],
+    ['stats', ['--filter', 'stats', '--stats_file', join(dir, 'zc-stats.txt')]],
+    ['error', ['--filter', 'error', '--error_range', '15M-16M']],
+    ['delay', ['--filter', 'delay', '--rdelay', '1', '--wdelay', '1', '--flushdelay', '1']],
+    [
+      'all three',
+      [
+        '--filter',
+        'stats',
+        '--stats_file',
+        join(dir, 'zc-stats3.txt'),
+        '--filter',
+        'delay',
+        '--rdelay',
+        '1',
+        '--filter',
+        'error',
+        '--error_rate',
+        '0',
+      ],
+    ],
+  ];
+  for (const [name, filters] of stacks) {
+    await withDevice(['-t', 'loop', '-f', base, ...filters], async (id, dev) => {
+      assert.equal(await zeroCopyOf(id), kernelHas, `${name}: zero copy where the kernel has it`);
+      // With zero copy the data never reaches JavaScript: right bytes mean forwarded reads.
+      assertSameBytes(readAt(dev, 0, 8 * MiB), fileAt(base, 0, 8 * MiB), `${name}: the file`);
+    });
+  }
+  if (kernelHas) {
+    const r = ublk('add', '-t', 'loop', '-f', base, '--auto_zc', ...stacks[1][1]);
+    assert.equal(r.status, 0, `--auto_zc with stats is not refused: ${r.stderr}`);
+    delAll();
+  }
   await withDevice(
-    ['-t', 'loop', '-f', base, '--filter', 'delay', '--flushdelay', '1'],
+    ['-t', 'loop', '-f', base, '--filter', 'cow', '--cow_file', join(dir, 'zc-top.img')],
     async (id) => {
-      assert.equal(await zeroCopy(id), kernelHas, 'delay on flushes only keeps it too');
-    },
-  );
-  const stats = join(dir, 'zc-stats.txt');
-  await withDevice(
-    ['-t', 'loop', '-f', base, '--filter', 'stats', '--stats_file', stats],
-    async (id) => {
-      assert.equal(await zeroCopy(id), false, 'stats needs the data path: copy mode');
+      assert.equal(await zeroCopyOf(id), false, 'cow serves reads and writes itself: copy mode');
     },
   );
 });
 
-test('delay: each read and each write waits at least --rdelay / --wdelay', async () => {
-  await withDevice(
-    ['-t', 'null', '--filter', 'delay', '--rdelay', '40ms', '--wdelay', '0.06s'],
-    (_id, dev) => {
-      const time = (args: string[]) => {
-        const start = process.hrtime.bigint();
-        sh('dd', [...args, 'bs=4096', 'count=10', 'status=none']);
-        return Number(process.hrtime.bigint() - start) / 1e6;
-      };
-      const reads = time([`if=${dev}`, 'of=/dev/null', 'iflag=direct']);
-      const writes = time(['if=/dev/zero', `of=${dev}`, 'oflag=direct']);
-      assert.ok(reads >= 10 * 40, `10 reads took ${reads} ms, at least 400`);
-      assert.ok(writes >= 10 * 60, `10 writes took ${writes} ms, at least 600`);
-    },
-  );
+test('delay: each read and each write waits at least --rdelay / --wdelay, on null (handlers) and loop (forwarded)', async () => {
+  const base = baseImage('delay.img', 16 * MiB);
+  for (const target of [
+    ['-t', 'null'],
+    ['-t', 'loop', '-f', base],
+  ]) {
+    await withDevice(
+      [...target, '--filter', 'delay', '--rdelay', '40ms', '--wdelay', '0.06s'],
+      (_id, dev) => {
+        const time = (args: string[]) => {
+          const start = process.hrtime.bigint();
+          sh('dd', [...args, 'bs=4096', 'count=10', 'status=none']);
+          return Number(process.hrtime.bigint() - start) / 1e6;
+        };
+        const reads = time([`if=${dev}`, 'of=/dev/null', 'iflag=direct']);
+        const writes = time(['if=/dev/zero', `of=${dev}`, 'oflag=direct']);
+        assert.ok(reads >= 10 * 40, `${target[1]}: 10 reads took ${reads} ms, at least 400`);
+        assert.ok(writes >= 10 * 60, `${target[1]}: 10 writes took ${writes} ms, at least 600`);
+      },
+    );
+  }
 });
 
-test('error: requests touching --error_range fail with EIO, the others succeed', async () => {
+test('error: requests touching --error_range fail with EIO, the others succeed (mem: forwarded, zero copy kept)', async () => {
+  const kernelHas = kernelHasZeroCopy();
   await withDevice(
     ['-t', 'mem', '--size', '16M', '--filter', 'error', '--error_range', '1M-2M'],
-    (_id, dev) => {
+    async (id, dev) => {
+      assert.equal(await zeroCopyOf(id), kernelHas);
       for (const offset of [MiB, MiB + 4096, 2 * MiB - 4096, MiB - 4096 * 2]) {
         const length = offset < MiB ? 3 * 4096 : 4096; // the last one reaches into the range
         for (const op of ['read', 'write'] as const) {
@@ -217,41 +251,78 @@ async function statsNow(pid: number, path: string) {
   return statsOf(path);
 }
 
-test("stats: the counts between two SIGUSR1 are fio's, and the file is written at exit", async (t) => {
-  const path = join(dir, 'stats.txt');
-  await withDevice(
-    ['-t', 'null', '--filter', 'stats', '--stats_file', path, '-q', '2'],
-    async (_id, dev, added) => {
-      await sleep(2000); // let udev's probe of the new disk finish
-      // Different mtime granularity: make sure the rewrite is seen.
-      const first = await statsNow(added.daemon_pid, path);
-      await sleep(20);
-      const run = (rw: string, ios: number) =>
-        fio([
-          `--name=${rw}`,
-          `--filename=${dev}`,
-          '--ioengine=io_uring',
-          '--direct=1',
-          `--rw=${rw}`,
-          '--bs=4k',
-          '--iodepth=1',
-          '--size=64M',
-          `--number_ios=${ios}`,
-        ]).jobs[0];
-      const reads = run('randread', 300).read.io_bytes / 4096;
-      const writes = run('randwrite', 200).write.io_bytes / 4096;
-      const second = await statsNow(added.daemon_pid, path);
-      t.diagnostic(`fio: ${reads} reads, ${writes} writes`);
-      assert.equal(second.read.ops - first.read.ops, reads);
-      assert.equal(second.write.ops - first.write.ops, writes);
-      assert.equal(second.read.bytes - first.read.bytes, reads * 4096);
-      assert.equal(second.write.bytes - first.write.bytes, writes * 4096);
-      assert.equal(second.read.errors + second.write.errors, 0);
-      rmSync(path);
-    },
-  );
-  const last = statsOf(path);
-  assert.ok(last.read.ops >= 300 && last.write.ops >= 200, 'written again when the device went');
+/** fio's random reads, then random writes, of 4 KiB at `iodepth`: how many of each it did. */
+function fioReadsWrites(dev: string, reads: number, writes: number, iodepth: number) {
+  const run = (rw: string, ios: number) =>
+    fio([
+      `--name=${rw}`,
+      `--filename=${dev}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      `--rw=${rw}`,
+      '--bs=4k',
+      `--iodepth=${iodepth}`,
+      '--size=32M',
+      `--number_ios=${ios}`,
+    ]).jobs[0];
+  return {
+    reads: run('randread', reads).read.io_bytes / 4096,
+    writes: run('randwrite', writes).write.io_bytes / 4096,
+  };
+}
+
+test("stats: the counts between two SIGUSR1 are fio's, on null (handlers, 2 queues) and loop (forwarded, zero copy where the kernel has it), and the file is written at exit", async (t) => {
+  const base = baseImage('stats.img', 32 * MiB);
+  const kernelHas = kernelHasZeroCopy();
+  for (const target of [
+    ['-t', 'null', '-q', '2'],
+    ['-t', 'loop', '-f', base],
+  ]) {
+    const path = join(dir, 'stats.txt');
+    await withDevice(
+      [...target, '--filter', 'stats', '--stats_file', path],
+      async (id, dev, added) => {
+        if (target[1] === 'loop') assert.equal(await zeroCopyOf(id), kernelHas, 'zero copy');
+        await sleep(2000); // let udev's probe of the new disk finish
+        const first = await statsNow(added.daemon_pid, path);
+        await sleep(20); // different mtime granularity: make sure the rewrite is seen
+        const { reads, writes } = fioReadsWrites(dev, 300, 200, 4);
+        const second = await statsNow(added.daemon_pid, path);
+        t.diagnostic(`${target[1]}: fio did ${reads} reads, ${writes} writes`);
+        assert.equal(second.read.ops - first.read.ops, reads);
+        assert.equal(second.write.ops - first.write.ops, writes);
+        assert.equal(second.read.bytes - first.read.bytes, reads * 4096);
+        assert.equal(second.write.bytes - first.write.bytes, writes * 4096);
+        assert.equal(second.read.errors + second.write.errors, 0);
+        rmSync(path);
+      },
+    );
+    const last = statsOf(path);
+    assert.ok(last.read.ops >= 300 && last.write.ops >= 200, 'written again when the device went');
+  }
+});
+
+test('stats over error over loop: stats counts the requests error fails, as failures, exactly', async () => {
+  const base = baseImage('stats-error.img', 16 * MiB);
+  const path = join(dir, 'stats-error.txt');
+  const filters = ['--filter', 'stats', '--stats_file', path];
+  filters.push('--filter', 'error', '--error_range', '4M-5M');
+  await withDevice(['-t', 'loop', '-f', base, ...filters], async (_id, dev, added) => {
+    await sleep(2000);
+    const first = await statsNow(added.daemon_pid, path);
+    await sleep(20);
+    let failed = 0;
+    for (const offset of [0, 4 * MiB, 4 * MiB + 8192, 6 * MiB, 5 * MiB - 4096, 5 * MiB]) {
+      const r = ddDirect(dev, 'read', offset);
+      const inRange = offset >= 4 * MiB && offset < 5 * MiB;
+      assert.equal(r.status === 0, !inRange, `read at ${offset}: ${r.stderr}`);
+      if (inRange) failed++;
+    }
+    const second = await statsNow(added.daemon_pid, path);
+    assert.equal(second.read.ops - first.read.ops, 6);
+    assert.equal(second.read.errors - first.read.errors, failed);
+    assert.equal(second.read.bytes - first.read.bytes, (6 - failed) * 4096);
+  });
 });
 
 test('cow: the device reads its own writes (fio verify), the base never changes, the overlay persists', async (t) => {

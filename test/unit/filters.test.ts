@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { isUserError } from '../../src/errors.js';
 import { defineFilter, nextHandlers, withFilters } from '../../src/ublk/filter.js';
+import { ROUTE_BELOW, ROUTE_HANDLERS } from '../../src/ublk/request-hooks.js';
 import { stackSource, loadTarget } from '../../src/ublk/target-loader.js';
 import type { QueueContext, QueueIo, Target } from '../../src/ublk/target.js';
 import cow, { COW_BLOCK, CowMap, mapOf } from '../../src/targets/filters/cow.js';
@@ -18,8 +19,10 @@ import readonly from '../../src/targets/filters/readonly.js';
 import {
   bucketOf,
   countedHandlers,
+  countingHook,
   formatStats,
   newCounters,
+  queueCounters,
   snapshot,
 } from '../../src/targets/filters/stats.js';
 import {
@@ -244,7 +247,7 @@ test('stack sources load the same stack again, as queue threads and recover do',
   const setup = await target.setup({ rdelay: '5' }, env);
   assert.deepEqual(setup.info?.filters, ['readonly', 'delay']);
   assert.equal(setup.capabilities?.readOnly, true);
-  assert.equal(setup.capabilities?.zeroCopy, false, 'delay sees each request');
+  assert.equal(setup.capabilities?.zeroCopy, true, "null's, kept: delay waits on the ring");
   assert.equal(stackSource('x', []), 'x');
 });
 
@@ -257,7 +260,7 @@ test('readonly keeps the forward and zero copy: it changes only capabilities', a
   assert.equal(handlers.forward?.fd, 9);
 });
 
-test('delay: a delay given only for writes leaves reads undelayed', async () => {
+test('delay: its handlers (for filters above that call next) delay only the kinds given', async () => {
   const setup = await Promise.resolve(
     delay.setup!(() => Promise.reject(new Error('unused')), { wdelay: '30' }, env),
   );
@@ -267,34 +270,121 @@ test('delay: a delay given only for writes leaves reads undelayed', async () => 
     recordingIo().ctx,
   );
   assert.equal(own.read, undefined);
+  assert.equal(own.hook!.before!('read', 0, 4096, 0), 0, 'reads: no delay');
+  assert.equal(own.hook!.before!('write', 0, 4096, 0), 30, 'writes: 30 ms on the ring');
   const start = Date.now();
   assert.equal(await own.write!(new Uint8Array(1), 0, { fua: false }), 2);
   assert.ok(Date.now() - start >= 29);
 });
 
-test('delay and error keep the forward and zero copy when their options spare reads and writes', async () => {
-  for (const [filter, args] of [
-    [delay, { flushdelay: '1' }],
-    [
-      (await import('../../src/targets/filters/error.js')).default,
-      { error_ops: 'flush', error_rate: '1' },
-    ],
-  ] as const) {
-    const stack = withFilters(forwardingTarget([]), [filter]);
-    const setup = await stack.setup(args, env);
-    assert.equal(setup.capabilities?.zeroCopy, true, filter.name);
-    const handlers = await stack.queue(setup.shared!, recordingIo().ctx);
-    assert.deepEqual(
-      handlers.forward,
-      { fd: 9, offset: 4096, sync: false, discard: true },
-      filter.name,
-    );
-    assert.equal(typeof handlers.flush, 'function');
+test('stats, delay and error keep the forward and zero copy, whatever kinds they touch: their hooks run in front of it', async () => {
+  const error = (await import('../../src/targets/filters/error.js')).default;
+  const stats = (await import('../../src/targets/filters/stats.js')).default;
+  const dir = mkdtempSync(join(tmpdir(), 'ublk-stats-'));
+  try {
+    for (const [filter, args] of [
+      [delay, { rdelay: '1', flushdelay: '2' }],
+      [error, { error_ops: 'all', error_rate: '1' }],
+      [stats, { stats_file: join(dir, 's.txt') }],
+    ] as const) {
+      const stack = withFilters(forwardingTarget([]), [filter]);
+      const setup = await stack.setup(args, env);
+      assert.equal(setup.capabilities?.zeroCopy, true, filter.name);
+      const handlers = await stack.queue(setup.shared!, recordingIo().ctx);
+      assert.deepEqual(
+        handlers.forward,
+        { fd: 9, offset: 4096, sync: true, discard: true },
+        `${filter.name}: FLUSH and DISCARD stay forwarded too`,
+      );
+      for (const kind of ['read', 'write', 'flush', 'discard', 'write_zeroes'] as const) {
+        assert.deepEqual(
+          handlers.hooks?.[kind]?.map((h) => h.name),
+          [filter.name],
+          `${filter.name} ${kind}`,
+        );
+      }
+      assert.equal(handlers.read, undefined, `${filter.name}: no read handler in the queue's way`);
+      await setup.close?.();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
-  const slowReads = withFilters(forwardingTarget([]), [delay]);
-  const setup = await slowReads.setup({ rdelay: '1' }, env);
-  assert.equal(setup.capabilities?.zeroCopy, false);
-  assert.equal((await slowReads.queue(setup.shared!, recordingIo().ctx)).forward, undefined);
+});
+
+/** A filter whose hook logs what it sees, and whose handlers (the path for `next`) log too. */
+const hookFilter = (name: string, log: string[], verdict = 0) =>
+  defineFilter({
+    name,
+    keepsForward: true,
+    queue: (next) => ({
+      hook: {
+        before: (kind, offset, length, tag) => (
+          log.push(`${name} before ${kind} ${offset} ${length} ${tag}`),
+          verdict
+        ),
+        after: (kind, _offset, _length, result) => void log.push(`${name} after ${kind} ${result}`),
+      },
+      read: (buf, offset) => (log.push(`${name} handler read ${offset}`), next.read(buf, offset)),
+    }),
+  });
+
+test('hooks stack outermost first, over the forward; a filter serving reads above them gets their handlers as next', async () => {
+  const log: string[] = [];
+  const hooked = withFilters(forwardingTarget([]), [hookFilter('a', log), hookFilter('b', log)]);
+  const setup = await hooked.setup({}, env);
+  assert.equal(setup.capabilities?.zeroCopy, true);
+  const handlers = await hooked.queue(setup.shared!, recordingIo().ctx);
+  assert.equal(handlers.forward?.fd, 9);
+  assert.deepEqual(
+    handlers.hooks?.read?.map((h) => h.name),
+    ['a', 'b'],
+  );
+
+  const collapsed = withFilters(forwardingTarget([]), [
+    recordingFilter('top', log, true),
+    hookFilter('a', log),
+  ]);
+  const collapsedSetup = await collapsed.setup({}, env);
+  assert.equal(collapsedSetup.capabilities?.zeroCopy, false, 'top serves reads');
+  const { ctx, calls } = recordingIo();
+  const direct = await collapsed.queue(collapsedSetup.shared!, ctx);
+  assert.equal(direct.forward, undefined);
+  assert.equal(direct.hooks, undefined, "a's hook is not run by the queue: its handler is");
+  log.length = 0;
+  await direct.read!(new Uint8Array(4096), 8192);
+  assert.deepEqual(log, ['top read 8192', 'a handler read 8192']);
+  assert.deepEqual(calls, [`readFully 9 ${4096 + 8192} 4096`]);
+});
+
+test('a filter serving only flush over hooks keeps the forward and their hooks for the other kinds', async () => {
+  const log: string[] = [];
+  const flushing = defineFilter({
+    name: 'f',
+    keepsForward: true,
+    queue: (next) => ({ flush: () => (log.push('f flush'), next.flush()) }),
+  });
+  const stack = withFilters(forwardingTarget([]), [
+    hookFilter('outer', log),
+    flushing,
+    hookFilter('inner', log),
+  ]);
+  const setup = await stack.setup({}, env);
+  assert.equal(setup.capabilities?.zeroCopy, true);
+  const { ctx, calls } = recordingIo();
+  const handlers = await stack.queue(setup.shared!, ctx);
+  assert.deepEqual(handlers.forward, { fd: 9, offset: 4096, sync: false, discard: true });
+  assert.deepEqual(
+    handlers.hooks?.read?.map((h) => h.name),
+    ['outer', 'inner'],
+  );
+  assert.deepEqual(
+    handlers.hooks?.flush?.map((h) => h.name),
+    ['outer'],
+    "the queue runs outer's hook, then f's flush, whose next is inner's",
+  );
+  await handlers.flush!();
+  assert.deepEqual(log, ['f flush']);
+  assert.deepEqual(calls, ['fsync 9 data']);
 });
 
 test('options: durations, rates, ranges, errnos, request kinds', () => {
@@ -334,12 +424,13 @@ test('error: which requests fail', () => {
   assert.equal(fails(rated, 'flush', 0, 0, 0.5), false);
 });
 
-test('stats: buckets, counting (failures too), and the file format', async () => {
+test('stats: buckets, counting by hook and by handler (failures too), queues summed, the file format', async () => {
   assert.equal(bucketOf(500), 0);
   assert.equal(bucketOf(2_000), 1);
   assert.equal(bucketOf(1_000_000), 9); // 1 ms: [512, 1024) µs
   assert.equal(bucketOf(1e15), 31);
-  const counters = new BigInt64Array(newCounters());
+  const buffer = newCounters(2);
+  const counters = queueCounters(buffer, 1);
   const { ctx } = recordingIo();
   const own = countedHandlers(
     nextHandlers({ read: () => undefined, write: () => Promise.reject(new Error('x')) }, ctx),
@@ -348,20 +439,26 @@ test('stats: buckets, counting (failures too), and the file format', async () =>
   await own.read!(new Uint8Array(4096), 0);
   await own.read!(new Uint8Array(512), 0);
   await assert.rejects(async () => own.write!(new Uint8Array(4096), 0, { fua: false }));
-  const s = snapshot(counters);
-  assert.equal(s.read.ops, 2);
-  assert.equal(s.read.bytes, 4608);
+  const hook = countingHook(queueCounters(buffer, 0), 4);
+  assert.equal(hook.before!('read', 0, 8192, 3), 0);
+  hook.after!('read', 0, 8192, 8192, 3);
+  assert.equal(hook.before!('flush', 0, 0, 2), 0);
+  hook.after!('flush', 0, 0, -5, 2);
+  const s = snapshot(buffer);
+  assert.equal(s.flush.errors, 1);
+  assert.equal(s.read.ops, 3, 'both queues, summed');
+  assert.equal(s.read.bytes, 4608 + 8192);
   assert.equal(s.write.ops, 1);
   assert.equal(s.write.errors, 1);
   assert.equal(s.write.bytes, 0);
   assert.equal(
     s.read.histogram.reduce((a, b) => a + b),
-    2,
+    3,
   );
   const text = formatStats(s, 1.5);
   assert.match(text, /^elapsed_s=1\.500$/m);
-  assert.match(text, /^read: ops=2 bytes=4608 errors=0 mean_us=/m);
-  assert.match(text, /^flush: ops=0 /m);
+  assert.match(text, /^read: ops=3 bytes=12800 errors=0 mean_us=/m);
+  assert.match(text, /^flush: ops=1 bytes=0 errors=1 /m);
 });
 
 test('cow: the map cuts requests into overlay and base runs', () => {
@@ -401,6 +498,32 @@ test('cow: the map of an existing overlay is its data, read with SEEK_DATA/SEEK_
     assert.deepEqual(held, [2, 60, 61], 'written zeros count as written');
   } finally {
     closeSync(fd);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('cow over a forward: its hook routes reads by the map and writes to the overlay; no zero copy (mixed reads need the buffer)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ublk-cow-route-'));
+  try {
+    const stack = withFilters(forwardingTarget([]), [cow]);
+    const setup = await stack.setup({ cow_file: join(dir, 'top.img') }, env);
+    assert.equal(setup.capabilities?.zeroCopy, false);
+    const handlers = await stack.queue(setup.shared!, recordingIo().ctx);
+    assert.equal(handlers.forward?.fd, 9, "the target's forward stays");
+    const hook = handlers.hooks?.read?.[0];
+    assert.equal(hook?.name, 'cow');
+    assert.equal(typeof handlers.read, 'function', 'for mixed reads');
+    const route = hook!.hook.route!;
+    const overlay = route('write', 0, 4096, 0);
+    assert.ok(overlay >= 0, 'writes go to the overlay');
+    assert.equal(route('read', 0, 8192, 0), ROUTE_BELOW, 'nothing written: the base');
+    hook!.hook.after!('write', 4096, 4096, 4096, 0);
+    assert.equal(route('read', 4096, 4096, 0), overlay, 'written: the overlay');
+    assert.equal(route('read', 0, 8192, 0), ROUTE_HANDLERS, 'both: the handler');
+    assert.equal(route('flush', 0, 0, 0), overlay);
+    assert.equal(route('discard', 0, 4096, 0), ROUTE_HANDLERS);
+    await setup.close?.();
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

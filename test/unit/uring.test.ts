@@ -415,6 +415,20 @@ test('a wait with a timeout returns -ETIME, after the timeout', () => {
   }
 });
 
+test('a TIMEOUT SQE is a timer on the ring: its CQE (-ETIME) comes after the time, not before', () => {
+  withRing({ entries: 2 }, (ring) => {
+    // struct __kernel_timespec { 0 s, 60 ms }, off the JS heap.
+    const timespec = new BigInt64Array(new ArrayBuffer(16));
+    timespec[1] = 60_000_000n;
+    assert.ok(ring.sq.prepTimeout(sys.addressOf(timespec), 7));
+    const started = performance.now();
+    const [cqe] = complete(ring, 1);
+    const waited = performance.now() - started;
+    assert.deepEqual([cqe.userData, cqe.res], [7, -osConstants.errno.ETIME]);
+    assert.ok(waited >= 55 && waited < 2000, `waited ${waited} ms`);
+  });
+});
+
 test('setup errors throw with the errno', () => {
   assert.throws(
     () => Ring.create({ entries: 0 }),

@@ -11,6 +11,7 @@ import { constants as osConstants } from 'node:os';
 import { checkResult, errnoError, isErrnoError, UserError } from '../../errors.js';
 import { constants as sysConstants, lseek } from '../../sys.js';
 import { defineFilter } from '../../ublk/filter.js';
+import { ROUTE_BELOW, ROUTE_HANDLERS } from '../../ublk/request-hooks.js';
 
 /**
  * nbdkit's cow filter, with an overlay that outlives the daemon: writes go to the sparse file
@@ -23,6 +24,8 @@ import { defineFilter } from '../../ublk/filter.js';
  * most 4 KiB (ext4, xfs, tmpfs without huge pages).
  *
  * DISCARD and WRITE_ZEROES write zeros into the overlay: a hole there would show the base again.
+ * Over a forwarding layer most requests stay ring IO (its hook's route); zero copy is off, since
+ * a read that mixes overlay and base blocks is assembled in the request's buffer.
  * An existing overlay is used as it is; delete it to start over.
  */
 export const COW_BLOCK = 4096;
@@ -49,6 +52,16 @@ export class CowMap {
     for (let block = offset / COW_BLOCK; block < end; block++) {
       Atomics.or(this.bits, block >>> 5, 1 << (block & 31));
     }
+  }
+
+  /** 1 if the overlay holds every block of [offset, offset + length), 0 if none, else -1. */
+  uniform(offset: number, length: number): number {
+    const first = offset / COW_BLOCK;
+    const held = this.has(first);
+    for (let block = first + 1; block < (offset + length) / COW_BLOCK; block++) {
+      if (this.has(block) !== held) return -1;
+    }
+    return held ? 1 : 0;
   }
 
   /** Bytes [offset, offset + length) cut where they switch between overlay and base. */
@@ -173,6 +186,21 @@ export default defineFilter({
       map.mark(offset, length);
     };
     return {
+      // Over a forward (loop, mem), reads of blocks all in the overlay or all in the base and
+      // every write and flush stay ring IO with no promise (the overlay is laid out as the
+      // device); mixed reads, discards and write-zeroes come to the handlers below.
+      hook: {
+        route(kind, offset, length) {
+          if (kind === 'read') {
+            const held = map.uniform(offset, length);
+            return held === 1 ? fd : held === 0 ? ROUTE_BELOW : ROUTE_HANDLERS;
+          }
+          return kind === 'write' || kind === 'flush' ? fd : ROUTE_HANDLERS;
+        },
+        after(kind, offset, length, result) {
+          if (kind === 'write' && result >= 0) map.mark(offset, length);
+        },
+      },
       async read(buf, offset) {
         for (const run of map.runs(offset, buf.length)) {
           const part = buf.subarray(run.offset - offset, run.offset - offset + run.length);

@@ -1,19 +1,21 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { defineFilter, type FilterHandlers } from '../../ublk/filter.js';
+import type { RequestKind } from '../../ublk/request-hooks.js';
 import { parseDuration } from './options.js';
 
 /**
  * nbdkit's delay filter: each request of a kind waits the given time before the layer below
  * serves it. The option names are nbdkit's (rdelay, wdelay...); a bare number is milliseconds,
- * not nbdkit's seconds.
+ * not nbdkit's seconds. The wait is a timer on the queue's ring (its hook), so a forwarding layer
+ * below keeps its forward and zero copy.
  */
 const DELAYS = {
   rdelay: 'read',
   wdelay: 'write',
   flushdelay: 'flush',
   trimdelay: 'discard',
-  zdelay: 'writeZeroes',
-} as const;
+  zdelay: 'write_zeroes',
+} as const satisfies Record<string, RequestKind>;
 type DelayOption = keyof typeof DELAYS;
 type Delays = Partial<Record<DelayOption, number>>;
 
@@ -29,18 +31,28 @@ export default defineFilter({
     trimdelay: option('discard'),
     zdelay: option('write zeroes'),
   },
+  // The hook delays on the queue's ring; the handlers serve filters stacked above that call next.
+  keepsForward: true,
   setup(_next, args) {
     const delays: Delays = {};
     for (const name of Object.keys(DELAYS) as DelayOption[]) {
       const text = args[name];
       if (text !== undefined) delays[name] = parseDuration(text, name);
     }
-    // Without read and write delays, the layer below keeps its forward and zero copy.
-    const keepsForward = !delays.rdelay && !delays.wdelay;
-    return { shared: delays, info: { delays }, keepsForward };
+    return { shared: delays, info: { delays } };
   },
   queue(next, delays: Delays) {
-    const own: FilterHandlers = {};
+    const byKind: Record<RequestKind, number> = {
+      read: 0,
+      write: 0,
+      flush: 0,
+      discard: 0,
+      write_zeroes: 0,
+    };
+    for (const [name, kind] of Object.entries(DELAYS) as [DelayOption, RequestKind][]) {
+      byKind[kind] = delays[name] ?? 0;
+    }
+    const own: FilterHandlers = { hook: { before: (kind) => byKind[kind] } };
     const after = (ms: number) => sleep(ms);
     if (delays.rdelay) {
       const ms = delays.rdelay;

@@ -68,10 +68,12 @@ export default defineFilter({
     },
     error_errno: { type: 'string', description: 'the errno they fail with (EIO)' },
   },
+  // The hook fails requests before the layer below sees them; the handlers serve filters stacked
+  // above that call next.
+  keepsForward: true,
   setup(_next, args) {
     const plan = errorPlan(args);
-    const keepsForward = !plan.ops.includes('read') && !plan.ops.includes('write');
-    return { shared: plan, info: { error: plan }, keepsForward };
+    return { shared: plan, info: { error: plan } };
   },
   queue(next, plan: ErrorPlan) {
     const check = (op: Op, offset: number, length: number) => {
@@ -79,7 +81,15 @@ export default defineFilter({
         throw errnoError(`error filter (${op})`, plan.errno);
       }
     };
-    const own: FilterHandlers = {};
+    const { ops, errno } = plan;
+    const own: FilterHandlers = {
+      hook: {
+        before: (kind, offset, length) =>
+          ops.includes(kind) && fails(plan, kind, offset, length, plan.rate < 1 ? Math.random() : 0)
+            ? -errno
+            : 0,
+      },
+    };
     for (const op of plan.ops) {
       if (op === 'read') {
         own.read = (buf, offset) => (check(op, offset, buf.length), next.read(buf, offset));

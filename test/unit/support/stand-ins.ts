@@ -53,9 +53,18 @@ export interface SentCommand {
 
 /** A target IO the queue prepared: its kind and user_data, which its completion must carry. */
 export interface PreparedIo {
-  kind: 'read' | 'write' | 'readFixed' | 'writeFixed' | 'fsync' | 'fallocate' | 'send' | 'recv';
+  kind:
+    | 'read'
+    | 'write'
+    | 'readFixed'
+    | 'writeFixed'
+    | 'fsync'
+    | 'fallocate'
+    | 'send'
+    | 'recv'
+    | 'timeout';
   userData: number;
-  fd: number;
+  fd?: number;
   length?: number;
   /** File offset (read, write, fallocate). */
   offset?: number;
@@ -158,6 +167,8 @@ export class StandInRing implements QueueRing {
       this.prepared({ kind: 'send', userData, fd, length, address }),
     prepRecv: (fd: number, address: number, length: number, _flags: number, userData: number) =>
       this.prepared({ kind: 'recv', userData, fd, length, address }),
+    prepTimeout: (timespecAddress: number, userData: number) =>
+      this.prepared({ kind: 'timeout', userData, address: timespecAddress }),
   };
   private readonly pendingViews: [number, number, number, DataView][] = [];
 

@@ -1,0 +1,241 @@
+/**
+ * Synchronous per-request hooks: what lets a filter watch, fail or delay requests without taking
+ * them off the promise-free forward (forwarded-io.ts) or out of zero copy. The queue runs each
+ * request's hooks, outermost first, before it serves the request (forward or handler), and runs
+ * them again, innermost first, once the result is known, before the commit.
+ */
+import { errnoError } from '../errors.js';
+import { addressOf } from '../sys.js';
+import type { SubmissionQueue } from '../uring/index.js';
+import { KERNEL_TIMESPEC } from '../uring/abi.js';
+import { writeU64 } from '../uring/u64.js';
+import { UBLK_IO_OP } from './abi.js';
+
+/** Request kinds as hooks see them (the filters' option names). */
+export type RequestKind = 'read' | 'write' | 'flush' | 'discard' | 'write_zeroes';
+
+/**
+ * A filter's view of each request of its queue, called synchronously from the queue's loop:
+ * nothing here may block or return a promise. `tag` (0 to depth - 1) is the request's slot, for
+ * per-request state kept in typed arrays made once.
+ */
+export interface RequestHook {
+  /**
+   * Before the layers below see the request: 0 lets it through; a negative errno fails it (the
+   * layers below never see it); a positive number of milliseconds lets it through after that
+   * long, waited on the queue's ring (no JavaScript timer).
+   */
+  before?(kind: RequestKind, offset: number, length: number, tag: number): number;
+  /**
+   * Where the request goes once `before` let it through, for a filter that serves some requests
+   * from a file of its own: an fd laid out as the device (byte N of the device at byte N), which
+   * the layer below's forward then reads or writes instead of its own (the hooks below are
+   * passed by); ROUTE_BELOW, on through the hooks below to the layer below; ROUTE_HANDLERS, to
+   * the filter's own handlers. Only a filter directly or through hooks over a forward routes:
+   * elsewhere its handlers serve every request.
+   */
+  route?(kind: RequestKind, offset: number, length: number, tag: number): number;
+  /**
+   * The request's result (bytes for read and write, 0 for the others, or -errno), before it goes
+   * to the kernel. Called for every request this hook's `before` let through.
+   */
+  after?(kind: RequestKind, offset: number, length: number, result: number, tag: number): void;
+}
+
+/** A hook with the name of its filter, which the failure log gives for the requests it fails. */
+export interface LayerHook {
+  name: string;
+  hook: RequestHook;
+}
+
+/** Per request kind, the hooks its requests go through, outermost first. */
+export type RequestHooks = Partial<Record<RequestKind, readonly LayerHook[]>>;
+
+/** RequestHook.route: on to the layer below, or to the filter's own handlers. */
+export const ROUTE_BELOW = -1;
+export const ROUTE_HANDLERS = -2;
+
+/** user_data of a delayed request's TIMEOUT: this plus its tag. */
+export const HOOK_DELAY_BASE = 2 ** 42;
+
+/** Each ublk op's kind, indexed by UBLK_IO_OP. */
+const KIND_OF: (RequestKind | undefined)[] = [];
+KIND_OF[UBLK_IO_OP.READ] = 'read';
+KIND_OF[UBLK_IO_OP.WRITE] = 'write';
+KIND_OF[UBLK_IO_OP.FLUSH] = 'flush';
+KIND_OF[UBLK_IO_OP.DISCARD] = 'discard';
+KIND_OF[UBLK_IO_OP.WRITE_ZEROES] = 'write_zeroes';
+
+export interface HookRing {
+  sq: Pick<SubmissionQueue, 'prepTimeout'>;
+  makeRoom(): void;
+}
+
+/** Serves a request the hooks let through, or fails one a hook failed (with its error). */
+export interface HookedRequests {
+  serve(tag: number, op: number, offset: number, length: number, address: number): void;
+  fail(tag: number, op: number, offset: number, length: number, err: unknown): void;
+}
+
+const NO_HOOKS: readonly LayerHook[] = [];
+
+/**
+ * Runs one queue's hooks. Per tag it keeps, in typed arrays made once, the request and how many
+ * hooks have let it through: a delay resumes from there when its TIMEOUT completes, and `after`
+ * goes back over exactly those.
+ */
+export class HookRunner {
+  /** Delays waiting on the ring. */
+  inFlight = 0;
+
+  private readonly chains: (readonly LayerHook[])[];
+  private readonly passed: Uint8Array;
+  /** Per tag, 1 while the hook before `passed` has yet to route it (its delay came first). */
+  private readonly unrouted: Uint8Array;
+  /** Per tag, where its hooks sent it (RequestHook.route). */
+  private readonly routes: Int32Array;
+  private readonly op: Uint8Array;
+  private readonly offset: Float64Array;
+  private readonly length: Uint32Array;
+  private readonly address: Float64Array;
+  /** Per tag, a struct __kernel_timespec (off the JS heap: the kernel reads it at submission). */
+  private readonly timespecs: Uint32Array;
+  private readonly timespecsAddress: number;
+  /** Per hook, the error of the last failure it caused: made once per errno, not per request. */
+  private readonly errors: (Error | undefined)[][];
+
+  /** The runner for these hooks, or undefined when no request kind has any. */
+  static of(
+    hooks: RequestHooks | undefined,
+    depth: number,
+    ring: HookRing,
+    requests: HookedRequests,
+  ): HookRunner | undefined {
+    if (hooks === undefined || !Object.values(hooks).some((chain) => chain.length > 0)) {
+      return undefined;
+    }
+    return new HookRunner(hooks, depth, ring, requests);
+  }
+
+  private constructor(
+    hooks: RequestHooks,
+    depth: number,
+    private readonly ring: HookRing,
+    private readonly requests: HookedRequests,
+  ) {
+    this.chains = KIND_OF.map((kind) => (kind && hooks[kind]) || NO_HOOKS);
+    for (let op = 0; op < 256; op++) this.chains[op] ??= NO_HOOKS;
+    this.passed = new Uint8Array(depth);
+    this.unrouted = new Uint8Array(depth);
+    this.routes = new Int32Array(depth).fill(ROUTE_BELOW);
+    this.op = new Uint8Array(depth);
+    this.offset = new Float64Array(depth);
+    this.length = new Uint32Array(depth);
+    this.address = new Float64Array(depth);
+    this.timespecs = new Uint32Array(new ArrayBuffer(depth * KERNEL_TIMESPEC.size));
+    this.timespecsAddress = addressOf(this.timespecs);
+    this.errors = KIND_OF.map(() => []);
+  }
+
+  /**
+   * A request arrives: false when every hook let it through at once (serve it now); true when
+   * the runner took it: delayed (served from `resume`) or failed through `requests.fail`.
+   */
+  start(tag: number, op: number, offset: number, length: number, address: number): boolean {
+    this.op[tag] = op;
+    this.routes[tag] = ROUTE_BELOW;
+    if (this.chains[op].length === 0) return false;
+    this.offset[tag] = offset;
+    this.length[tag] = length;
+    this.address[tag] = address;
+    this.passed[tag] = 0;
+    return this.run(tag);
+  }
+
+  /** A delayed request's TIMEOUT completed: on through the rest of its hooks. */
+  resume(tag: number): void {
+    this.inFlight--;
+    if (this.run(tag)) return;
+    const op = this.op[tag];
+    this.requests.serve(tag, op, this.offset[tag], this.length[tag], this.address[tag]);
+  }
+
+  /** Where the tag's request goes once its hooks let it through: an fd, or a ROUTE_ value. */
+  routeOf(tag: number): number {
+    return this.routes[tag];
+  }
+
+  /** The request's result, before its commit: the hooks that let it through see it, inner first. */
+  after(tag: number, result: number): void {
+    const op = this.op[tag];
+    const chain = this.chains[op];
+    if (chain.length === 0) return;
+    const kind = KIND_OF[op]!;
+    const offset = this.offset[tag];
+    const length = this.length[tag];
+    for (let i = this.passed[tag] - 1; i >= 0; i--) {
+      const hook = chain[i].hook;
+      if (hook.after !== undefined) hook.after(kind, offset, length, result, tag);
+    }
+    this.passed[tag] = 0;
+  }
+
+  /** The tag's hooks from the first that has not let it through: true if one held it. */
+  private run(tag: number): boolean {
+    const op = this.op[tag];
+    const chain = this.chains[op];
+    const kind = KIND_OF[op]!;
+    const offset = this.offset[tag];
+    const length = this.length[tag];
+    let i = this.passed[tag];
+    if (this.unrouted[tag] !== 0) {
+      this.unrouted[tag] = 0;
+      if (this.routed(tag, chain[i - 1].hook, kind)) return false;
+    }
+    for (; i < chain.length; i++) {
+      const hook = chain[i].hook;
+      const verdict = hook.before === undefined ? 0 : hook.before(kind, offset, length, tag);
+      if (verdict < 0) {
+        this.passed[tag] = i;
+        this.requests.fail(tag, op, offset, length, this.errorOf(op, i, -verdict));
+        return true;
+      }
+      this.passed[tag] = i + 1;
+      if (verdict > 0) {
+        this.unrouted[tag] = hook.route === undefined ? 0 : 1;
+        this.delay(tag, verdict);
+        return true;
+      }
+      if (this.routed(tag, hook, kind)) return false;
+    }
+    return false;
+  }
+
+  /** Whether the hook sent the tag's request somewhere other than on down (the hooks below). */
+  private routed(tag: number, hook: RequestHook, kind: RequestKind): boolean {
+    if (hook.route === undefined) return false;
+    const route = hook.route(kind, this.offset[tag], this.length[tag], tag);
+    this.routes[tag] = route;
+    return route !== ROUTE_BELOW;
+  }
+
+  private delay(tag: number, milliseconds: number): void {
+    const words = (tag * KERNEL_TIMESPEC.size) / 4;
+    const nanos = Math.round(milliseconds * 1e6);
+    writeU64(this.timespecs, words + KERNEL_TIMESPEC.tvSec / 4, Math.floor(nanos / 1e9));
+    writeU64(this.timespecs, words + KERNEL_TIMESPEC.tvNsec / 4, nanos % 1e9);
+    const address = this.timespecsAddress + tag * KERNEL_TIMESPEC.size;
+    while (!this.ring.sq.prepTimeout(address, HOOK_DELAY_BASE + tag)) this.ring.makeRoom();
+    this.inFlight++;
+  }
+
+  private errorOf(op: number, index: number, errno: number): Error {
+    const errors = this.errors[op];
+    let err = errors[index];
+    if ((err as { errno?: number } | undefined)?.errno !== errno) {
+      err = errnoError(`filter ${this.chains[op][index].name} (${KIND_OF[op]})`, errno);
+      errors[index] = err;
+    }
+    return err!;
+  }
+}
