@@ -570,7 +570,7 @@ test('copy mode: commands carry the tag buffer and a zero SQE addr', () => {
 
 test("the queue: a linked commit's CQE is its tag's next request; refused (EINVAL), it is sent again unlinked, as all later ones", async () => {
   const { ring, descs } = queueWith({ forward: { fd: 9, offset: 0 } });
-  const linkedUserData = 2 ** 42 + 1;
+  const linkedUserData = 2 ** 43 + 1;
   descs.request(1, { op: UBLK_IO_OP.READ, nrSectors: 8 });
   const before = ring.sent().length;
   ring.complete(1, UBLK_IO_RES.OK);
