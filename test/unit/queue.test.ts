@@ -568,6 +568,16 @@ test('copy mode: commands carry the tag buffer and a zero SQE addr', () => {
   assert.deepEqual(ring.commandAddresses.get(1), { sqeAddr: 0, buffer: 0x10000 + BUFFER_BYTES });
 });
 
+test('TagStates: every linked commit the kernel refuses is sent again, also after linking stopped', () => {
+  const { tags, sent, request } = forwardingTags({ fd: 5, offset: 0 });
+  request(0, { op: UBLK_IO_OP.READ, nrSectors: 8 });
+  request(1, { op: UBLK_IO_OP.WRITE, nrSectors: 2 });
+  assert.deepEqual(sent.splice(0), [linkedCommitOf(0, 4096), linkedCommitOf(1, 1024)]);
+  tags.completeLinkedCommit(0, -EINVAL);
+  tags.completeLinkedCommit(1, -EINVAL);
+  assert.deepEqual(sent, [commitOf(0, 4096), commitOf(1, 1024)]);
+});
+
 test("the queue: a linked commit's CQE is its tag's next request; refused (EINVAL), it is sent again unlinked, as all later ones", async () => {
   const { ring, descs } = queueWith({ forward: { fd: 9, offset: 0 } });
   const linkedUserData = 2 ** 43 + 1;
