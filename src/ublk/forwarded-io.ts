@@ -213,11 +213,15 @@ export class ForwardedIo {
   /**
    * One IO and then the commit: reads, plain writes, flushes and discards, not FUA writes (two
    * IOs), manual zero copy (the registration's commands around the IO), or a sync someone must
-   * hear of (onSync, from the CQE).
+   * hear of (onSync, from the CQE). Only while no other forwarded IO is in flight: then the
+   * thread would wake for this IO alone, while under load it wakes for others anyway and sends
+   * many commits in one enter. Measured on 7.3 (loop, auto zero copy, alternating builds, five
+   * rounds): linking every request cut QD1 mean latency to 0.91x but 4k randread QD32 to 0.88x.
    */
   private linkable(tag: number, stage: number, forward: RingForward): boolean {
     const linkedCommit = this.config.linkedCommit;
     if (linkedCommit === undefined || this.config.manualZeroCopy !== undefined) return false;
+    if (this.inFlight !== 0) return false;
     const oneIo =
       stage === STAGE_READ ||
       stage === STAGE_WRITE ||
