@@ -31,15 +31,16 @@ export interface Sys {
   /** io_uring_setup(2). The kernel fills `params` (sizeof(struct io_uring_params) bytes). */
   ioUringSetup(entries: number, params: Uint8Array): number;
   /**
-   * io_uring_enter(2): result or -errno; EINTR is retried. `arg` (with its byte length as argsz)
-   * is the IORING_ENTER_EXT_ARG struct when that flag is set.
+   * io_uring_enter(2): result or -errno; EINTR is retried. `argAddress` and `argSize` are the
+   * IORING_ENTER_EXT_ARG struct (its addressOf) when that flag is set.
    */
   ioUringEnter(
     fd: number,
     toSubmit: number,
     minComplete: number,
     flags: number,
-    arg?: ArrayBufferView | null,
+    argAddress?: number,
+    argSize?: number,
   ): number;
   /** io_uring_register(2): result or -errno. */
   ioUringRegister(fd: number, opcode: number, arg: ArrayBufferView | null, nrArgs: number): number;

@@ -54,6 +54,11 @@ export interface ForwardRing {
 export interface ForwardedIoConfig {
   depth: number;
   /**
+   * Where a request's commit may follow its one ring IO as a linked SQE (see `start`); without
+   * it, every forwarded request is committed from its CQE.
+   */
+  linkedCommit?: LinkedCommit;
+  /**
    * UBLK_F_AUTO_BUF_REG: the kernel registered the request's own pages at index `tag` of the
    * ring's buffer table, so reads and writes are READ_FIXED/WRITE_FIXED at offsets within it.
    */
@@ -64,6 +69,15 @@ export interface ForwardedIoConfig {
    * READ_FIXED/WRITE_FIXED, and unregisters them once the data IO is done, as kublk does.
    */
   manualZeroCopy?: { charFd: number; queueId: number };
+}
+
+/**
+ * The commit of a request, prepared as the SQE right after the request's ring IO, which is linked
+ * to it (IOSQE_IO_LINK). `allowed` is asked before that IO is prepared.
+ */
+export interface LinkedCommit {
+  allowed(tag: number): boolean;
+  send(tag: number, result: number): void;
 }
 
 /**
@@ -94,6 +108,8 @@ export class ForwardedIo {
   private readonly address: Float64Array;
   /** Manual zero copy, per tag: 1 until the first data IO (which REGISTER_IO_BUF precedes). */
   private readonly mustRegister: Uint8Array;
+  /** Per tag, 1 while its ring IO runs with its commit linked behind it (see start). */
+  private readonly linked: Uint8Array;
   /** Per tag: a failed REGISTER_IO_BUF's result, until its cancelled data IO's CQE. */
   private readonly registerFailed: Int32Array;
   /** Per tag, while unregistering: the stage after it (0: done), the result, a failed stage. */
@@ -114,6 +130,7 @@ export class ForwardedIo {
     this.done = new Uint32Array(config.depth);
     this.address = new Float64Array(config.depth);
     this.mustRegister = new Uint8Array(config.depth);
+    this.linked = new Uint8Array(config.depth);
     this.registerFailed = new Int32Array(config.depth);
     this.next = new Uint8Array(config.depth);
     this.result = new Int32Array(config.depth);
@@ -168,13 +185,49 @@ export class ForwardedIo {
     this.length[tag] = length;
     this.done[tag] = 0;
     this.address[tag] = address;
+    this.linked[tag] = 0;
     this.mustRegister[tag] =
       this.config.manualZeroCopy !== undefined && stage !== STAGE_FLUSH && stage !== STAGE_DISCARD
         ? 1
         : 0;
+    if (this.linkable(tag, stage, forward)) {
+      // The request is one ring IO whose result is known: the kernel commits it as soon as the
+      // IO succeeds, with no CQE for the IO and no return to this thread in between (one wake-up
+      // per request instead of two). A short or failed IO breaks the link: its CQE comes, the
+      // commit is cancelled without one (IOSQE_CQE_SKIP_SUCCESS on a failed head skips the
+      // linked CQEs too), and complete() carries on as for an unlinked IO.
+      if (this.ring.sq.spaceLeft() < 2) this.ring.makeRoom();
+      this.linked[tag] = 1;
+      this.prepare(tag, IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS);
+      this.config.linkedCommit!.send(
+        tag,
+        stage === STAGE_READ || stage === STAGE_WRITE ? length : 0,
+      );
+      return true;
+    }
     this.inFlight++;
     this.prepare(tag);
     return true;
+  }
+
+  /**
+   * One IO and then the commit: reads, plain writes, flushes and discards, not FUA writes (two
+   * IOs), manual zero copy (the registration's commands around the IO), or a sync someone must
+   * hear of (onSync, from the CQE). Only while no other forwarded IO is in flight: then the
+   * thread would wake for this IO alone, while under load it wakes for others anyway and sends
+   * many commits in one enter. Measured on 7.3 (loop, auto zero copy, alternating builds, five
+   * rounds): linking every request cut QD1 mean latency to 0.91x but 4k randread QD32 to 0.88x.
+   */
+  private linkable(tag: number, stage: number, forward: RingForward): boolean {
+    const linkedCommit = this.config.linkedCommit;
+    if (linkedCommit === undefined || this.config.manualZeroCopy !== undefined) return false;
+    if (this.inFlight !== 0) return false;
+    const oneIo =
+      stage === STAGE_READ ||
+      stage === STAGE_WRITE ||
+      stage === STAGE_DISCARD ||
+      (stage === STAGE_FLUSH && forward.onSync === undefined);
+    return oneIo && linkedCommit.allowed(tag);
   }
 
   /** The CQE of a forwarded request's ring IO: `id` is its user_data less FORWARDED_IO_BASE. */
@@ -182,6 +235,11 @@ export class ForwardedIo {
     if (id >= 2 ** 16) return this.completeCommand(id, res);
     const tag = id;
     const stage = this.stage[tag];
+    if (this.linked[tag] !== 0) {
+      // The link broke (see start): the request is ours again.
+      this.linked[tag] = 0;
+      this.inFlight++;
+    }
     if (res < 0) {
       if (res === -ECANCELED && this.registerFailed[tag] !== 0) {
         // The REGISTER_IO_BUF linked before it failed: nothing is registered.
@@ -287,20 +345,20 @@ export class ForwardedIo {
   }
 
   /** Prepares the tag's next ring IO for its stage, from what is done so far. */
-  private prepare(tag: number): void {
+  private prepare(tag: number, sqeFlags = 0): void {
     const stage = this.stage[tag];
     const fd = this.fd[tag];
     const userData = FORWARDED_IO_BASE + tag;
     const sq = this.ring.sq;
     if (stage === STAGE_FUA_SYNC || stage === STAGE_FLUSH) {
-      while (!sq.prepFsync(fd, IORING_FSYNC_DATASYNC, userData)) this.ring.makeRoom();
+      while (!sq.prepFsync(fd, IORING_FSYNC_DATASYNC, userData, sqeFlags)) this.ring.makeRoom();
       return;
     }
     const done = this.done[tag];
     const length = this.length[tag] - done;
     if (stage === STAGE_DISCARD) {
       const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-      while (!sq.prepFallocate(fd, mode, this.fileOffset[tag], length, userData)) {
+      while (!sq.prepFallocate(fd, mode, this.fileOffset[tag], length, userData, sqeFlags)) {
         this.ring.makeRoom();
       }
       return;
@@ -319,8 +377,8 @@ export class ForwardedIo {
       // The registered buffer is the request's pages, addressed from 0.
       while (
         !(reading
-          ? sq.prepReadFixed(source, done, length, offset, tag, userData)
-          : sq.prepWriteFixed(source, done, length, offset, tag, userData))
+          ? sq.prepReadFixed(source, done, length, offset, tag, userData, sqeFlags)
+          : sq.prepWriteFixed(source, done, length, offset, tag, userData, sqeFlags))
       ) {
         this.ring.makeRoom();
       }
@@ -329,8 +387,8 @@ export class ForwardedIo {
     const address = this.address[tag] + done;
     while (
       !(reading
-        ? sq.prepRead(source, address, length, offset, userData)
-        : sq.prepWrite(source, address, length, offset, userData))
+        ? sq.prepRead(source, address, length, offset, userData, sqeFlags)
+        : sq.prepWrite(source, address, length, offset, userData, sqeFlags))
     ) {
       this.ring.makeRoom();
     }

@@ -86,9 +86,12 @@ const { ETIME, EBUSY } = osConstants.errno;
  * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
  * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag);
  * from HOOK_DELAY_BASE up, a filter's delay of a request (HOOK_DELAY_BASE + tag); from
- * BATCH_IO_BASE up, a batch command (batch-io.ts).
+ * LINKED_COMMIT_BASE up, a commit linked behind a forwarded request's IO; from BATCH_IO_BASE up,
+ * a batch command (batch-io.ts).
  */
 const TARGET_IO_BASE = 1 << 16;
+/** user_data of a commit linked behind a forwarded request's IO: this plus the tag. */
+const LINKED_COMMIT_BASE = 2 ** 43;
 /**
  * Longest kernel wait while handlers are pending: they may also wait for something only the event
  * loop delivers (a timer, a socket), which must not be held up by much more than this.
@@ -272,7 +275,7 @@ export class Queue implements IoCommandSink {
   }
 
   /** For TagStates: prepared now, submitted by the loop's next enter (woken if parked). */
-  sendIoCmd(cmdOp: number, tag: number, result: number): void {
+  sendIoCmd(cmdOp: number, tag: number, result: number, linked = false): void {
     this.progress++;
     if (this.batch) {
       // No NEED_GET_DATA with batch IO (the kernel drops it): a fetch or a commit.
@@ -285,10 +288,11 @@ export class Queue implements IoCommandSink {
     // cannot register (never with one table slot per tag) is failed by the kernel itself.
     const autoBufReg = this.config.autoBufReg === true;
     const sqeAddr = autoBufReg ? tag : 0;
-    let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag, sqeAddr);
+    const userData = linked ? LINKED_COMMIT_BASE + tag : tag;
+    let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     while (!cmd) {
       this.submit();
-      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, tag, sqeAddr);
+      cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     }
     // With user copy the kernel maps no buffer either: the command's addr is 0.
     const address = copyMode(this.config)
@@ -390,6 +394,9 @@ export class Queue implements IoCommandSink {
     if (userData < TARGET_IO_BASE) return this.tags.complete(userData, res);
     if (userData >= BATCH_IO_BASE) {
       return this.batch!.complete(userData - BATCH_IO_BASE, res, flags);
+    }
+    if (userData >= LINKED_COMMIT_BASE) {
+      return this.tags.completeLinkedCommit(userData - LINKED_COMMIT_BASE, res);
     }
     if (userData >= HOOK_DELAY_BASE) return this.tags.resumeDelayed(userData - HOOK_DELAY_BASE);
     if (userData >= USER_COPY_IO_BASE) {

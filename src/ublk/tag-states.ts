@@ -2,16 +2,22 @@ import { constants } from 'node:os';
 import { errnoError } from '../errors.js';
 import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO, type IoDescTable } from './abi.js';
 import type { FailureLog } from './failure-log.js';
-import { ForwardedIo, forwardedError, type ForwardRing } from './forwarded-io.js';
+import {
+  ForwardedIo,
+  forwardedError,
+  type ForwardRing,
+  type LinkedCommit,
+} from './forwarded-io.js';
 import { HookRunner, ROUTE_BELOW, ROUTE_HANDLERS, type HookRing } from './request-hooks.js';
 import { SECTOR, type IoResult, type QueueHandlers } from './target.js';
 import { BOUNCE_CHUNK, BouncePool, USER_COPY_IO_BASE, userCopyOffset } from './user-copy.js';
 
-const { EIO, EOPNOTSUPP } = constants.errno;
+const { EINVAL, EIO, EOPNOTSUPP } = constants.errno;
 
 /** What the state machine needs of the ring: one IO command for a tag, sent at the next enter. */
 export interface IoCommandSink {
-  sendIoCmd(cmdOp: number, tag: number, result: number): void;
+  /** `linked`: the commit follows a forwarded request's ring IO, linked (see LinkedCommit). */
+  sendIoCmd(cmdOp: number, tag: number, result: number, linked?: boolean): void;
 }
 
 /** The descriptor fields the state machine reads (IoDescTable over the kernel's mapping). */
@@ -78,6 +84,14 @@ export class TagStates {
   private readonly tagFinished: Uint8Array;
   /** An ABORT arrived: the device is stopping, or quiescing for a new daemon. */
   private aborting = false;
+  /**
+   * Commits linked behind forwarded IO, until the kernel refuses one: Linux 6.1 takes a tag's
+   * commands only from the thread that fetched it, and runs a command linked behind IO that
+   * completed in an io-wq worker on that worker (later kernels hand it to the thread).
+   */
+  private linkCommits = true;
+  /** Per tag, the result its linked commit carries, to send again unlinked if refused. */
+  private readonly linkedResult: Int32Array;
 
   private handlers!: QueueHandlers;
   private readonly buffer: Uint8Array;
@@ -120,9 +134,11 @@ export class TagStates {
     const { depth, bufferBytes } = config;
     this.buffer = buffer.bytes;
     this.bufferAddress = buffer.address;
+    this.linkedResult = new Int32Array(depth);
     this.forwarded = new ForwardedIo(
       {
         depth,
+        linkedCommit: this.linkedCommit,
         autoBufReg: config.autoBufReg === true,
         manualZeroCopy: config.manualZeroCopy
           ? { charFd: config.charFd!, queueId: config.queueId }
@@ -214,6 +230,37 @@ export class TagStates {
     this.aborting = true;
     for (let tag = 0; tag < this.config.depth; tag++) if (held[tag] === 0) this.finish(tag);
   }
+
+  /**
+   * The CQE of a commit linked behind a forwarded request's IO: that of COMMIT_AND_FETCH, unless
+   * the kernel refused the linked command (EINVAL, see linkCommits), which is then sent again
+   * unlinked, as every later commit is.
+   */
+  completeLinkedCommit(tag: number, res: number): void {
+    if (res === -EINVAL) {
+      // Others may be refused after this one: each is sent again.
+      this.linkCommits = false;
+      return this.commit(tag, this.linkedResult[tag]);
+    }
+    this.complete(tag, res);
+  }
+
+  private readonly linkedCommit: LinkedCommit = {
+    // Not with user copy (the commit gives the bounce buffer back, which the IO still uses),
+    // while aborting (the commit takes the tag out of service at once), nor under request hooks
+    // (their `after` must see what the IO did).
+    // Batch IO commits in COMMIT_IO_CMDS, never with a tag's own command.
+    allowed: (tag) =>
+      this.linkCommits &&
+      !this.aborting &&
+      this.bounceChunk[tag] < 0 &&
+      this.hooks === undefined &&
+      this.config.batchIo !== true,
+    send: (tag, result) => {
+      this.linkedResult[tag] = result;
+      this.sink.sendIoCmd(this.ops.commit, tag, result, true);
+    },
+  };
 
   /** The queue is shutting down: no request is in flight. */
   closeHandlers(): void | Promise<void> {

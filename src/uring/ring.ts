@@ -92,7 +92,7 @@ export class Ring {
 
   /** Submits every prepared SQE: how many the kernel took, or -errno (e.g. -EBUSY). */
   submit(): number {
-    return this.enter(0, 0, null);
+    return this.enter(0, 0);
   }
 
   /**
@@ -101,10 +101,10 @@ export class Ring {
    * signal or the timeout cut the wait short after a submission. Returns what submit() returns.
    */
   submitAndWait(minComplete: number, timeoutMs?: number): number {
-    if (timeoutMs === undefined) return this.enter(minComplete, IORING_ENTER_GETEVENTS, null);
+    if (timeoutMs === undefined) return this.enter(minComplete, IORING_ENTER_GETEVENTS);
     this.waitTimeout.set(timeoutMs);
     const flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
-    return this.enter(minComplete, flags, this.waitTimeout.arg);
+    return this.enter(minComplete, flags, this.waitTimeout);
   }
 
   /**
@@ -156,7 +156,7 @@ export class Ring {
   awaitCqeInEventLoop(onReady: () => void): boolean {
     const notifier = this.completionNotifier();
     notifier.reset();
-    this.enter(0, IORING_ENTER_GETEVENTS, null);
+    this.enter(0, IORING_ENTER_GETEVENTS);
     if (this.cq.ready() > 0) return false;
     notifier.start(() => {
       notifier.stop();
@@ -206,10 +206,13 @@ export class Ring {
     closeFd(this.fd);
   }
 
-  private enter(minComplete: number, flags: number, arg: Uint32Array | null): number {
+  private enter(minComplete: number, flags: number, timeout?: WaitTimeout): number {
     const pending = this.sq.publish();
     if (pending === 0 && flags === 0) return 0;
-    const result = ioUringEnter(this.fd, pending, minComplete, flags, arg);
+    const result =
+      timeout === undefined
+        ? ioUringEnter(this.fd, pending, minComplete, flags)
+        : ioUringEnter(this.fd, pending, minComplete, flags, timeout.argAddress, timeout.argSize);
     if (result > 0) {
       this.consumed += result;
       this.updateRef();

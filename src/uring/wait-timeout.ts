@@ -4,7 +4,10 @@ import { writeU64 } from './u64.js';
 
 /** io_uring_enter's IORING_ENTER_EXT_ARG argument for a wait with a timeout, made once. */
 export class WaitTimeout {
-  readonly arg: Uint32Array;
+  /** The argument's address and size, as io_uring_enter takes them. */
+  readonly argAddress: number;
+  readonly argSize = IO_URING_GETEVENTS_ARG.size;
+  private readonly arg: Uint32Array;
   // An explicit ArrayBuffer: its memory is off the JS heap and never moves, so the kernel can
   // be given its address.
   private readonly timespec = new Uint32Array(new ArrayBuffer(KERNEL_TIMESPEC.size));
@@ -13,6 +16,7 @@ export class WaitTimeout {
   constructor() {
     this.arg = new Uint32Array(new ArrayBuffer(IO_URING_GETEVENTS_ARG.size));
     writeU64(this.arg, IO_URING_GETEVENTS_ARG.ts / 4, addressOf(this.timespec));
+    this.argAddress = addressOf(this.arg);
   }
 
   set(milliseconds: number): void {

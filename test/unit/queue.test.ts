@@ -354,7 +354,7 @@ test('TagStates after an ABORT (quiesce): a tag whose request is committed is ou
 function forwardingTags(forward: RingForward, options: { autoBufReg?: boolean } = {}) {
   const ring = new StandInRing();
   const descs = new StandInDescriptors();
-  const sent: { cmdOp: number; tag: number; result: number }[] = [];
+  const sent: { cmdOp: number; tag: number; result: number; linked?: true }[] = [];
   const logged: string[] = [];
   const handlerCalls: string[] = [];
   const tags = new TagStates(
@@ -367,7 +367,10 @@ function forwardingTags(forward: RingForward, options: { autoBufReg?: boolean } 
     },
     descs,
     { bytes: new Uint8Array(options.autoBufReg ? 0 : DEPTH * BUFFER_BYTES), address: 0x10000 },
-    { sendIoCmd: (cmdOp, tag, result) => void sent.push({ cmdOp, tag, result }) },
+    {
+      sendIoCmd: (cmdOp, tag, result, linked) =>
+        void sent.push(linked ? { cmdOp, tag, result, linked } : { cmdOp, tag, result }),
+    },
     new FailureLog({ devId: 0, queueId: 0, write: (line) => void logged.push(line) }),
     { sq: ring.sq, makeRoom: () => undefined },
   );
@@ -400,9 +403,14 @@ const commitOf = (tag: number, result: number) => ({
   tag,
   result,
 });
+/** A commit prepared right behind its request's ring IO, which is linked to it. */
+const linkedCommitOf = (tag: number, result: number) => ({
+  ...commitOf(tag, result),
+  linked: true,
+});
 
-test('forward: a read is one ring read into the tag buffer, committed from its CQE with no promise', () => {
-  const { tags, sent, request, cqe } = forwardingTags({ fd: 5, offset: 1 << 20 });
+test('forward: a read is one ring read into the tag buffer with its commit linked behind it, no promise', () => {
+  const { tags, sent, request } = forwardingTags({ fd: 5, offset: 1 << 20 });
   const [read] = request(2, { op: UBLK_IO_OP.READ, startSector: 8, nrSectors: 8 });
   assert.deepEqual(read, {
     kind: 'read',
@@ -411,29 +419,35 @@ test('forward: a read is one ring read into the tag buffer, committed from its C
     length: 4096,
     offset: (1 << 20) + 4096,
     address: 0x10000 + 2 * BUFFER_BYTES,
+    linked: true,
   });
+  assert.deepEqual(sent, [linkedCommitOf(2, 4096)], 'the kernel commits once the read succeeds');
   assert.equal(tags.pendingHandlers, 0);
-  assert.equal(tags.forwarded.inFlight, 1);
-  assert.deepEqual(cqe(read, 4096), []);
-  assert.deepEqual(sent, [commitOf(2, 4096)], 'committed within the CQE, before any microtask');
-  assert.equal(tags.forwarded.inFlight, 0);
+  assert.equal(tags.forwarded.inFlight, 0, 'nothing left for this thread to wait for');
 });
 
-test('forward: short IO is continued with the rest; a read at the end of the file reads zeros', () => {
-  const { sent, request, cqe } = forwardingTags({ fd: 5, offset: 0 });
+test('forward: a short IO breaks the link and is continued with the rest; a read at the end of the file reads zeros', () => {
+  const { tags, sent, request, cqe } = forwardingTags({ fd: 5, offset: 0 });
   const [write] = request(1, { op: UBLK_IO_OP.WRITE, startSector: 2, nrSectors: 8 });
+  assert.deepEqual(sent.splice(0), [linkedCommitOf(1, 4096)]);
+  // Its CQE means the link broke: the linked commit was cancelled, without a CQE.
   const [rest] = cqe(write, 1024);
+  assert.equal(tags.forwarded.inFlight, 1);
   assert.deepEqual(rest, {
-    ...write,
+    kind: 'write',
+    userData: write.userData,
+    fd: 5,
     length: 3072,
     offset: 1024 + 1024,
     address: write.address! + 1024,
   });
   assert.deepEqual(sent, [], 'nothing committed while the rest is in flight');
   assert.deepEqual(cqe(rest, 3072), []);
-  assert.deepEqual(sent, [commitOf(1, 4096)]);
+  assert.deepEqual(sent.splice(0), [commitOf(1, 4096)]);
+  assert.equal(tags.forwarded.inFlight, 0);
 
   const [read] = request(3, { op: UBLK_IO_OP.READ, nrSectors: 8 });
+  sent.length = 0;
   const [tail] = cqe(read, 512);
   const [zeroes] = cqe(tail, 0);
   assert.notEqual(zeroes.fd, 5, 'past the end of the file: /dev/zero');
@@ -442,10 +456,11 @@ test('forward: short IO is continued with the rest; a read at the end of the fil
     { length: 3584, address: read.address! + 512 },
   );
   assert.deepEqual(cqe(zeroes, 3584), []);
-  assert.deepEqual(sent.slice(1), [commitOf(3, 4096)], 'the whole read, zero-filled');
+  assert.deepEqual(sent.splice(0), [commitOf(3, 4096)], 'the whole read, zero-filled');
   const [stuck] = request(3, { op: UBLK_IO_OP.WRITE, nrSectors: 8 });
+  sent.length = 0;
   cqe(stuck, 0);
-  assert.deepEqual(sent.slice(2), [commitOf(3, -EIO)], 'a write that makes no progress fails');
+  assert.deepEqual(sent, [commitOf(3, -EIO)], 'a write that makes no progress fails');
 });
 
 test('forward: an error result fails the request with it, logged once per cause', () => {
@@ -454,7 +469,12 @@ test('forward: an error result fails the request with it, logged once per cause'
     const [write] = request(0, { op: UBLK_IO_OP.WRITE, startSector: 4, nrSectors: 8 });
     cqe(write, -ENOSPC);
   }
-  assert.deepEqual(sent, [commitOf(0, -ENOSPC), commitOf(0, -ENOSPC)]);
+  assert.deepEqual(sent, [
+    linkedCommitOf(0, 4096),
+    commitOf(0, -ENOSPC),
+    linkedCommitOf(0, 4096),
+    commitOf(0, -ENOSPC),
+  ]);
   assert.equal(logged.length, 1);
   assert.match(logged[0], /tag 0: WRITE of 4096 bytes at offset 2048 failed with ENOSPC/);
 });
@@ -469,6 +489,7 @@ test('forward: FUA is write then fdatasync; FLUSH with sync is fdatasync, DISCAR
     onSync: (kind) => void synced.push(kind),
   });
   const [write] = request(1, { op: UBLK_IO_OP.WRITE, nrSectors: 8, opFlags: UBLK_IO_F.FUA });
+  assert.equal(write.linked, undefined, 'two IOs: committed from the CQE');
   const [sync] = cqe(write, 4096);
   assert.deepEqual(sync, { kind: 'fsync', userData: FORWARDED_IO_BASE + 1, fd: 5 });
   assert.deepEqual(sent, [], 'not durable before the fdatasync');
@@ -476,16 +497,16 @@ test('forward: FUA is write then fdatasync; FLUSH with sync is fdatasync, DISCAR
   assert.deepEqual(sent, [commitOf(1, 4096)]);
 
   const [flush] = request(2, { op: UBLK_IO_OP.FLUSH, nrSectors: 0 });
-  assert.equal(flush.kind, 'fsync');
+  assert.deepEqual([flush.kind, flush.linked], ['fsync', undefined], 'onSync hears of it');
   cqe(flush, 0);
   const [discard] = request(2, { op: UBLK_IO_OP.DISCARD, startSector: 2, nrSectors: 4 });
   assert.deepEqual(
     { kind: discard.kind, offset: discard.offset, length: discard.length },
     { kind: 'fallocate', offset: 1024, length: 2048 },
   );
-  cqe(discard, 0);
+  assert.equal(discard.linked, true, 'one IO, then the commit');
   assert.deepEqual(request(2, { op: UBLK_IO_OP.WRITE_ZEROES, nrSectors: 2 }), []);
-  assert.deepEqual(sent.slice(1), [commitOf(2, 0), commitOf(2, 0), commitOf(2, 0)]);
+  assert.deepEqual(sent.slice(1), [commitOf(2, 0), linkedCommitOf(2, 0), commitOf(2, 0)]);
   assert.deepEqual(synced, ['fua', 'flush']);
   assert.deepEqual(handlerCalls, ['writeZeroes'], 'what the forward does not cover');
 
@@ -513,6 +534,7 @@ test('forward with AUTO_BUF_REG: READ_FIXED/WRITE_FIXED at the tag index, from o
     offset: 1024,
     address: 0,
     bufIndex: 3,
+    linked: true,
   });
   const [rest] = cqe(read, 1536);
   assert.deepEqual(
@@ -525,8 +547,7 @@ test('forward with AUTO_BUF_REG: READ_FIXED/WRITE_FIXED at the tag index, from o
     { kind: write.kind, bufIndex: write.bufIndex },
     { kind: 'writeFixed', bufIndex: 0 },
   );
-  cqe(write, 512);
-  assert.deepEqual(sent, [commitOf(3, 4096), commitOf(0, 512)]);
+  assert.deepEqual(sent, [linkedCommitOf(3, 4096), commitOf(3, 4096), linkedCommitOf(0, 512)]);
 });
 
 test('AUTO_BUF_REG queue: commands carry the buffer index in the SQE addr and no buffer; handlers get an empty buf', async () => {
@@ -547,15 +568,49 @@ test('copy mode: commands carry the tag buffer and a zero SQE addr', () => {
   assert.deepEqual(ring.commandAddresses.get(1), { sqeAddr: 0, buffer: 0x10000 + BUFFER_BYTES });
 });
 
-test('the queue routes a forwarded IO completion to its tag', async () => {
+test('TagStates: every linked commit the kernel refuses is sent again, also after linking stopped', () => {
+  const { tags, sent, request } = forwardingTags({ fd: 5, offset: 0 });
+  request(0, { op: UBLK_IO_OP.READ, nrSectors: 8 });
+  request(1, { op: UBLK_IO_OP.WRITE, nrSectors: 2 });
+  assert.deepEqual(sent.splice(0), [linkedCommitOf(0, 4096), linkedCommitOf(1, 1024)]);
+  tags.completeLinkedCommit(0, -EINVAL);
+  tags.completeLinkedCommit(1, -EINVAL);
+  assert.deepEqual(sent, [commitOf(0, 4096), commitOf(1, 1024)]);
+});
+
+test("the queue: a linked commit's CQE is its tag's next request; refused (EINVAL), it is sent again unlinked, as all later ones", async () => {
   const { ring, descs } = queueWith({ forward: { fd: 9, offset: 0 } });
+  const linkedUserData = 2 ** 43 + 1;
   descs.request(1, { op: UBLK_IO_OP.READ, nrSectors: 8 });
   const before = ring.sent().length;
   ring.complete(1, UBLK_IO_RES.OK);
   await settle();
-  const io = ring.targetIo[ring.targetIo.length - 1];
-  assert.equal(io.userData, FORWARDED_IO_BASE + 1);
-  ring.complete(io.userData, 4096);
+  assert.deepEqual(ring.targetIo.at(-1), {
+    kind: 'read',
+    userData: FORWARDED_IO_BASE + 1,
+    fd: 9,
+    length: 4096,
+    offset: 0,
+    address: 0x10000 + BUFFER_BYTES,
+    linked: true,
+  });
+  assert.deepEqual(ring.sent().slice(before), [{ ...commitOf(1, 4096), tag: linkedUserData }]);
+
+  descs.request(1, { op: UBLK_IO_OP.WRITE, nrSectors: 2 });
+  ring.complete(linkedUserData, UBLK_IO_RES.OK); // the kernel committed it; the next request
   await settle();
-  assert.deepEqual(ring.sent().slice(before), [commitOf(1, 4096)]);
+  assert.equal(ring.targetIo.at(-1)!.kind, 'write');
+  assert.equal(ring.targetIo.at(-1)!.linked, true);
+
+  ring.complete(linkedUserData, -EINVAL); // a kernel that refuses commands linked behind IO
+  await settle();
+  assert.deepEqual(ring.sent().slice(before + 2), [commitOf(1, 1024)]);
+  descs.request(1, { op: UBLK_IO_OP.READ, nrSectors: 8 });
+  ring.complete(1, UBLK_IO_RES.OK);
+  await settle();
+  const read = ring.targetIo.at(-1)!;
+  assert.equal(read.linked, undefined, 'no more linked commits on this queue');
+  ring.complete(read.userData, 4096);
+  await settle();
+  assert.deepEqual(ring.sent().slice(before + 3), [commitOf(1, 4096)]);
 });

@@ -6,7 +6,7 @@
 import { UBLK_IO_OP } from '../../../src/ublk/abi.js';
 import type { QueueResources, QueueRing } from '../../../src/ublk/queue.js';
 import type { IoDescriptors } from '../../../src/ublk/tag-states.js';
-import type { CqeHandler } from '../../../src/uring/index.js';
+import { IOSQE_IO_LINK, type CqeHandler } from '../../../src/uring/index.js';
 
 export interface Request {
   op: number;
@@ -71,6 +71,8 @@ export interface PreparedIo {
   /** Memory address; for the fixed kinds, the offset within the registered buffer. */
   address?: number;
   bufIndex?: number;
+  /** Prepared with IOSQE_IO_LINK: the next SQE runs once it succeeds. */
+  linked?: true;
 }
 
 /** Where a tag's last IO command pointed: the SQE's addr and the command's buffer address. */
@@ -109,10 +111,22 @@ export class StandInRing implements QueueRing {
       this.pendingViews.push([cmdOp, userData, sqeAddr, view]);
       return view;
     },
-    prepRead: (fd: number, address: number, length: number, offset: number, userData: number) =>
-      this.prepared({ kind: 'read', userData, fd, length, offset, address }),
-    prepWrite: (fd: number, address: number, length: number, offset: number, userData: number) =>
-      this.prepared({ kind: 'write', userData, fd, length, offset, address }),
+    prepRead: (
+      fd: number,
+      address: number,
+      length: number,
+      offset: number,
+      userData: number,
+      sqeFlags = 0,
+    ) => this.prepared({ kind: 'read', userData, fd, length, offset, address }, sqeFlags),
+    prepWrite: (
+      fd: number,
+      address: number,
+      length: number,
+      offset: number,
+      userData: number,
+      sqeFlags = 0,
+    ) => this.prepared({ kind: 'write', userData, fd, length, offset, address }, sqeFlags),
     prepReadFixed: (
       fd: number,
       address: number,
@@ -120,7 +134,12 @@ export class StandInRing implements QueueRing {
       offset: number,
       bufIndex: number,
       userData: number,
-    ) => this.prepared({ kind: 'readFixed', userData, fd, length, offset, address, bufIndex }),
+      sqeFlags = 0,
+    ) =>
+      this.prepared(
+        { kind: 'readFixed', userData, fd, length, offset, address, bufIndex },
+        sqeFlags,
+      ),
     prepWriteFixed: (
       fd: number,
       address: number,
@@ -128,11 +147,22 @@ export class StandInRing implements QueueRing {
       offset: number,
       bufIndex: number,
       userData: number,
-    ) => this.prepared({ kind: 'writeFixed', userData, fd, length, offset, address, bufIndex }),
-    prepFsync: (fd: number, _flags: number, userData: number) =>
-      this.prepared({ kind: 'fsync', userData, fd }),
-    prepFallocate: (fd: number, _mode: number, offset: number, length: number, userData: number) =>
-      this.prepared({ kind: 'fallocate', userData, fd, length, offset }),
+      sqeFlags = 0,
+    ) =>
+      this.prepared(
+        { kind: 'writeFixed', userData, fd, length, offset, address, bufIndex },
+        sqeFlags,
+      ),
+    prepFsync: (fd: number, _flags: number, userData: number, sqeFlags = 0) =>
+      this.prepared({ kind: 'fsync', userData, fd }, sqeFlags),
+    prepFallocate: (
+      fd: number,
+      _mode: number,
+      offset: number,
+      length: number,
+      userData: number,
+      sqeFlags = 0,
+    ) => this.prepared({ kind: 'fallocate', userData, fd, length, offset }, sqeFlags),
     prepSend: (fd: number, address: number, length: number, _flags: number, userData: number) =>
       this.prepared({ kind: 'send', userData, fd, length, address }),
     prepRecv: (fd: number, address: number, length: number, _flags: number, userData: number) =>
@@ -182,8 +212,8 @@ export class StandInRing implements QueueRing {
     }
   }
 
-  private prepared(io: PreparedIo): boolean {
-    this.targetIo.push(io);
+  private prepared(io: PreparedIo, sqeFlags = 0): boolean {
+    this.targetIo.push(sqeFlags & IOSQE_IO_LINK ? { ...io, linked: true } : io);
     return true;
   }
 }
