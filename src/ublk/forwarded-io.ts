@@ -110,8 +110,8 @@ export class ForwardedIo {
   private readonly mustRegister: Uint8Array;
   /** Per tag, 1 while its ring IO runs with its commit linked behind it (see start). */
   private readonly linked: Uint8Array;
-  /** Per tag: a failed REGISTER_IO_BUF's result, until its cancelled data IO's CQE. */
-  private readonly registerFailed: Int32Array;
+  /** Per tag, 1 after a failed REGISTER_IO_BUF, until the request's next start. */
+  private readonly registerFailed: Uint8Array;
   /** Per tag, while unregistering: the stage after it (0: done), the result, a failed stage. */
   private readonly next: Uint8Array;
   private readonly result: Int32Array;
@@ -131,7 +131,7 @@ export class ForwardedIo {
     this.address = new Float64Array(config.depth);
     this.mustRegister = new Uint8Array(config.depth);
     this.linked = new Uint8Array(config.depth);
-    this.registerFailed = new Int32Array(config.depth);
+    this.registerFailed = new Uint8Array(config.depth);
     this.next = new Uint8Array(config.depth);
     this.result = new Int32Array(config.depth);
     this.failedStage = new Uint8Array(config.depth);
@@ -186,6 +186,7 @@ export class ForwardedIo {
     this.done[tag] = 0;
     this.address[tag] = address;
     this.linked[tag] = 0;
+    this.registerFailed[tag] = 0;
     this.mustRegister[tag] =
       this.config.manualZeroCopy !== undefined && stage !== STAGE_FLUSH && stage !== STAGE_DISCARD
         ? 1
@@ -242,10 +243,10 @@ export class ForwardedIo {
     }
     if (res < 0) {
       if (res === -ECANCELED && this.registerFailed[tag] !== 0) {
-        // The REGISTER_IO_BUF linked before it failed: nothing is registered.
-        const failed = this.registerFailed[tag];
+        // Cancelled behind its failed REGISTER_IO_BUF, whose CQE finished the request already (a
+        // kernel posts this only where it does not skip the CQEs of a failed link, see there).
         this.registerFailed[tag] = 0;
-        return this.finish(tag, failed, 'ublk REGISTER_IO_BUF');
+        return;
       }
       return this.dataDone(tag, res, stage);
     }
@@ -313,9 +314,12 @@ export class ForwardedIo {
   /** The CQE of a REGISTER_IO_BUF (only on failure: its success posts none) or UNREGISTER_IO_BUF. */
   private completeCommand(id: number, res: number): void {
     if (id < 2 ** 17) {
-      // Its data IO, linked after it, completes with -ECANCELED: finished there.
-      this.registerFailed[id - 2 ** 16] = res < 0 ? res : -EIO;
-      return;
+      // The request fails here, not at its data IO linked after it: that is cancelled without a
+      // CQE, since the registration was sent with IOSQE_CQE_SKIP_SUCCESS (a failed request with
+      // that flag skips its link's CQEs: REQ_F_SKIP_LINK_CQES). Nothing is registered.
+      const tag = id - 2 ** 16;
+      this.registerFailed[tag] = 1;
+      return this.finish(tag, res < 0 ? res : -EIO, 'ublk REGISTER_IO_BUF');
     }
     const tag = id - 2 ** 17;
     if (res < 0) return this.finish(tag, res, 'ublk UNREGISTER_IO_BUF');
