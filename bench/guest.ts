@@ -11,6 +11,8 @@ import { UBLK_F } from '../src/ublk/abi.js';
 import { WORKLOADS, type BenchReport, type MemoryReport, type Run } from './workloads.js';
 
 const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
+/** Our CLI, as each device is added with it. */
+const OURS = [process.execPath, CLI];
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
 const option = (name: string) => {
@@ -43,8 +45,8 @@ function kublkRuns(): string | undefined {
 }
 
 /** What this kernel's ublk driver reports (GET_FEATURES; 0 where it has none, as 6.1). */
-function kernelFeatures(ours: string[]): number {
-  const text = run(ours[0], [...ours.slice(1), 'features']);
+function kernelFeatures(cli: string[]): number {
+  const text = run(cli[0], [...cli.slice(1), 'features']);
   return Number(/^ublk_drv features: (0x[0-9a-f]+)$/m.exec(text)?.[1] ?? 0);
 }
 
@@ -98,8 +100,20 @@ const MODES: {
   },
 ];
 
+const benchStart = Date.now();
+/** Progress with the seconds since the start, so that a slow part of a run shows itself. */
 function progress(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
+  const at = ((Date.now() - benchStart) / 1000).toFixed(0).padStart(4);
+  process.stderr.write(`bench: ${at} s: ${message}\n`);
+}
+
+/**
+ * A quick run keeps every mode on loop, null in copy mode only, and neither mem nor TLS: it
+ * has to fit both kernels in 10 minutes (with every row it took 11).
+ */
+function targetsOf(mode: (typeof MODES)[number]): (typeof mode)['targets'] {
+  if (!quick) return mode.targets;
+  return mode.targets.filter((t) => t === 'loop' || (t === 'null' && mode.name === 'copy'));
 }
 
 function run(command: string, args: string[]): string {
@@ -285,22 +299,8 @@ function tlsCertificates(): void {
   ]);
 }
 
-/**
- * Our nbd target against the kernel's nbd driver (nbd-client), both on one nbdkit memory export
- * over loopback TCP, filled first so that reads are not of holes.
- */
-function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
-  const ours = [process.execPath, CLI];
-  progress('nbd: nbdkit memory export, kernel nbd client, ublk-ts nbd');
-  run('nbdkit', ['-P', NBDKIT_PID, '-i', '127.0.0.1', '-p', '10809', 'memory', FILE_SIZE]);
-  cleanups.push(() => run('kill', [readFileSync(NBDKIT_PID, 'utf8').trim()]));
-  run('modprobe', ['nbd', 'nbds_max=1']);
-  cleanups.push(() => run('rmmod', ['nbd']));
-  run('nbd-client', ['-N', 'bench', '127.0.0.1', '10809', '/dev/nbd0']);
-  cleanups.push(() => run('nbd-client', ['-d', '/dev/nbd0']));
-  noScheduler('/dev/nbd0');
-  makeFile('/dev/nbd0');
-  // Ours over TLS (Node's TLS in the queue thread), on an export of its own that requires it.
+/** Ours over TLS (Node's TLS in the queue thread), on an nbdkit export of its own that requires it. */
+function tlsDevice(nbd: string[], cleanups: (() => void)[]): Device {
   tlsCertificates();
   const tlsServer = ['--tls=require', `--tls-certificates=${TLS_DIR}`];
   run(
@@ -311,24 +311,41 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
     ]),
   );
   cleanups.push(() => run('kill', [readFileSync(NBDKIT_TLS_PID, 'utf8').trim()]));
-  const nbd = ['-t', 'nbd', '--host', '127.0.0.1'];
   const tls = ublkDevice(
     'ublk-ts nbd tls',
-    ours,
+    OURS,
     [...nbd, '--port', '10810', '--tls', '--tls_certificates', TLS_DIR],
     'nbd (kernel)',
   );
   makeFile(tls.path);
+  return tls;
+}
+
+/**
+ * Our nbd target against the kernel's nbd driver (nbd-client), both on one nbdkit memory export
+ * over loopback TCP, filled first so that reads are not of holes.
+ */
+function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
+  progress('nbd: nbdkit memory export, kernel nbd client, ublk-ts nbd');
+  run('nbdkit', ['-P', NBDKIT_PID, '-i', '127.0.0.1', '-p', '10809', 'memory', FILE_SIZE]);
+  cleanups.push(() => run('kill', [readFileSync(NBDKIT_PID, 'utf8').trim()]));
+  run('modprobe', ['nbd', 'nbds_max=1']);
+  cleanups.push(() => run('rmmod', ['nbd']));
+  run('nbd-client', ['-N', 'bench', '127.0.0.1', '10809', '/dev/nbd0']);
+  cleanups.push(() => run('nbd-client', ['-d', '/dev/nbd0']));
+  noScheduler('/dev/nbd0');
+  makeFile('/dev/nbd0');
+  const nbd = ['-t', 'nbd', '--host', '127.0.0.1'];
   const devices: Device[] = [
     { name: 'nbd (kernel)', path: '/dev/nbd0', cleanup: () => undefined },
     // An older build beside ours (--peer), on the same export: ours is compared with it too.
     ...(peer ? [ublkDevice('peer nbd', [peer], nbd, 'nbd (kernel)')] : []),
     {
-      ...ublkDevice('ublk-ts nbd', ours, nbd, 'nbd (kernel)'),
+      ...ublkDevice('ublk-ts nbd', OURS, nbd, 'nbd (kernel)'),
       peer: peer ? 'peer nbd' : undefined,
     },
-    { ...tls, peer: 'ublk-ts nbd' },
   ];
+  if (!quick) devices.push({ ...tlsDevice(nbd, cleanups), peer: 'ublk-ts nbd' });
   try {
     runRounds(
       devices,
@@ -360,9 +377,8 @@ function main(): BenchReport {
     cleanups.push(() => run('losetup', ['-d', loopDev]));
     noScheduler(loopDev);
     devices.push({ name: 'loop (kernel)', path: loopDev, cleanup: () => undefined });
-    const ours = [process.execPath, CLI];
     const c = kublkRuns();
-    const features = kernelFeatures(ours);
+    const features = kernelFeatures(OURS);
     const depth = ['-q', '1', '-d', '128'];
     // Each data-path mode the kernel has, ours beside kublk's in the same mode (kublk has no mem).
     const ourTarget = {
@@ -372,7 +388,7 @@ function main(): BenchReport {
     };
     for (const mode of MODES.filter((m) => (features & m.feature) === m.feature)) {
       const suffix = mode.name === 'copy' ? '' : ` ${mode.name}`;
-      for (const t of mode.targets) {
+      for (const t of targetsOf(mode)) {
         const baseline = t === 'loop' ? 'loop (kernel)' : 'null_blk';
         const kublkName = c && t !== 'mem' ? `kublk ${t}${suffix}` : undefined;
         if (kublkName) {
@@ -382,7 +398,7 @@ function main(): BenchReport {
           );
         }
         devices.push({
-          ...ublkDevice(`ublk-ts ${t}${suffix}`, ours, [...ourTarget[t], ...mode.ours], baseline),
+          ...ublkDevice(`ublk-ts ${t}${suffix}`, OURS, [...ourTarget[t], ...mode.ours], baseline),
           peer: kublkName,
         });
       }
@@ -400,10 +416,10 @@ function main(): BenchReport {
 
     const q2 = [
       devices[0],
-      ublkDevice('ublk-ts null -q 2', ours, ['-t', 'null', '-q', '2', COPY], 'null_blk'),
+      ublkDevice('ublk-ts null -q 2', OURS, ['-t', 'null', '-q', '2', COPY], 'null_blk'),
       ublkDevice(
         'ublk-ts mem -q 2',
-        ours,
+        OURS,
         ['-t', 'mem', '--size', FILE_SIZE, '-q', '2', COPY],
         'null_blk',
       ),
