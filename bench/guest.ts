@@ -299,7 +299,7 @@ function tlsCertificates(): void {
   ]);
 }
 
-/** Ours over TLS (Node's TLS in the queue thread), on an nbdkit export of its own that requires it. */
+/** Ours over TLS (Node's TLS in the queue thread), on an nbdkit export that requires it. */
 function tlsDevice(nbd: string[], cleanups: (() => void)[]): Device {
   tlsCertificates();
   const tlsServer = ['--tls=require', `--tls-certificates=${TLS_DIR}`];

@@ -102,9 +102,9 @@ const IDLE_WAIT_MS = 1000;
 /**
  * A busy queue leaves its kernel-wait loop for a turn of the thread's event loop (its timers and
  * messages) once this long has passed, checked every TURN_CHECK_BATCHES batches; with handlers
- * pending, at every check. A turn costs
- * the request it delays some hundreds of microseconds in the emulated test VM: with a turn every
- * 64 batches, fio 4k QD1 on null there had a p99 of 0.88-1.03 ms; with one every 4096, 0.59-0.69.
+ * pending, at every check. A turn costs the request it delays some hundreds of microseconds in
+ * the emulated test VM: with a turn every 64 batches, fio 4k QD1 on null there had a p99 of
+ * 0.88-1.03 ms; with one every 4096, 0.59-0.69.
  */
 const TURN_INTERVAL_MS = 100;
 const TURN_CHECK_BATCHES = 64;
@@ -123,9 +123,10 @@ type Settle = (res: number) => void;
  * completion, and the kernel's task work (which posts ublk's CQEs) runs inside that call. Every
  * CQE of a wake-up is handled before the next enter; async handlers' continuations run as
  * microtasks in between. The event loop gets a turn every TURN_INTERVAL_MS (every
- * TURN_CHECK_BATCHES batches while handlers are pending) and on an idle timeout, so that the thread's own timers and messages run. When every pending handler waits
- * for something other than this ring (a timer, a socket), the thread waits in the event loop
- * instead, woken by it or by the ring's eventfd.
+ * TURN_CHECK_BATCHES batches while handlers are pending) and on an idle timeout, so that the
+ * thread's own timers and messages run. When every pending handler waits for something other
+ * than this ring (a timer, a socket), the thread waits in the event loop instead, woken by it or
+ * by the ring's eventfd.
  */
 export class Queue implements IoCommandSink {
   readonly io: QueueIo;
