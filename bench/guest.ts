@@ -201,19 +201,29 @@ function fio(
   };
 }
 
-/** The daemon's RSS, and how much of it is the per-tag IO buffers (anonymous maps of that size). */
+/**
+ * The daemon's RSS, and how much of it is the per-tag IO buffers: anonymous read-write maps of a
+ * whole number of queues' buffers (the kernel merges adjacent ones, as two queues' buffers).
+ */
 function memoryOf(device: Device, queues: number): MemoryReport {
   const bufferKiB = (128 * 512 * 1024) / 1024;
   let rss = 0;
   let buffers = 0;
+  let anonymousRw = false;
   let size = 0;
   for (const line of readFileSync(`/proc/${device.pid}/smaps`, 'utf8').split('\n')) {
+    // A map's first line: "start-end perms offset dev inode [path]".
+    const header = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (header) {
+      anonymousRw = header[1] === 'rw-p' && header[2] === '';
+      continue;
+    }
     const m = /^(Size|Rss):\s+(\d+) kB/.exec(line);
     if (!m) continue;
     if (m[1] === 'Size') size = Number(m[2]);
     else {
       rss += Number(m[2]);
-      if (size === bufferKiB) buffers += Number(m[2]);
+      if (anonymousRw && size > 0 && size % bufferKiB === 0) buffers += Number(m[2]);
     }
   }
   return { device: device.name, queues, rssMiB: rss / 1024, ioBufferBudgetMiB: buffers / 1024 };
@@ -365,6 +375,9 @@ function main(): BenchReport {
   try {
     nbdRows(runs, cleanups);
     if (nbdOnly) return report(runs, memory);
+    // The nbd exports hold up to 2 GiB of the guest's memory: gone before the other devices come,
+    // or the guest evicts the daemons' file pages and their RSS means nothing.
+    runCleanups(cleanups);
     progress('setting up kernel baselines: null_blk, loop over a tmpfs file');
     run('modprobe', ['null_blk', 'nr_devices=1', 'queue_mode=2', 'submit_queues=2']);
     cleanups.push(() => run('rmmod', ['null_blk']));
@@ -454,15 +467,20 @@ function main(): BenchReport {
         progress(`cleanup of ${d.name} failed: ${(err as Error).message}`);
       }
     }
-    for (const c of cleanups.reverse()) {
-      try {
-        c();
-      } catch {
-        // best effort
-      }
-    }
+    runCleanups(cleanups);
   }
   return report(runs, memory);
+}
+
+/** Runs and empties a list of undo steps, last first, each on a best-effort basis. */
+function runCleanups(cleanups: (() => void)[]): void {
+  for (let c = cleanups.pop(); c; c = cleanups.pop()) {
+    try {
+      c();
+    } catch {
+      // best effort
+    }
+  }
 }
 
 function report(runs: Run[], memory: MemoryReport[]): BenchReport {
