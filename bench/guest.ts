@@ -309,9 +309,13 @@ function tlsCertificates(): void {
   ]);
 }
 
-/** Ours over TLS (Node's TLS in the queue thread), on an nbdkit export that requires it. */
-function tlsDevice(nbd: string[], cleanups: (() => void)[]): Device {
+/**
+ * Ours over TLS on an nbdkit export that requires it: the records encrypted by the kernel (kTLS,
+ * the ring doing the socket IO as without TLS), and by Node's TLS in the queue thread.
+ */
+function tlsDevices(nbd: string[], cleanups: (() => void)[]): Device[] {
   tlsCertificates();
+  run('modprobe', ['tls']);
   const tlsServer = ['--tls=require', `--tls-certificates=${TLS_DIR}`];
   run(
     'nbdkit',
@@ -321,14 +325,16 @@ function tlsDevice(nbd: string[], cleanups: (() => void)[]): Device {
     ]),
   );
   cleanups.push(() => run('kill', [readFileSync(NBDKIT_TLS_PID, 'utf8').trim()]));
-  const tls = ublkDevice(
-    'ublk-ts nbd tls',
-    OURS,
-    [...nbd, '--port', '10810', '--tls', '--tls_certificates', TLS_DIR],
-    'nbd (kernel)',
-  );
-  makeFile(tls.path);
-  return tls;
+  const tls = [...nbd, '--port', '10810', '--tls', '--tls_certificates', TLS_DIR];
+  const devices = [
+    { ...ublkDevice('ublk-ts nbd ktls', OURS, tls, 'nbd (kernel)'), peer: 'ublk-ts nbd' },
+    {
+      ...ublkDevice('ublk-ts nbd tls node', OURS, [...tls, '--no_ktls'], 'nbd (kernel)'),
+      peer: 'ublk-ts nbd',
+    },
+  ];
+  for (const d of devices) makeFile(d.path);
+  return devices;
 }
 
 /**
@@ -355,7 +361,7 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
       peer: peer ? 'peer nbd' : undefined,
     },
   ];
-  if (!quick) devices.push({ ...tlsDevice(nbd, cleanups), peer: 'ublk-ts nbd' });
+  if (!quick) devices.push(...tlsDevices(nbd, cleanups));
   try {
     runRounds(
       devices,

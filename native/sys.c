@@ -391,6 +391,20 @@ static napi_value js_shutdown(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* setsockopt(2) with the option's bytes from a view: 0 or -errno (a caller may fall back). */
+static napi_value js_setsockopt(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int32_t fd, level, name;
+  void *data;
+  size_t length;
+  if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) ||
+      !get_i32(env, argv[1], &level) || !get_i32(env, argv[2], &name) ||
+      !get_view(env, argv[3], &data, &length))
+    return NULL;
+  int r = setsockopt(fd, level, name, data, (socklen_t)length);
+  return make_number(env, r < 0 ? -errno : 0);
+}
+
 /* ---- readiness watches on the env's event loop ---------------------------------------- */
 
 struct watch {
@@ -654,6 +668,7 @@ NAPI_MODULE_INIT() {
       {"lseek", js_lseek},
       {"dup", js_dup},
       {"shutdown", js_shutdown},
+      {"setsockopt", js_setsockopt},
       {"watchReadable", js_watch_readable},
       {"unwatch", js_unwatch},
       {"setWatchRef", js_set_watch_ref},

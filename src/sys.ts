@@ -71,6 +71,8 @@ export interface Sys {
   dup(fd: number): number;
   /** shutdown(2) of a socket (how: 0 read, 1 write, 2 both); not connected is not an error. */
   shutdown(fd: number, how: number): void;
+  /** setsockopt(2) with the option value's bytes: 0 or -errno. */
+  setsockopt(fd: number, level: number, name: number, value: ArrayBufferView): number;
   /**
    * Calls `callback(status)` on this thread's event loop whenever `fd` is readable (level
    * triggered: the callback must consume the readiness); status is 0 or -errno. The watch keeps
@@ -130,6 +132,7 @@ export const {
   lseek,
   dup,
   shutdown,
+  setsockopt,
   watchReadable,
   unwatch,
   setWatchRef,

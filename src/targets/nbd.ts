@@ -56,6 +56,8 @@ interface NbdShared {
   reconnectTimeoutMs: number;
   expected: Export;
   tls?: TlsConfig;
+  /** With TLS: let the kernel encrypt and decrypt the records where it can. */
+  kernelTls: boolean;
 }
 
 /** Set in the daemon's environment, a file that gets one line per connection event (tests). */
@@ -154,6 +156,11 @@ export default defineTarget({
       type: 'string',
       description: "the name the server's certificate must carry (default --host)",
     },
+    no_ktls: {
+      type: 'boolean',
+      description:
+        "TLS records in Node, not handed to the kernel's TLS (by default the kernel takes them where it can: TLS 1.3 over TCP with the tls module)",
+    },
   },
 
   async setup(args, env) {
@@ -162,7 +169,9 @@ export default defineTarget({
     const exportName = args.export_name ?? '';
     const readOnly = args.read_only === true;
     const reconnectTimeoutMs = parseReconnectTimeout(args.reconnect_timeout);
-    const exported = await probeExport(address, exportName, CONNECT_TIMEOUT_MS, tls).catch(
+    const kernelTls = args.no_ktls !== true;
+    if (!tls && !kernelTls) throw new UserError('nbd: --no_ktls goes with --tls');
+    const probe = await probeExport(address, exportName, CONNECT_TIMEOUT_MS, tls, kernelTls).catch(
       (err: unknown) => {
         if (err instanceof UserError) throw err;
         throw new UserError(
@@ -170,6 +179,7 @@ export default defineTarget({
         );
       },
     );
+    const exported = probe.export;
     if (env.queues > 1 && (exported.flags & NBD_FLAG_CAN_MULTI_CONN) === 0) {
       throw new UserError(
         `nbd: ${describeAddress(address)} does not advertise NBD_FLAG_CAN_MULTI_CONN, so a flush on one of ${env.queues} connections would not cover writes on the others: use -q 1`,
@@ -193,6 +203,7 @@ export default defineTarget({
         reconnectTimeoutMs,
         expected: exported,
         tls,
+        kernelTls,
       } satisfies NbdShared,
       info: {
         server: describeAddress(address),
@@ -200,13 +211,16 @@ export default defineTarget({
         export_size: exported.size,
         export_flags: describeFlags(exported.flags).join(','),
         structured_replies: exported.structured ? 1 : 0,
-        ...(exported.tls ? { tls: exported.tls } : {}),
+        ...(exported.tls ? { tls: exported.tls, tls_records: probe.tlsRecords?.by } : {}),
       },
     };
   },
 
-  async queue({ address, exportName, reconnectTimeoutMs, expected, tls }, { io, queueId }) {
-    const connect = () => openConnection(address, exportName, CONNECT_TIMEOUT_MS, tls);
+  async queue(
+    { address, exportName, reconnectTimeoutMs, expected, tls, kernelTls },
+    { io, queueId },
+  ) {
+    const connect = () => openConnection(address, exportName, CONNECT_TIMEOUT_MS, tls, kernelTls);
     const first = await connect().catch((err: unknown) => {
       if (err instanceof HandshakeRefused) throw err;
       throw new UserError(`nbd: queue ${queueId} cannot connect: ${(err as Error).message}`);
@@ -214,6 +228,8 @@ export default defineTarget({
     if (!sameExport(first.export, expected)) {
       throw new UserError(`nbd: queue ${queueId}: the export changed (size or flags) since setup`);
     }
+    const log = (line: string) => process.stderr.write(`queue ${queueId}: ${line}\n`);
+    if (first.tlsRecords?.by === 'node') log(`nbd: TLS records in Node: ${first.tlsRecords.why}`);
     const traceFile = process.env[NBD_TRACE_ENV];
     const client = new NbdClient(
       {
@@ -221,7 +237,7 @@ export default defineTarget({
         connect,
         expected,
         reconnectTimeoutMs,
-        log: (line) => process.stderr.write(`queue ${queueId}: ${line}\n`),
+        log,
         trace: traceFile
           ? (event) => appendFileSync(traceFile, `${queueId} ${event}\n`)
           : undefined,

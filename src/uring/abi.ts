@@ -1,7 +1,8 @@
 /**
  * The io_uring ABI this project uses, from <linux/io_uring.h> (plus the poll and fallocate flags
  * its opcodes take). test/unit/uring-abi.test.ts checks every value here against Linux 7.3's
- * header (and <sys/socket.h> for the MSG_* flags), so nothing io_uring-related may be defined anywhere else.
+ * header (and <sys/socket.h>, <netinet/tcp.h> and <linux/tls.h> for the socket flags and kernel
+ * TLS), so nothing io_uring-related may be defined anywhere else.
  */
 
 // Opcodes (enum io_uring_op).
@@ -193,4 +194,52 @@ export const KERNEL_TIMESPEC = {
   size: 16,
   tvSec: 0,
   tvNsec: 8,
+} as const;
+
+// Kernel TLS (<linux/tls.h>) on a socket whose SENDs and RECVs are ring IO: the kernel encrypts
+// and decrypts the records, so the ring's socket IO stays plain SEND/RECV.
+/** setsockopt levels (<sys/socket.h>). */
+export const SOL_TCP = 6;
+export const SOL_TLS = 282;
+/** Attaches an upper layer protocol ("tls") to a connected TCP socket (<netinet/tcp.h>). */
+export const TCP_ULP = 31;
+/** SOL_TLS options: the keys and sequence numbers of the sending and the receiving direction. */
+export const TLS_TX = 1;
+export const TLS_RX = 2;
+export const TLS_1_3_VERSION = 0x0304;
+export const TLS_CIPHER_AES_GCM_128 = 51;
+export const TLS_CIPHER_AES_GCM_256 = 52;
+export const TLS_CIPHER_CHACHA20_POLY1305 = 54;
+
+/** struct tls12_crypto_info_aes_gcm_128: TLS_TX's and TLS_RX's argument for that cipher. */
+export const TLS12_CRYPTO_INFO_AES_GCM_128 = {
+  size: 40,
+  version: 0,
+  cipherType: 2,
+  iv: 4,
+  key: 12,
+  salt: 28,
+  recSeq: 32,
+} as const;
+
+/** struct tls12_crypto_info_aes_gcm_256. */
+export const TLS12_CRYPTO_INFO_AES_GCM_256 = {
+  size: 56,
+  version: 0,
+  cipherType: 2,
+  iv: 4,
+  key: 12,
+  salt: 44,
+  recSeq: 48,
+} as const;
+
+/** struct tls12_crypto_info_chacha20_poly1305: the whole 12-byte IV, no salt. */
+export const TLS12_CRYPTO_INFO_CHACHA20_POLY1305 = {
+  size: 56,
+  version: 0,
+  cipherType: 2,
+  iv: 4,
+  key: 16,
+  salt: 48,
+  recSeq: 48,
 } as const;

@@ -148,7 +148,7 @@ test('capabilities follow the transmission flags; multi-conn is reported', async
   const p = 20000 + Math.floor(Math.random() * 20000);
   await server.listen({ host: '127.0.0.1', port: p });
   try {
-    const e = await probeExport({ host: '127.0.0.1', port: p }, 'x', 2000);
+    const e = (await probeExport({ host: '127.0.0.1', port: p }, 'x', 2000)).export;
     assert.equal(e.flags & NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_CAN_MULTI_CONN);
     const caps = capabilitiesOf(e, false);
     assert.equal(caps.volatileCache, true);

@@ -4,7 +4,14 @@ import * as abi from '../../src/uring/abi.js';
 import { evalCExpressions } from './support/cheader.js';
 import { linux73IncludeDir } from './support/linux73-headers.js';
 
-const HEADERS = ['linux/io_uring.h', 'linux/poll.h', 'linux/falloc.h', 'sys/socket.h'];
+const HEADERS = [
+  'linux/io_uring.h',
+  'linux/poll.h',
+  'linux/falloc.h',
+  'sys/socket.h',
+  'netinet/tcp.h',
+  'linux/tls.h',
+];
 /** Linux 7.3's UAPI headers before the system's (6.1 here, which lacks the newer flags). */
 const INCLUDE_DIRS = [linux73IncludeDir('linux/io_uring.h')];
 
@@ -55,7 +62,26 @@ const scalars: Record<string, string> = {
   FALLOC_FL_KEEP_SIZE: 'FALLOC_FL_KEEP_SIZE',
   FALLOC_FL_PUNCH_HOLE: 'FALLOC_FL_PUNCH_HOLE',
   FALLOC_FL_ZERO_RANGE: 'FALLOC_FL_ZERO_RANGE',
+  SOL_TCP: 'SOL_TCP',
+  SOL_TLS: 'SOL_TLS',
+  TCP_ULP: 'TCP_ULP',
+  TLS_TX: 'TLS_TX',
+  TLS_RX: 'TLS_RX',
+  TLS_1_3_VERSION: 'TLS_1_3_VERSION',
+  TLS_CIPHER_AES_GCM_128: 'TLS_CIPHER_AES_GCM_128',
+  TLS_CIPHER_AES_GCM_256: 'TLS_CIPHER_AES_GCM_256',
+  TLS_CIPHER_CHACHA20_POLY1305: 'TLS_CIPHER_CHACHA20_POLY1305',
 };
+
+const cryptoInfo = (struct: string): Record<string, string> => ({
+  size: `sizeof(${struct})`,
+  version: `offsetof(${struct}, info.version)`,
+  cipherType: `offsetof(${struct}, info.cipher_type)`,
+  iv: `offsetof(${struct}, iv)`,
+  key: `offsetof(${struct}, key)`,
+  salt: `offsetof(${struct}, salt)`,
+  recSeq: `offsetof(${struct}, rec_seq)`,
+});
 
 const sameOffset = (struct: string, fields: string[]): string => {
   const first = `offsetof(${struct}, ${fields[0]})`;
@@ -145,6 +171,9 @@ const structs: Record<string, Record<string, string>> = {
     tvSec: 'offsetof(struct __kernel_timespec, tv_sec)',
     tvNsec: 'offsetof(struct __kernel_timespec, tv_nsec)',
   },
+  TLS12_CRYPTO_INFO_AES_GCM_128: cryptoInfo('struct tls12_crypto_info_aes_gcm_128'),
+  TLS12_CRYPTO_INFO_AES_GCM_256: cryptoInfo('struct tls12_crypto_info_aes_gcm_256'),
+  TLS12_CRYPTO_INFO_CHACHA20_POLY1305: cryptoInfo('struct tls12_crypto_info_chacha20_poly1305'),
 };
 
 /** abi.ts flattened to 'NAME' and 'STRUCT.field' keys. */

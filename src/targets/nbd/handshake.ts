@@ -1,4 +1,6 @@
+import { writeSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { UserError } from '../../errors.js';
 import { close as closeFd, dup } from '../../sys.js';
@@ -31,7 +33,17 @@ import {
   OPTION_REPLY_MAGIC,
   REQUEST_BYTES,
 } from './protocol.js';
+import {
+  attachTlsUlp,
+  collectSecrets,
+  directionState,
+  installKeys,
+  offloadableCipher,
+  RecordTap,
+} from './ktls.js';
 import { startTls, type TlsConfig } from './tls.js';
+
+const { ENOENT } = osConstants.errno;
 
 /** Where the server is: TCP or a Unix socket. */
 export type NbdAddress = { host: string; port: number } | { path: string };
@@ -211,6 +223,13 @@ interface Negotiated {
   exported: Export;
   stream: Socket;
   reader: ExactReader;
+  /** With kernel TLS in view: what it needs (see ktls.ts). */
+  offload?: TlsUpgrade['offload'];
+}
+
+interface TlsUpgrade {
+  secure: TLSSocket;
+  offload?: { tap: RecordTap; secrets: Map<string, Buffer> };
 }
 
 /**
@@ -223,7 +242,8 @@ async function upgrade(
   reader: ExactReader,
   tls: TlsConfig,
   where: string,
-): Promise<TLSSocket> {
+  tapped: boolean,
+): Promise<TlsUpgrade> {
   socket.write(option(NBD_OPT_STARTTLS));
   const reply = await optionReply(reader, NBD_OPT_STARTTLS);
   if (reply.type !== NBD_REP_ACK) {
@@ -239,7 +259,12 @@ async function upgrade(
   }
   if (reader.pending !== 0) throw new HandshakeError('the server sent data after STARTTLS');
   reader.detach();
-  return startTls(socket, tls, where);
+  if (!tapped) return { secure: await startTls(socket, tls, where) };
+  const offload = { tap: new RecordTap(socket), secrets: new Map<string, Buffer>() };
+  const secure = await startTls(offload.tap, tls, where, (secure) =>
+    collectSecrets(secure, offload.secrets),
+  );
+  return { secure, offload };
 }
 
 /**
@@ -252,8 +277,10 @@ async function negotiate(
   exportName: string,
   where: string,
   tls: TlsConfig | undefined,
+  tapped = false,
 ): Promise<Negotiated> {
   let socket = raw;
+  let offload: TlsUpgrade['offload'];
   let reader = new ExactReader(socket);
   const greeting = await reader.read(18);
   if (greeting.readBigUInt64BE(0) !== NBDMAGIC) {
@@ -273,7 +300,9 @@ async function negotiate(
   socket.write(clientFlags);
   let version: string | undefined;
   if (tls) {
-    const secure = await upgrade(socket, reader, tls, where);
+    const upgraded = await upgrade(socket, reader, tls, where, tapped);
+    const secure = upgraded.secure;
+    offload = upgraded.offload;
     version = secure.getProtocol() ?? undefined;
     socket = secure;
     reader = new ExactReader(socket);
@@ -327,18 +356,25 @@ async function negotiate(
   if ((flags & NBD_FLAG_HAS_FLAGS) === 0) flags = 0;
   // Transmission has begun; the server sends nothing until asked, so Node must hold nothing.
   if (reader.pending !== 0) throw new HandshakeError('the server sent data after the handshake');
-  return { exported: { size, flags, blockSize, structured, tls: version }, stream: socket, reader };
+  return {
+    exported: { size, flags, blockSize, structured, tls: version },
+    stream: socket,
+    reader,
+    offload,
+  };
 }
 
 /**
- * A connection in transmission phase: our own descriptor of the socket for the ring, or (TLS)
- * Node's TLS socket, and the export.
+ * A connection in transmission phase: our own descriptor of the socket for the ring (plain, or
+ * with the kernel doing TLS), or Node's TLS socket, and the export.
  */
 export interface Connection {
-  /** -1 with TLS. */
+  /** -1 with TLS in Node. */
   fd: number;
   tls?: TLSSocket;
   export: Export;
+  /** With TLS: who encrypts the records, and why not the kernel when it does not. */
+  tlsRecords?: { by: 'kernel' } | { by: 'node'; why: string };
 }
 
 /** Lets go of a connection no client took. */
@@ -347,17 +383,37 @@ export function closeConnection(connection: Connection): void {
   else closeFd(connection.fd);
 }
 
+function nodeFd(socket: Socket): number {
+  const handle = (socket as unknown as { _handle?: { fd?: number } })._handle;
+  if (typeof handle?.fd !== 'number' || handle.fd < 0) {
+    throw new Error('nbd: cannot get the socket descriptor from Node');
+  }
+  return handle.fd;
+}
+
+/** Why the kernel cannot take this connection's TLS records, or undefined once its layer is on. */
+function kernelTlsRefusal(socket: Socket, address: NbdAddress): string | undefined {
+  if ('path' in address) return 'kernel TLS is for TCP sockets, not Unix sockets';
+  const res = attachTlsUlp(nodeFd(socket));
+  if (res === 0) return undefined;
+  return -res === ENOENT
+    ? 'this kernel has no TLS layer (modprobe tls)'
+    : `the kernel refused its TLS layer (errno ${-res})`;
+}
+
 /**
  * Connects and negotiates in Node (the handshake is a few round trips, once per connection), then
  * hands the socket over as a descriptor of our own for the ring: Node's socket is closed, which
- * does not end the connection while our descriptor is open. With TLS, Node's TLS socket is the
- * connection (see tls.ts).
+ * does not end the connection while our descriptor is open. With TLS, the kernel takes the keys
+ * where it can (`kernelTls`, see ktls.ts) and the ring does the socket IO as without TLS;
+ * otherwise Node's TLS socket is the connection (see tls.ts).
  */
 export async function openConnection(
   address: NbdAddress,
   exportName: string,
   timeoutMs: number,
   tls?: TlsConfig,
+  kernelTls = false,
 ): Promise<Connection> {
   const socket = await openSocket(address, timeoutMs);
   const where = describeAddress(address);
@@ -367,22 +423,29 @@ export async function openConnection(
   );
   let handedOver = false;
   try {
-    const { exported, stream, reader } = await negotiate(socket, exportName, where, tls);
+    let why = tls && !kernelTls ? 'kernel TLS is off (--no_ktls)' : undefined;
+    if (tls && kernelTls) why = kernelTlsRefusal(socket, address);
+    const negotiated = await negotiate(socket, exportName, where, tls, why === undefined);
+    const { exported, stream, reader, offload } = negotiated;
     // Requests are small and each waits for its reply: Nagle's algorithm would hold a header
     // back until the previous segment is acknowledged (a delayed ACK: up to 40 ms).
     if (!('path' in address)) socket.setNoDelay(true);
     reader.detach();
-    if (stream !== socket) {
-      // Until the client listens: an error then must not be an uncaught one.
-      stream.on('error', () => undefined);
-      handedOver = true;
-      return { fd: -1, tls: stream as TLSSocket, export: exported };
+    if (stream === socket) return { fd: dup(nodeFd(socket)), export: exported };
+    const secure = stream as TLSSocket;
+    if (offload) {
+      const fd = dup(nodeFd(socket));
+      why = toKernel(secure, offload, socket, fd);
+      if (why === undefined) {
+        secure.destroy();
+        return { fd, export: exported, tlsRecords: { by: 'kernel' } };
+      }
+      closeFd(fd);
     }
-    const handle = (socket as unknown as { _handle?: { fd?: number } })._handle;
-    if (typeof handle?.fd !== 'number' || handle.fd < 0) {
-      throw new Error('nbd: cannot get the socket descriptor from Node');
-    }
-    return { fd: dup(handle.fd), export: exported };
+    // Until the client listens: an error then must not be an uncaught one.
+    stream.on('error', () => undefined);
+    handedOver = true;
+    return { fd: -1, tls: secure, export: exported, tlsRecords: { by: 'node', why: why! } };
   } finally {
     clearTimeout(timer);
     if (!handedOver) socket.destroy();
@@ -390,29 +453,63 @@ export async function openConnection(
 }
 
 /**
- * Learns what the export is, for setup: negotiate, then end the session with NBD_CMD_DISC as the
- * protocol asks.
+ * Gives the kernel the keys and record numbers of both directions on `fd`, the socket's own
+ * descriptor, and stops Node's TLS from touching the socket: undefined, or why not (the
+ * connection is then as it was, with Node doing TLS). Nothing is in flight either way: the
+ * negotiation has just ended with the server's last reply.
+ */
+function toKernel(
+  secure: TLSSocket,
+  offload: NonNullable<Negotiated['offload']>,
+  raw: Socket,
+  fd: number,
+): string | undefined {
+  const cipher = offloadableCipher(secure);
+  if (typeof cipher === 'string') return cipher;
+  const { tap, secrets } = offload;
+  const tx = directionState(cipher, secrets.get('CLIENT_TRAFFIC_SECRET_0'), tap.sent);
+  if (typeof tx === 'string') return `sending: ${tx}`;
+  const rx = directionState(cipher, secrets.get('SERVER_TRAFFIC_SECRET_0'), tap.received);
+  if (typeof rx === 'string') return `receiving: ${rx}`;
+  // Node must not read what the kernel decrypts from now on.
+  raw.pause();
+  const { res, direction } = installKeys(fd, tx, rx);
+  if (direction === 'TLS_TX') {
+    raw.resume();
+    return `the kernel refused the sending keys (errno ${-res})`;
+  }
+  if (direction === 'TLS_RX') {
+    // The sending side is the kernel's already: this connection can be used by neither.
+    throw new HandshakeError(`the kernel refused the receiving TLS keys (errno ${-res})`);
+  }
+  tap.release();
+  return undefined;
+}
+
+/**
+ * Learns what the export is, for setup: connects as a queue would, then ends the session with
+ * NBD_CMD_DISC as the protocol asks.
  */
 export async function probeExport(
   address: NbdAddress,
   exportName: string,
   timeoutMs: number,
   tls?: TlsConfig,
-): Promise<Export> {
-  const socket = await openSocket(address, timeoutMs);
-  const where = describeAddress(address);
-  const timer = setTimeout(
-    () => socket.destroy(new HandshakeError(`handshake with ${where} timed out`)),
-    timeoutMs,
-  );
-  try {
-    const { exported, stream } = await negotiate(socket, exportName, where, tls);
-    const disc = Buffer.alloc(REQUEST_BYTES);
-    encodeRequest(new DataView(disc.buffer, disc.byteOffset), 0, 0, NBD_CMD_DISC, 0, 0, 0);
-    await new Promise<void>((resolve) => stream.end(disc, resolve));
-    return exported;
-  } finally {
-    clearTimeout(timer);
-    socket.destroy();
+  kernelTls = false,
+): Promise<Connection> {
+  const connection = await openConnection(address, exportName, timeoutMs, tls, kernelTls);
+  const disc = Buffer.alloc(REQUEST_BYTES);
+  encodeRequest(new DataView(disc.buffer, disc.byteOffset), 0, 0, NBD_CMD_DISC, 0, 0, 0);
+  if (connection.tls) {
+    const secure = connection.tls;
+    await new Promise<void>((resolve) => secure.end(disc, resolve));
+    secure.destroy();
+  } else {
+    try {
+      writeSync(connection.fd, disc);
+    } finally {
+      closeFd(connection.fd);
+    }
   }
+  return connection;
 }

@@ -1,7 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { isIP, type Socket } from 'node:net';
+import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { UserError } from '../../errors.js';
 import type { Transport } from './transport.js';
@@ -92,10 +93,16 @@ export function loadTlsConfig(args: TlsArgs, host: string | undefined): TlsConfi
 
 /**
  * The TLS handshake on a socket that has just had NBD_OPT_STARTTLS acknowledged; resolves with the
- * TLS socket once the server's certificate is verified. A failed verification is the user's to
- * fix (a wrong CA or name), so it rejects with a UserError.
+ * TLS socket once the server's certificate is verified (`onSecure` has it before the handshake
+ * starts). A failed verification is the user's to fix (a wrong CA or name), so it rejects with a
+ * UserError.
  */
-export function startTls(socket: Socket, config: TlsConfig, where: string): Promise<TLSSocket> {
+export function startTls(
+  socket: Duplex,
+  config: TlsConfig,
+  where: string,
+  onSecure?: (secure: TLSSocket) => void,
+): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     const secure = tlsConnect({
       socket,
@@ -107,6 +114,7 @@ export function startTls(socket: Socket, config: TlsConfig, where: string): Prom
       key: config.key,
       minVersion: 'TLSv1.2',
     });
+    onSecure?.(secure);
     const onError = (err: Error) =>
       reject(new UserError(`nbd: TLS with ${where} failed: ${err.message}`));
     secure.once('error', onError);
