@@ -35,9 +35,10 @@ import { defineTarget, SECTOR, type Capabilities } from './target.js';
  * [--read_only] [--reconnect_timeout SECONDS] [--tls ...]`.
  *
  * Each queue thread opens its own connection (the handshake in Node, then the socket handed to
- * the queue's io_uring, which does every SEND and RECV of the transmission phase; with TLS, Node's
- * TLS socket in the queue thread does them: see nbd/tls.ts); see
- * nbd/client.ts for how requests are multiplexed and what happens when a connection breaks. The
+ * the queue's io_uring, which does every SEND and RECV of the transmission phase; with TLS the
+ * kernel does the records where it can, nbd/ktls.ts, else Node's TLS socket in the queue thread
+ * does the socket IO, nbd/tls.ts); see nbd/client.ts for how requests are multiplexed and what
+ * happens when a connection breaks. The
  * device's capabilities are the export's transmission flags: FLUSH, FUA, TRIM and WRITE_ZEROES
  * only where the server offers them, read-only where it is, its block size constraints.
  */

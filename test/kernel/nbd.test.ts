@@ -198,49 +198,72 @@ test('qemu-nbd on a qcow2 image: fio verify; qemu-img compare of the image with 
   sh('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', shown, image]);
 });
 
-test('the server killed and restarted during fio verify: 0 verify errors, the drop logged', async () => {
-  const file = join(dir, 'restart.raw');
-  sh('truncate', ['-s', '64M', file]);
-  const listen = ['-i', '127.0.0.1', '-p', '10811'];
-  let server = await nbdkit(listen, ['file', file]);
-  const logStart = logLength();
-  try {
-    await withDevice(
-      ['-t', 'nbd', '--host', '127.0.0.1', '--port', '10811', '--reconnect_timeout', '60'],
-      async (id, dev) => {
-        const before = completedIos(id);
-        const fio = startFio(dir, 'restart', [
-          `--filename=${dev}`,
-          '--ioengine=io_uring',
-          '--direct=1',
-          '--rw=randwrite',
-          '--bsrange=4k-128k',
-          '--iodepth=16',
-          '--size=48M',
-          '--verify=crc32c',
-          '--do_verify=1',
-          '--verify_fatal=1',
-        ]);
-        await waitFor('fio to be writing', () => completedIos(id) - before > 100, 60_000);
-        await stop(server, 'SIGKILL');
-        await sleep(2000);
-        assert.ok(fio.running(), 'fio waits for the server rather than failing');
-        server = await nbdkit(listen, ['file', file]);
-        const { status, report, stderr } = await fio.finished(5 * 60_000);
-        assert.equal(status, 0, stderr);
-        assert.deepEqual(jobErrors(report), [0]);
-        assert.equal(report.jobs[0].write.io_bytes, 48 * MiB);
-        assert.equal(report.jobs[0].read.io_bytes, 48 * MiB, 'all verified');
-      },
-    );
-    assert.match(
-      logSince(logStart),
-      /nbd: connection dropped \(.*\); \d+ request\(s\) will be sent again/,
-    );
-  } finally {
-    await stop(server);
-  }
-});
+for (const tls of [false, true]) {
+  const over = tls ? 'TLS with the kernel doing the records' : 'plain TCP';
+  test(`the server killed and restarted during fio verify (${over}): 0 verify errors, the drop logged`, async () => {
+    const file = join(dir, 'restart.raw');
+    sh('truncate', ['-s', '64M', file]);
+    if (tls) sh('modprobe', ['tls']);
+    const certs = tls ? certificates('restart-tls') : '';
+    const listen = [
+      '-i',
+      '127.0.0.1',
+      '-p',
+      '10811',
+      ...(tls ? ['--tls=require', `--tls-certificates=${certs}`] : []),
+    ];
+    const client = tls ? ['--tls', '--tls_certificates', certs] : [];
+    let server = await nbdkit(listen, ['file', file]);
+    const logStart = logLength();
+    try {
+      await withDevice(
+        [
+          '-t',
+          'nbd',
+          '--host',
+          '127.0.0.1',
+          '--port',
+          '10811',
+          '--reconnect_timeout',
+          '60',
+          ...client,
+        ],
+        async (id, dev, added) => {
+          if (tls) assert.equal(added.target.tls_records, 'kernel');
+          const before = completedIos(id);
+          const fio = startFio(dir, 'restart', [
+            `--filename=${dev}`,
+            '--ioengine=io_uring',
+            '--direct=1',
+            '--rw=randwrite',
+            '--bsrange=4k-128k',
+            '--iodepth=16',
+            '--size=48M',
+            '--verify=crc32c',
+            '--do_verify=1',
+            '--verify_fatal=1',
+          ]);
+          await waitFor('fio to be writing', () => completedIos(id) - before > 100, 60_000);
+          await stop(server, 'SIGKILL');
+          await sleep(2000);
+          assert.ok(fio.running(), 'fio waits for the server rather than failing');
+          server = await nbdkit(listen, ['file', file]);
+          const { status, report, stderr } = await fio.finished(5 * 60_000);
+          assert.equal(status, 0, stderr);
+          assert.deepEqual(jobErrors(report), [0]);
+          assert.equal(report.jobs[0].write.io_bytes, 48 * MiB);
+          assert.equal(report.jobs[0].read.io_bytes, 48 * MiB, 'all verified');
+        },
+      );
+      assert.match(
+        logSince(logStart),
+        /nbd: connection dropped \(.*\); \d+ request\(s\) will be sent again/,
+      );
+    } finally {
+      await stop(server);
+    }
+  });
+}
 
 test('the server gone past --reconnect_timeout: EIO, a log line, and a clean del', async () => {
   const server = await nbdkit(['-i', '127.0.0.1', '-p', '10812'], ['memory', '32M']);

@@ -21,7 +21,10 @@ export interface Transport {
 
 const SHUT_RDWR = 2;
 
-/** A plain socket: our own descriptor of it, every send and recv on the queue's io_uring. */
+/**
+ * A socket, plain or with the kernel doing TLS: our own descriptor of it, every send and recv on
+ * the queue's io_uring.
+ */
 export class RingSocket implements Transport {
   constructor(
     private readonly io: QueueIo,
