@@ -441,6 +441,7 @@ export async function openConnection(
         return { fd, export: exported, tlsRecords: { by: 'kernel' } };
       }
       closeFd(fd);
+      offload.tap.stopLogging();
     }
     // Until the client listens: an error then must not be an uncaught one.
     stream.on('error', () => undefined);

@@ -122,12 +122,13 @@ export class RecordTap extends Duplex {
   readonly sent = new RecordLog();
   readonly received = new RecordLog();
   private released = false;
+  private logging = true;
 
   constructor(private readonly raw: Socket) {
     super();
     raw.on('data', (chunk: Buffer) => {
       if (this.released) return;
-      this.received.add(chunk);
+      if (this.logging) this.received.add(chunk);
       if (!this.push(chunk)) raw.pause();
     });
     raw.on('end', () => this.push(null));
@@ -145,13 +146,18 @@ export class RecordTap extends Duplex {
     done: (err?: Error | null) => void,
   ): void {
     if (this.released) return done();
-    this.sent.add(chunk);
+    if (this.logging) this.sent.add(chunk);
     this.raw.write(chunk, done);
   }
 
   override _destroy(err: Error | null, done: (err: Error | null) => void): void {
     if (!this.released) this.raw.destroy();
     done(err);
+  }
+
+  /** Node's TLS goes on over the tap: the records need not be kept any more. */
+  stopLogging(): void {
+    this.logging = false;
   }
 
   /** Stops the forwarding in both directions; the raw socket stays open, paused. */
