@@ -223,13 +223,13 @@ interface Negotiated {
   exported: Export;
   stream: Socket;
   reader: ExactReader;
-  /** With kernel TLS in view: what it needs (see ktls.ts). */
-  offload?: TlsUpgrade['offload'];
+  offload?: Offload;
 }
 
-interface TlsUpgrade {
-  secure: TLSSocket;
-  offload?: { tap: RecordTap; secrets: Map<string, Buffer> };
+/** With kernel TLS in view: what the handover needs (see ktls.ts). */
+interface Offload {
+  tap: RecordTap;
+  secrets: Map<string, Buffer>;
 }
 
 /**
@@ -243,7 +243,7 @@ async function upgrade(
   tls: TlsConfig,
   where: string,
   tapped: boolean,
-): Promise<TlsUpgrade> {
+): Promise<{ secure: TLSSocket; offload?: Offload }> {
   socket.write(option(NBD_OPT_STARTTLS));
   const reply = await optionReply(reader, NBD_OPT_STARTTLS);
   if (reply.type !== NBD_REP_ACK) {
@@ -280,7 +280,7 @@ async function negotiate(
   tapped = false,
 ): Promise<Negotiated> {
   let socket = raw;
-  let offload: TlsUpgrade['offload'];
+  let offload: Offload | undefined;
   let reader = new ExactReader(socket);
   const greeting = await reader.read(18);
   if (greeting.readBigUInt64BE(0) !== NBDMAGIC) {
@@ -461,7 +461,7 @@ export async function openConnection(
  */
 function toKernel(
   secure: TLSSocket,
-  offload: NonNullable<Negotiated['offload']>,
+  offload: Offload,
   raw: Socket,
   fd: number,
 ): string | undefined {
