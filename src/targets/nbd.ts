@@ -171,7 +171,6 @@ export default defineTarget({
     const readOnly = args.read_only === true;
     const reconnectTimeoutMs = parseReconnectTimeout(args.reconnect_timeout);
     const kernelTls = args.no_ktls !== true;
-    if (!tls && !kernelTls) throw new UserError('nbd: --no_ktls goes with --tls');
     const probe = await probeExport(address, exportName, CONNECT_TIMEOUT_MS, tls, kernelTls).catch(
       (err: unknown) => {
         if (err instanceof UserError) throw err;

@@ -25,6 +25,7 @@ test('without --tls: none, and a TLS option alone is refused', () => {
   assert.equal(loadTlsConfig({}, 'h'), undefined);
   assert.throws(() => loadTlsConfig({ tls_ca: 'ca.pem' }, 'h'), /--tls_ca goes with --tls/);
   assert.throws(() => loadTlsConfig({ tls_hostname: 'x' }, 'h'), /--tls_hostname goes with --tls/);
+  assert.throws(() => loadTlsConfig({ no_ktls: true }, 'h'), /--no_ktls goes with --tls/);
 });
 
 test('a certificate directory: ca-cert.pem, and the client pair where both are there', () => {

@@ -30,6 +30,7 @@ export interface TlsArgs {
   tls_cert?: string;
   tls_key?: string;
   tls_hostname?: string;
+  no_ktls?: boolean;
 }
 
 /** The file names of a `--tls_certificates DIR`, as qemu's and nbdkit's (a client's side). */
@@ -53,7 +54,7 @@ function readPem(path: string, what: string): string {
 export function loadTlsConfig(args: TlsArgs, host: string | undefined): TlsConfig | undefined {
   const files = ['tls_certificates', 'tls_ca', 'tls_cert', 'tls_key', 'tls_hostname'] as const;
   if (args.tls !== true) {
-    const given = files.find((name) => args[name] !== undefined);
+    const given = [...files, 'no_ktls' as const].find((name) => args[name] !== undefined);
     if (given) throw new UserError(`nbd: --${given} goes with --tls`);
     return undefined;
   }
