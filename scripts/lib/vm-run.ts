@@ -83,8 +83,8 @@ export async function runInVm(assets: VmAssets, opts: VmRunOptions): Promise<VmR
   if (opts.argv.length === 0) throw new UserError('no command to run in the VM');
   for (let attempt = 1; ; attempt++) {
     const result = await runOnce(assets, opts);
-    if (result.readyMs !== undefined || result.failure === undefined) return result;
-    if (attempt === BOOT_ATTEMPTS) return result;
+    const diedAtBoot = result.readyMs === undefined && result.failure !== undefined;
+    if (!diedAtBoot || attempt === BOOT_ATTEMPTS) return result;
     process.stderr.write(
       `ublk-vm: the guest failed before the command started (${result.failure}): booting again\n`,
     );
