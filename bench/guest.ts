@@ -10,7 +10,7 @@ import { basename } from 'node:path';
 import { UBLK_F } from '../src/ublk/abi.js';
 import { WORKLOADS, type BenchReport, type MemoryReport, type Run } from './workloads.js';
 
-const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
+const CLI = new URL('../bundle/cli/main.js', import.meta.url).pathname;
 /** Our CLI, as each device is added with it. */
 const OURS = [process.execPath, CLI];
 const argv = process.argv.slice(2);

@@ -4,7 +4,7 @@
 # the host or the test VM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UBLK="node dist/src/cli/main.js"
+UBLK="node dist/bundle/cli/main.js"
 work=$(mktemp -d)
 dev=""
 cleanup() {

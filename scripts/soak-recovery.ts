@@ -18,7 +18,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSyn
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-const CLI = new URL('../src/cli/main.js', import.meta.url).pathname;
+const CLI = new URL('../bundle/cli/main.js', import.meta.url).pathname;
 const RUN_DIR = '/run/ublksrvd';
 const MiB = 2 ** 20;
 const SIZE = 32 * MiB;

@@ -5,7 +5,7 @@ import { ERROR_CODES, UserError } from '../errors.js';
 import { withFilters, type Filter } from './filter.js';
 import type { Target } from './target.js';
 
-const BUILT_IN: Record<string, string> = {
+export const BUILT_IN: Record<string, string> = {
   null: '../targets/null.js',
   loop: '../targets/loop.js',
   mem: '../targets/mem.js',

@@ -6,6 +6,7 @@ import { UBLK_F } from '../../src/ublk/abi.js';
 import {
   addDevice,
   assertNothingLeft,
+  CLI,
   daemonPids,
   delAll,
   delDevice,
@@ -257,7 +258,7 @@ test('not root: refused with a one-line hint', () => {
   for (const args of [['add', '-t', 'null'], ['list'], ['del', '-n', '0']]) {
     const out = sh('sh', [
       '-c',
-      `setpriv --reuid=65534 --regid=65534 --clear-groups ${process.execPath} ${new URL('../../src/cli/main.js', import.meta.url).pathname} ${args.join(' ')} 2>&1; echo "rc=$?"`,
+      `setpriv --reuid=65534 --regid=65534 --clear-groups ${process.execPath} ${CLI} ${args.join(' ')} 2>&1; echo "rc=$?"`,
     ]);
     assert.match(out, /^ublk: .*needs root.*sudo\n/, out);
     assert.match(out, /rc=1\n$/);

@@ -13,7 +13,7 @@
  * first kernel that has it, and leaves nothing.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
 import { UBLK_F } from '../../src/ublk/abi.js';
@@ -89,13 +89,6 @@ function listedFlags(id: number): number {
   const list = ublk('list', '-n', String(id)).stdout;
   const m = /flags (0x[0-9a-f]+) \[/.exec(list);
   assert.ok(m, list);
-  return Number(m[1]);
-}
-
-/** VmRSS of a process, in KiB. */
-function rssKiB(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  assert.ok(m);
   return Number(m[1]);
 }
 
@@ -331,29 +324,6 @@ if ((features & UBLK_F.AUTO_BUF_REG) !== 0) {
 }
 
 if ((features & UBLK_F.USER_COPY) !== 0) {
-  test('RSS of the daemon in each mode, loop -q 1 -d 128 and -q 2 (figures, no assertion)', async (t) => {
-    const file = backingFile('rss.img', 256 * MiB);
-    const modes = [['--no_auto_zc'], ['--usercopy']];
-    if ((features & UBLK_F.SUPPORT_ZERO_COPY) !== 0) modes.push(['-z']);
-    if ((features & UBLK_F.AUTO_BUF_REG) !== 0) modes.push(['--auto_zc']);
-    for (const mode of modes) {
-      const rss: number[] = [];
-      for (const queues of ['1', '2']) {
-        await withDevice(
-          ['-t', 'loop', '-f', file, ...mode, '-q', queues, '-d', '128'],
-          (_id, dev, added) => {
-            // Every tag busy with large requests: what the data path touches at most.
-            fioVerify(dev, { iodepth: 128, size: 64 * MiB, bssplit: '512k/100' });
-            rss.push(rssKiB(added.daemon_pid ?? theDaemon()));
-          },
-        );
-      }
-      t.diagnostic(
-        `loop ${mode[0]}: VmRSS -q 1 -d 128 ${rss[0]} KiB; -q 2 ${rss[1]} KiB (+${rss[1] - rss[0]} KiB for the second queue)`,
-      );
-    }
-  });
-
   test('--usercopy with --auto_zc, with -z, with -g 1: refused in one line, nothing left', () => {
     for (const [extra, pattern] of [
       [['--auto_zc'], /--usercopy and --auto_zc exclude each other/],

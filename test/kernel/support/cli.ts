@@ -4,7 +4,7 @@ import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Control } from '../../../src/ublk/control.js';
 
-export const CLI = new URL('../../../src/cli/main.js', import.meta.url).pathname;
+export const CLI = new URL('../../../bundle/cli/main.js', import.meta.url).pathname;
 
 export interface Run {
   status: number | null;
