@@ -32,7 +32,7 @@ const FILE_SIZE = quick ? '256M' : '1G';
 
 /** The backing file of every ublk loop device, ours and the C servers' (they run in turn). */
 const ULOOP_FILE = '/tmp/bench-uloop.img';
-/** Copy mode for the two-queue rows. */
+/** Copy mode, for the rows that compare it with zero copy or run where zero copy is not the point. */
 const COPY = '--no_auto_zc';
 
 /** kublk, where it was built and this kernel runs it (its `features` needs GET_FEATURES, 6.5+). */
@@ -357,9 +357,13 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
     // An older build beside ours (--peer), on the same export: ours is compared with it too.
     ...(peer ? [ublkDevice('peer nbd', [peer], nbd, 'nbd (kernel)')] : []),
     {
-      ...ublkDevice('ublk-ts nbd', OURS, nbd, 'nbd (kernel)'),
+      ...ublkDevice('ublk-ts nbd', OURS, [...nbd, COPY], 'nbd (kernel)'),
       peer: peer ? 'peer nbd' : undefined,
     },
+    // Payloads between the socket and the request's pages, where the kernel lends them.
+    ...((kernelFeatures(OURS) & UBLK_F.AUTO_BUF_REG) !== 0
+      ? [ublkDevice('ublk-ts nbd auto_zc', OURS, [...nbd, '--auto_zc'], 'nbd (kernel)')]
+      : []),
   ];
   if (!quick) devices.push(...tlsDevices(nbd, cleanups));
   try {

@@ -28,6 +28,7 @@ export {
   type QueueContext,
   type QueueHandlers,
   type QueueIo,
+  type RequestData,
   type RequestHook,
   type RequestKind,
   type RingForward,

@@ -185,7 +185,12 @@ export default defineTarget({
         `nbd: ${describeAddress(address)} does not advertise NBD_FLAG_CAN_MULTI_CONN, so a flush on one of ${env.queues} connections would not cover writes on the others: use -q 1`,
       );
     }
-    const capabilities = capabilitiesOf(exported, readOnly);
+    const capabilities: Capabilities = {
+      ...capabilitiesOf(exported, readOnly),
+      // Payloads go between the socket and the request's pages on the ring (--auto_zc), unless
+      // Node does the TLS records: then the bytes must pass through JavaScript.
+      zeroCopy: probe.tlsRecords?.by === 'node' ? false : 'handlers',
+    };
     const block = capabilities.logicalBlockSize!;
     const size = Math.floor(exported.size / block) * block;
     if (size === 0) {
@@ -245,9 +250,17 @@ export default defineTarget({
       first,
     );
     return {
-      read: (buf, offset) => client.request(NBD_CMD_READ, 0, offset, buf.length, buf),
-      write: (buf, offset, { fua }) =>
-        client.request(NBD_CMD_WRITE, fua ? NBD_CMD_FLAG_FUA : 0, offset, buf.length, buf),
+      read: (buf, offset, data) =>
+        client.request(NBD_CMD_READ, 0, offset, data?.length ?? buf.length, buf, data),
+      write: (buf, offset, { fua }, data) =>
+        client.request(
+          NBD_CMD_WRITE,
+          fua ? NBD_CMD_FLAG_FUA : 0,
+          offset,
+          data?.length ?? buf.length,
+          buf,
+          data,
+        ),
       flush: () => client.request(NBD_CMD_FLUSH, 0, 0, 0),
       discard: (offset, length) => client.request(NBD_CMD_TRIM, 0, offset, length),
       writeZeroes: (offset, length, { noUnmap }) =>

@@ -13,6 +13,7 @@ export type {
   QueueContext,
   QueueHandlers,
   QueueIo,
+  RequestData,
   RingForward,
   SetupEnv,
   Target,

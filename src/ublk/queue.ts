@@ -266,6 +266,17 @@ export class Queue implements IoCommandSink {
         while (!sq.prepRecv(fd, address, buf.length, flags, slot)) this.submit();
         return this.targetIoPromise(slot);
       },
+      // Offset 0: a socket refuses any other (ESPIPE), /dev/zero ignores it.
+      sendData: (fd, data, start, length) => {
+        const slot = this.claimSlot();
+        while (!sq.prepWriteFixed(fd, start, length, 0, data.index, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
+      recvData: (fd, data, start, length) => {
+        const slot = this.claimSlot();
+        while (!sq.prepReadFixed(fd, start, length, 0, data.index, slot)) this.submit();
+        return this.targetIoPromise(slot);
+      },
       allocate: (length) => {
         const memory = IoBuffer.allocate(length);
         this.allocated.set(memory.bytes.buffer, memory);

@@ -97,6 +97,8 @@ export class TagStates {
   private readonly buffer: Uint8Array;
   private readonly ops: { fetch: number; commit: number; getData: number };
   private readonly views: Uint8Array[];
+  /** Zero copy by AUTO_BUF_REG, per tag: the pages the kernel lent, for the handlers. */
+  private readonly lent: { index: number; length: number }[] | undefined;
   /** Per tag, the op, offset and length of a pending request, for its settled handler's result. */
   private readonly tagOp: Uint8Array;
   private readonly tagOffset: Float64Array;
@@ -170,6 +172,9 @@ export class TagStates {
         ? NO_BUFFER
         : this.buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
     );
+    this.lent = config.autoBufReg
+      ? Array.from({ length: depth }, (_, tag) => ({ index: tag, length: 0 }))
+      : undefined;
     this.tagFinished = new Uint8Array(depth);
     this.tagOp = new Uint8Array(depth);
     this.tagOffset = new Float64Array(depth);
@@ -433,14 +438,19 @@ export class TagStates {
     length: number,
   ): IoResult | Promise<IoResult> {
     const h = this.handlers;
+    const lent = this.lent?.[tag];
+    if (lent) lent.length = length;
     switch (op) {
       case UBLK_IO_OP.READ:
-        return h.read ? h.read(this.view(tag, length), offset) : -EOPNOTSUPP;
+        return h.read ? h.read(this.view(tag, length), offset, lent) : -EOPNOTSUPP;
       case UBLK_IO_OP.WRITE:
         return h.write
-          ? h.write(this.view(tag, length), offset, {
-              fua: (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0,
-            })
+          ? h.write(
+              this.view(tag, length),
+              offset,
+              { fua: (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0 },
+              lent,
+            )
           : -EOPNOTSUPP;
       case UBLK_IO_OP.FLUSH:
         return h.flush ? h.flush() : -EOPNOTSUPP;

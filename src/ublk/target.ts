@@ -107,8 +107,11 @@ export interface Capabilities {
    * The handlers never touch the request's data in JavaScript: reads and writes go through
    * `forward`, or are not looked at (null). Such a device may use zero copy (`--auto_zc`), where
    * the kernel lends the request's pages to the queue's ring and handlers get an empty `buf`.
+   * `'handlers'`: the read and write handlers move the data themselves, as ring IO on the lent
+   * pages (`RequestData`, `io.sendData`, `io.recvData`); that needs the kernel to lend them
+   * (`--auto_zc`), not `--zerocopy`, where a forward registers them.
    */
-  zeroCopy?: boolean;
+  zeroCopy?: boolean | 'handlers';
 }
 
 /** What a request handler may return: a byte count, or nothing for "all of it" / success. */
@@ -138,9 +141,15 @@ export interface QueueHandlers {
    * (or, with zero copy, the request's own pages): no handler is called for them.
    */
   forward?: RingForward;
-  read?(buf: Uint8Array, offset: number): MaybePromise<IoResult>;
+  /** With zero copy `buf` is empty and `data` is the request's pages (see RequestData). */
+  read?(buf: Uint8Array, offset: number, data?: RequestData): MaybePromise<IoResult>;
   /** Optional only for a `readOnly` device, to which the kernel sends no write. */
-  write?(buf: Uint8Array, offset: number, flags: WriteFlags): MaybePromise<IoResult>;
+  write?(
+    buf: Uint8Array,
+    offset: number,
+    flags: WriteFlags,
+    data?: RequestData,
+  ): MaybePromise<IoResult>;
   flush?(): MaybePromise<IoResult>;
   discard?(offset: number, length: number): MaybePromise<IoResult>;
   writeZeroes?(offset: number, length: number, flags: ZeroFlags): MaybePromise<IoResult>;
@@ -165,6 +174,18 @@ export interface RingForward {
   discard?: boolean;
   /** Called after each forwarded fdatasync completed, before its request is committed. */
   onSync?(kind: 'flush' | 'fua'): void;
+}
+
+/**
+ * Zero copy (`--auto_zc`): the request whose pages the kernel lent to the queue's ring, which
+ * `io.sendData` and `io.recvData` reach. Valid until the handler settles; one object per tag,
+ * reused.
+ */
+export interface RequestData {
+  /** The request's entry in the ring's registered buffer table. */
+  readonly index: number;
+  /** Bytes of the request. */
+  readonly length: number;
 }
 
 export interface WriteFlags {
@@ -206,6 +227,16 @@ export interface QueueIo {
    * payload of known length; fewer bytes only at the end of the stream or on an error.
    */
   recv(fd: number, buf: Uint8Array, waitAll?: boolean): Promise<number>;
+  /**
+   * Zero copy: write(2) of bytes [start, start + length) of the request's pages to `fd` (a
+   * socket), the kernel reading them where they are: bytes written, possibly fewer, or -errno.
+   */
+  sendData(fd: number, data: RequestData, start: number, length: number): Promise<number>;
+  /**
+   * Zero copy: read(2) from `fd` (a socket, /dev/zero) into bytes [start, start + length) of the
+   * request's pages: bytes read, possibly fewer, 0 at the end of a stream, or -errno.
+   */
+  recvData(fd: number, data: RequestData, start: number, length: number): Promise<number>;
   /**
    * Memory the ring may read and write besides the request buffers (protocol headers, staging
    * areas), zeroed, page-aligned; it lives as long as the queue.

@@ -36,7 +36,14 @@ import {
   startFio,
   theDaemon,
 } from './support/recovery.js';
-import { fioSummary, fioVerify, readAt, withDevice, writeAt } from './support/targets.js';
+import {
+  fioSummary,
+  fioVerify,
+  listedFlags,
+  readAt,
+  withDevice,
+  writeAt,
+} from './support/targets.js';
 
 const MiB = 2 ** 20;
 const RAMDISK = new URL('../../examples/ramdisk.js', import.meta.url).pathname;
@@ -85,13 +92,6 @@ function backingFile(name: string, size: number): string {
 }
 
 /** The device's flags as `ublk list` prints them. */
-function listedFlags(id: number): number {
-  const list = ublk('list', '-n', String(id)).stdout;
-  const m = /flags (0x[0-9a-f]+) \[/.exec(list);
-  assert.ok(m, list);
-  return Number(m[1]);
-}
-
 /** fio verify at QD1 and QD64, 2 jobs, mixed sizes, then a request within pages. */
 function verifyDevice(t: { diagnostic(s: string): void }, dev: string, blockSize: number): void {
   for (const iodepth of [1, 64]) {

@@ -12,9 +12,19 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { after, test } from 'node:test';
+import { after, test, type TestContext } from 'node:test';
 import { NBD_TRACE_ENV } from '../../src/targets/nbd.js';
-import { assertNothingLeft, delAll, delDevice, RUN_DIR, sh, ublk, waitFor } from './support/cli.js';
+import { UBLK_F } from '../../src/ublk/abi.js';
+import {
+  assertNothingLeft,
+  delAll,
+  delDevice,
+  kernelFeatures,
+  RUN_DIR,
+  sh,
+  ublk,
+  waitFor,
+} from './support/cli.js';
 import {
   FakeNbdThread,
   patternByte,
@@ -27,6 +37,7 @@ import {
   assertSameBytes,
   fioSummary,
   fioVerify,
+  listedFlags,
   readAt,
   withDevice,
   writeAt,
@@ -36,6 +47,8 @@ const MiB = 2 ** 20;
 const DAEMON_LOG = join(RUN_DIR, 'daemon.log');
 const dir = mkdtempSync(join(tmpdir(), 'nbd-test-'));
 const servers = new Set<ChildProcess>();
+/** Whether this kernel lends request pages to the server (UBLK_F_AUTO_BUF_REG, 6.16). */
+const lendsPages = (kernelFeatures() & UBLK_F.AUTO_BUF_REG) !== 0;
 
 after(() => {
   killFio();
@@ -159,11 +172,18 @@ test('nbdkit file over a Unix socket, -q 2 with 2 fio jobs; the file holds what 
   }
 });
 
-test('qemu-nbd on a qcow2 image: fio verify; qemu-img compare of the image with what the device showed', async (t) => {
-  const image = join(dir, 'disk.qcow2');
+/**
+ * qemu-nbd serving a new 96 MiB qcow2 image on a Unix socket, and `ublk add -t nbd --unix` on it
+ * with `options`: fio verify at QD1 and QD64, random data at 48 MiB, then the whole device read
+ * with dd into one buffer, so each hole past 64 MiB (the image's unallocated clusters, which
+ * qemu-nbd sends as hole chunks) is read into bytes that held data. qemu-img compares the image
+ * with what the device showed.
+ */
+async function qcow2RoundTrip(t: TestContext, name: string, options: string[] = []) {
+  const image = join(dir, `${name}.qcow2`);
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', image, '96M']);
-  const sock = join(dir, 'qemu.sock');
-  const pidFile = join(dir, 'qemu-nbd.pid');
+  const sock = join(dir, `${name}.sock`);
+  const pidFile = join(dir, `${name}.pid`);
   sh('qemu-nbd', [
     '--fork',
     `--pid-file=${pidFile}`,
@@ -175,11 +195,14 @@ test('qemu-nbd on a qcow2 image: fio verify; qemu-img compare of the image with 
     image,
   ]);
   const qemuPid = Number(readFileSync(pidFile, 'utf8'));
-  const shown = join(dir, 'shown.raw');
+  const shown = join(dir, `${name}-shown.raw`);
   try {
     let written: Buffer | undefined;
-    await withDevice(['-t', 'nbd', '--unix', sock], async (_id, dev, added) => {
+    await withDevice(['-t', 'nbd', '--unix', sock, ...options], async (id, dev, added) => {
       assert.equal(added.target.dev_size, 96 * MiB);
+      if (options.includes('--auto_zc')) {
+        assert.equal(listedFlags(id) & UBLK_F.AUTO_BUF_REG, UBLK_F.AUTO_BUF_REG, 'listed');
+      }
       await t.test('fio verify, iodepth 1', (s) => {
         s.diagnostic(fioSummary(fioVerify(dev, { iodepth: 1, size: 8 * MiB })));
       });
@@ -189,14 +212,57 @@ test('qemu-nbd on a qcow2 image: fio verify; qemu-img compare of the image with 
       written = writeRandom(dev, 48 * MiB, 16 * MiB);
       sh('dd', [`if=${dev}`, `of=${shown}`, 'bs=1M', 'iflag=direct', 'status=none']);
     });
-    assertSameBytes(readFileSync(shown).subarray(48 * MiB, 64 * MiB), written!, 'read back');
+    const bytes = readFileSync(shown);
+    assertSameBytes(bytes.subarray(48 * MiB, 64 * MiB), written!, 'read back');
+    assert.ok(
+      bytes.subarray(64 * MiB).every((b) => b === 0),
+      'holes read as zeros',
+    );
   } finally {
     if (existsSync(`/proc/${qemuPid}`)) process.kill(qemuPid, 'SIGTERM');
     await waitFor('qemu-nbd to exit', () => !existsSync(`/proc/${qemuPid}`), 30_000);
   }
   // qemu-img reads the qcow2 itself: every byte the device showed is in the image.
   sh('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', shown, image]);
-});
+}
+
+test('qemu-nbd on a qcow2 image: fio verify; qemu-img compare of the image with what the device showed', (t) =>
+  qcow2RoundTrip(t, 'qemu'));
+
+if (lendsPages) {
+  test('zero copy (--auto_zc): payloads between the socket and the lent pages; qemu-nbd with holes, nbdkit file with -q 2', async (t) => {
+    await t.test('qemu-nbd, qcow2', (s) => qcow2RoundTrip(s, 'qemu-zc', ['--auto_zc']));
+    const file = join(dir, 'zc.raw');
+    sh('truncate', ['-s', '96M', file]);
+    const sock = join(dir, 'zc-file.sock');
+    const server = await nbdkit(['-U', sock], ['file', file]);
+    try {
+      let written: Buffer | undefined;
+      await withDevice(['-t', 'nbd', '--unix', sock, '-q', '2', '--auto_zc'], async (id, dev) => {
+        assert.equal(listedFlags(id) & UBLK_F.AUTO_BUF_REG, UBLK_F.AUTO_BUF_REG, 'listed');
+        await t.test('nbdkit file, fio verify, 2 jobs of iodepth 32', (s) => {
+          s.diagnostic(fioSummary(fioVerify(dev, { iodepth: 32, size: 24 * MiB, numjobs: 2 })));
+        });
+        written = writeRandom(dev, 64 * MiB, 16 * MiB);
+      });
+      assertSameBytes(readFileSync(file).subarray(64 * MiB, 80 * MiB), written!, 'the file');
+    } finally {
+      await stop(server);
+    }
+  });
+} else {
+  test('zero copy (--auto_zc) on a kernel without UBLK_F_AUTO_BUF_REG: refused in one line, nothing left', async () => {
+    const server = await nbdkit(['-i', '127.0.0.1', '-p', '10813'], ['memory', '16M']);
+    try {
+      const r = ublk('add', '-t', 'nbd', '--host', '127.0.0.1', '--port', '10813', '--auto_zc');
+      assert.notEqual(r.status, 0);
+      assert.match(r.stderr.trim(), /^[^\n]*zero copy \(--auto_zc\)[^\n]*Linux 6\.16[^\n]*$/);
+      assertNothingLeft();
+    } finally {
+      await stop(server);
+    }
+  });
+}
 
 for (const tls of [false, true]) {
   const over = tls ? 'TLS with the kernel doing the records' : 'plain TCP';

@@ -66,6 +66,8 @@ function recordingIo() {
     ),
     send: () => Promise.reject(new Error('no sockets here')),
     recv: () => Promise.reject(new Error('no sockets here')),
+    sendData: () => Promise.reject(new Error('no sockets here')),
+    recvData: () => Promise.reject(new Error('no sockets here')),
     allocate: (bytes) => new Uint8Array(bytes),
   };
   return { io, calls, ctx: { queueId: 0, depth: 4, io } satisfies QueueContext };

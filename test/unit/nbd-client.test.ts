@@ -108,6 +108,42 @@ for (const structured of [true, false]) {
   });
 }
 
+for (const structured of [true, false]) {
+  test(`${structured ? 'structured' : 'simple'} replies, zero copy: payloads between the socket and lent pages, holes zeroed, corrupt replies dropped`, async () => {
+    const f = await fixture(structured);
+    try {
+      const reads = Array.from({ length: 32 }, () => f.ring.pages(65536));
+      await Promise.all(
+        reads.map((p, i) => f.client.request(NBD_CMD_READ, 0, i * 65536, 65536, undefined, p.data)),
+      );
+      reads.forEach((p, i) =>
+        assert.ok(Buffer.from(p.bytes).equals(expected(i * 65536, 65536)), `read ${i}`),
+      );
+      // Written: one half zeros, which a structured reply then sends as a hole.
+      const w = f.ring.pages(256 * 1024);
+      w.bytes.fill(0xab, 0, 128 * 1024);
+      await f.client.request(NBD_CMD_WRITE, 0, 8192, w.data.length, undefined, w.data);
+      assert.ok(Buffer.from(f.server.data.subarray(8192, 8192 + w.data.length)).equals(w.bytes));
+      const r = f.ring.pages(w.data.length);
+      r.bytes.fill(0xee);
+      await f.client.request(NBD_CMD_READ, 0, 8192, r.data.length, undefined, r.data);
+      assert.ok(Buffer.from(r.bytes).equals(w.bytes), 'read back, hole included');
+      const kinds = structured ? STRUCTURED_CORRUPTIONS : SIMPLE_CORRUPTIONS;
+      const c = f.ring.pages(16384);
+      for (const [round, kind] of kinds.entries()) {
+        c.bytes.fill(0xee);
+        const offset = 2 ** 20 + 65536 * round;
+        f.server.corruptNextRead(kind);
+        await f.client.request(NBD_CMD_READ, 0, offset, c.data.length, undefined, c.data);
+        assert.ok(Buffer.from(c.bytes).equals(expected(offset, c.data.length)), `${kind}`);
+      }
+      assert.equal(f.server.connections, kinds.length + 1);
+    } finally {
+      await f.done();
+    }
+  });
+}
+
 test('past --reconnect_timeout requests fail with EIO and a log line; a server back later is used again', async () => {
   const f = await fixture(true);
   try {

@@ -1,5 +1,6 @@
+import { closeSync, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import type { QueueIo } from '../target.js';
+import type { QueueIo, RequestData } from '../target.js';
 import { closeConnection, type Connection, type Export } from './handshake.js';
 import {
   encodeRequest,
@@ -22,7 +23,7 @@ import {
   wireErrno,
 } from './protocol.js';
 import { TlsStream } from './tls.js';
-import { RingSocket, type Transport } from './transport.js';
+import { RingSocket, type PagesTransport, type Transport } from './transport.js';
 
 const { EIO } = osConstants.errno;
 
@@ -42,6 +43,8 @@ export interface Request {
   length: number;
   /** READ: where the data goes; WRITE: the data. */
   buf?: Uint8Array;
+  /** Zero copy: the request's pages instead of `buf`, reached only by ring IO. */
+  data?: RequestData;
   handle: number;
   /** READ with structured replies: the byte ranges the chunks filled so far, [start, end). */
   covered: [number, number][];
@@ -112,6 +115,13 @@ export class NbdClient {
   private failed = false;
   private closed = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  /**
+   * Zero copy (requests come with `data`): the receiver never reads past the reply header it
+   * needs, since a payload must go from the socket to its request's pages, not through the stage.
+   */
+  private exact = false;
+  /** Zero copy: /dev/zero, whose reads fill a hole chunk's range of a request's pages. */
+  private zeroFd = -1;
 
   constructor(
     private readonly options: ClientOptions,
@@ -125,7 +135,16 @@ export class NbdClient {
   }
 
   /** Sends a request and resolves once its (complete, valid) reply came. */
-  request(type: number, flags: number, offset: number, length: number, buf?: Uint8Array) {
+  request(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+    buf?: Uint8Array,
+    data?: RequestData,
+  ) {
+    // Before the first request with pages no READ was sent: nothing staged is a payload.
+    if (data) this.exact = true;
     return new Promise<void>((resolve, reject) => {
       if (this.failed || this.closed) {
         reject(requestError(EIO, 'server unreachable'));
@@ -140,6 +159,7 @@ export class NbdClient {
         offset,
         length,
         buf,
+        data,
         handle,
         covered: [],
         error: 0,
@@ -156,6 +176,7 @@ export class NbdClient {
   close(): void {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    if (this.zeroFd >= 0) closeSync(this.zeroFd);
     const session = this.session;
     if (!session || session.broken) return;
     const disc = new Uint8Array(REQUEST_BYTES);
@@ -219,7 +240,10 @@ export class NbdClient {
         while (this.queued.length > 0) {
           const next = this.queued[0];
           const payload = next.type === NBD_CMD_WRITE ? next.length : 0;
-          if (staged + REQUEST_BYTES + payload > SEND_STAGE_BYTES) {
+          if (next.data && payload > 0) {
+            if (staged + REQUEST_BYTES > SEND_STAGE_BYTES) break;
+            large = next; // last: its header staged, its payload sent from its pages
+          } else if (staged + REQUEST_BYTES + payload > SEND_STAGE_BYTES) {
             if (staged > 0) break;
             large = next; // alone: its header staged, its payload sent from its own buffer
           }
@@ -244,7 +268,8 @@ export class NbdClient {
         // Replies may come before the send completes: the receiver runs from now.
         this.pump();
         await this.sendAll(session, this.sendStage.subarray(0, staged));
-        if (large) await this.sendAll(session, large.buf!.subarray(0, large.length));
+        if (large?.data) await this.sendPages(session, large.data);
+        else if (large) await this.sendAll(session, large.buf!.subarray(0, large.length));
       }
     } finally {
       session.sending = false;
@@ -257,6 +282,38 @@ export class NbdClient {
       if (session.broken) return;
       const n = await session.transport.send(bytes.subarray(done));
       if (n <= 0) throw new Error(n === 0 ? 'send made no progress' : `send: errno ${-n}`);
+      done += n;
+    }
+  }
+
+  private async sendPages(session: Session, data: RequestData): Promise<void> {
+    const transport = pagesOf(session);
+    for (let done = 0; done < data.length;) {
+      if (session.broken) return;
+      const n = await transport.sendData(data, done, data.length - done);
+      if (n <= 0) throw new Error(n === 0 ? 'send made no progress' : `send: errno ${-n}`);
+      done += n;
+    }
+  }
+
+  /** Receives the next `length` bytes of the stream into the READ's pages at `start`. */
+  private async receivePages(session: Session, data: RequestData, start: number, length: number) {
+    const transport = pagesOf(session);
+    for (let done = 0; done < length;) {
+      if (session.broken) throw new Error('connection dropped');
+      const n = await transport.recvData(data, start + done, length - done);
+      if (n === 0) throw new Error('the server closed the connection');
+      if (n < 0) throw new Error(`recv: errno ${-n}`);
+      done += n;
+    }
+  }
+
+  /** Zero copy: zeros into the READ's pages at [start, start + length), read from /dev/zero. */
+  private async zeroPages(data: RequestData, start: number, length: number): Promise<void> {
+    if (this.zeroFd < 0) this.zeroFd = openSync('/dev/zero', 'r');
+    for (let done = 0; done < length;) {
+      const n = await this.options.io.recvData(this.zeroFd, data, start + done, length - done);
+      if (n <= 0) throw new Error(`read of /dev/zero: ${n === 0 ? 'end of file' : `errno ${-n}`}`);
       done += n;
     }
   }
@@ -279,7 +336,12 @@ export class NbdClient {
     }
     while (this.recvEnd < length) {
       if (session.broken) throw new Error('connection dropped');
-      const n = await session.transport.recv(this.recvStage.subarray(this.recvEnd));
+      const n = await session.transport.recv(
+        this.exact
+          ? this.recvStage.subarray(this.recvEnd, length)
+          : this.recvStage.subarray(this.recvEnd),
+        this.exact,
+      );
       if (n === 0) throw new Error('the server closed the connection');
       if (n < 0) throw new Error(`recv: errno ${-n}`);
       this.recvEnd += n;
@@ -342,7 +404,8 @@ export class NbdClient {
   }
 
   private async receiveReply(session: Session): Promise<void> {
-    if (!this.has(4)) await this.fill(session, 4);
+    // Exact: a simple reply's 16 bytes, which a structured one's header starts with.
+    if (!this.has(4)) await this.fill(session, this.exact ? SIMPLE_REPLY_BYTES : 4);
     const magic = this.recvView.getUint32(this.recvStart);
     if (magic === NBD_SIMPLE_REPLY_MAGIC) {
       if (!this.has(SIMPLE_REPLY_BYTES)) await this.fill(session, SIMPLE_REPLY_BYTES);
@@ -353,8 +416,12 @@ export class NbdClient {
       if (request.type === NBD_CMD_READ && error === 0) {
         // With structured replies negotiated a READ's data must come in chunks.
         if (session.structured) throw new ProtocolError('simple reply with data to a READ');
-        const rest = this.receiveInto(session, request.buf!.subarray(0, request.length));
-        if (rest) await rest;
+        if (request.data) {
+          await this.receivePages(session, request.data, 0, request.length);
+        } else {
+          const rest = this.receiveInto(session, request.buf!.subarray(0, request.length));
+          if (rest) await rest;
+        }
       }
       if (error !== 0) request.error = wireErrno(error);
       this.finish(session, request);
@@ -363,7 +430,15 @@ export class NbdClient {
     if (magic !== NBD_STRUCTURED_REPLY_MAGIC || !session.structured) {
       throw new ProtocolError(`bad reply magic 0x${magic.toString(16)}`);
     }
-    if (!this.has(STRUCTURED_REPLY_BYTES)) await this.fill(session, STRUCTURED_REPLY_BYTES);
+    if (!this.has(STRUCTURED_REPLY_BYTES)) {
+      // Exact: the 16 bytes staged name the chunk's type, so its fixed part comes in this RECV
+      // too (one ring round trip less per data chunk, measured: 4 a reply otherwise).
+      const fixed =
+        this.exact && this.has(8)
+          ? fixedChunkBytes(this.recvView.getUint16(this.recvStart + 6))
+          : 0;
+      await this.fill(session, STRUCTURED_REPLY_BYTES + fixed);
+    }
     const at = this.recvStart;
     const flags = this.recvView.getUint16(at + 4);
     const type = this.recvView.getUint16(at + 6);
@@ -390,8 +465,12 @@ export class NbdClient {
           length - 8,
         );
         this.recvStart += 8;
-        const rest = this.receiveInto(session, request.buf!.subarray(start, start + length - 8));
-        if (rest) await rest;
+        if (request.data) {
+          await this.receivePages(session, request.data, start, length - 8);
+        } else {
+          const rest = this.receiveInto(session, request.buf!.subarray(start, start + length - 8));
+          if (rest) await rest;
+        }
         break;
       }
       case NBD_REPLY_TYPE_OFFSET_HOLE: {
@@ -401,7 +480,8 @@ export class NbdClient {
         const size = this.recvView.getUint32(this.recvStart + 8);
         const start = this.chunkStart(request, readUint64(this.recvView, this.recvStart), size);
         this.recvStart += 12;
-        request.buf!.fill(0, start, start + size);
+        if (request.data) await this.zeroPages(request.data, start, size);
+        else request.buf!.fill(0, start, start + size);
         break;
       }
       default: {
@@ -540,6 +620,21 @@ export class NbdClient {
     );
     for (const request of waiting) request.reject(requestError(EIO, 'server unreachable'));
   }
+}
+
+/** The transport of a session whose requests come with pages: it must reach them by ring IO. */
+function pagesOf(session: Session): PagesTransport {
+  const { transport } = session;
+  if (!('sendData' in transport)) {
+    throw new Error('zero copy needs the socket on the ring, not TLS records in Node');
+  }
+  return transport as PagesTransport;
+}
+
+/** The bytes of a chunk's payload before its data: its offset, and a hole's size. */
+function fixedChunkBytes(type: number): number {
+  if (type === NBD_REPLY_TYPE_OFFSET_DATA) return 8;
+  return type === NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 0;
 }
 
 function fullyCovered(request: Request): boolean {

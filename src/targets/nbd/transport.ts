@@ -1,6 +1,6 @@
 import { writeSync } from 'node:fs';
 import { close as closeFd, shutdown as shutdownFd } from '../../sys.js';
-import type { QueueIo } from '../target.js';
+import type { QueueIo, RequestData } from '../target.js';
 
 /** The byte stream of a connection's transmission phase, as the client uses it. */
 export interface Transport {
@@ -19,13 +19,19 @@ export interface Transport {
   goodbye(bytes: Uint8Array): void;
 }
 
+/** A transport that also moves bytes between the socket and a request's lent pages. */
+export interface PagesTransport extends Transport {
+  sendData(data: RequestData, start: number, length: number): Promise<number>;
+  recvData(data: RequestData, start: number, length: number): Promise<number>;
+}
+
 const SHUT_RDWR = 2;
 
 /**
  * A socket, plain or with the kernel doing TLS: our own descriptor of it, every send and recv on
  * the queue's io_uring.
  */
-export class RingSocket implements Transport {
+export class RingSocket implements PagesTransport {
   constructor(
     private readonly io: QueueIo,
     private readonly fd: number,
@@ -37,6 +43,14 @@ export class RingSocket implements Transport {
 
   recv(into: Uint8Array, waitAll?: boolean): Promise<number> {
     return this.io.recv(this.fd, into, waitAll);
+  }
+
+  sendData(data: RequestData, start: number, length: number): Promise<number> {
+    return this.io.sendData(this.fd, data, start, length);
+  }
+
+  recvData(data: RequestData, start: number, length: number): Promise<number> {
+    return this.io.recvData(this.fd, data, start, length);
   }
 
   shutdown(): void {

@@ -268,8 +268,8 @@ function errorPayload(error: number, message: string, extraLength = 0): Buffer {
 
 /**
  * A correct READ reply is two data chunks (first half, second half), the second with DONE; each
- * corruption changes one thing of it. A correct reply for all-zero halves would use holes; the
- * pattern never has a zero half.
+ * corruption changes one thing of it (the pattern never has a zero half). A correct reply sends an
+ * all-zero half as a hole, as servers do for unallocated ranges.
  */
 function structuredRead(
   handle: bigint,
@@ -282,8 +282,13 @@ function structuredRead(
   const second = (flags = DONE) =>
     chunk(flags, 1, handle, offsetData(offset + half, bytes.subarray(half)));
   switch (kind) {
-    case undefined:
-      return Buffer.concat([first(), second()]);
+    case undefined: {
+      const part = (flags: number, start: number, end: number) =>
+        bytes.subarray(start, end).every((b) => b === 0)
+          ? chunk(flags, 2, handle, hole(offset + start, end - start))
+          : chunk(flags, 1, handle, offsetData(offset + start, bytes.subarray(start, end)));
+      return Buffer.concat([part(0, 0, half), part(DONE, half, bytes.length)]);
+    }
     case 'structured-magic':
       return Buffer.concat([
         chunk(0, 1, handle, offsetData(offset, bytes.subarray(0, half)), 0x668e33ee),

@@ -41,6 +41,14 @@ export function listed(id: number): Listed {
   return (JSON.parse(r.stdout) as Listed[])[0];
 }
 
+/** The device's UBLK_F flags as `ublk list` shows them. */
+export function listedFlags(id: number): number {
+  const list = ublk('list', '-n', String(id)).stdout;
+  const m = /flags (0x[0-9a-f]+) \[/.exec(list);
+  assert.ok(m, list);
+  return Number(m[1]);
+}
+
 /**
  * What `ublk add` prints: the new device in `list`'s text form (ublksrv's format, checked field
  * by field in cli.test.ts), parsed into the --json shape. Saves a `ublk list`, which costs
