@@ -362,7 +362,12 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
     },
     // Payloads between the socket and the request's pages, where the kernel lends them.
     ...((kernelFeatures(OURS) & UBLK_F.AUTO_BUF_REG) !== 0
-      ? [ublkDevice('ublk-ts nbd auto_zc', OURS, [...nbd, '--auto_zc'], 'nbd (kernel)')]
+      ? [
+          {
+            ...ublkDevice('ublk-ts nbd auto_zc', OURS, [...nbd, '--auto_zc'], 'nbd (kernel)'),
+            peer: 'ublk-ts nbd',
+          },
+        ]
       : []),
   ];
   if (!quick) devices.push(...tlsDevices(nbd, cleanups));

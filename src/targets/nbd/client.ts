@@ -432,7 +432,7 @@ export class NbdClient {
     }
     if (!this.has(STRUCTURED_REPLY_BYTES)) {
       // Exact: the 16 bytes staged name the chunk's type, so its fixed part comes in this RECV
-      // too (one ring round trip less per data chunk, measured: 4 a reply otherwise).
+      // too: one ring round trip less per data or hole chunk.
       const fixed =
         this.exact && this.has(8)
           ? fixedChunkBytes(this.recvView.getUint16(this.recvStart + 6))
