@@ -149,7 +149,7 @@ test('quiesce: the daemon hands the device to `recover` during fio verify, 0 err
   }
   // As in recovery.test.ts: fio thinks between IOs so that the run outlasts quiesce + recover,
   // and verify_backlog reads back every block shortly after it was written.
-  const size = 16 * MiB;
+  const size = 32 * MiB;
   const fio = startFio(dir, 'quiesce', [
     `--filename=/dev/ublkb${id}`,
     '--ioengine=io_uring',
@@ -167,7 +167,8 @@ test('quiesce: the daemon hands the device to `recover` during fio verify, 0 err
   const q = ublk('quiesce', '-n', String(id));
   assert.equal(q.status, 0, q.stderr);
   assert.equal(q.stdout, `dev id ${id}: state QUIESCED\n`);
-  assert.ok(!daemonPids().includes(pid), 'the old daemon let go and exited');
+  // QUIESCED once it closed /dev/ublkcN; its exit comes after.
+  await waitFor('the old daemon to exit', () => !daemonPids().includes(pid), 30_000);
   assert.deepEqual(stateFiles(), [`${id}.json`], 'its record stays for recover');
   assert.ok(fio.running(), 'fio waits, its IO held');
   const r = ublk('recover', '-n', String(id));

@@ -275,8 +275,8 @@ for (const mode of MODES) {
 
 for (const mode of MODES.filter((m) => m.flag !== UBLK_F.USER_COPY && has(m))) {
   const option = mode.options.join(' ');
-  test(`null ${option}: reads and writes complete`, () => {
-    withDevice(['-t', 'null', ...mode.options], (id, dev) => {
+  test(`null ${option}: reads and writes complete`, async () => {
+    await withDevice(['-t', 'null', ...mode.options], (id, dev) => {
       assert.equal(listedFlags(id) & mode.flag, mode.flag, `${mode.name} granted`);
       const size = 16 * MiB;
       const report = fio([

@@ -349,8 +349,9 @@ test('the server gone past --reconnect_timeout: EIO, a log line, and a clean del
   const dev = `/dev/ublkb${id}`;
   const logStart = logLength();
   writeAt(dev, 0, Buffer.alloc(65536, 7));
-  await stop(server, 'SIGKILL');
+  // Before the kill: the client's bound runs from when it sees the drop, after this.
   const started = Date.now();
+  await stop(server, 'SIGKILL');
   const dd = spawnSync(
     'dd',
     [`if=${dev}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct', 'status=none'],

@@ -28,7 +28,7 @@ export function completedIos(id: number): number {
 }
 
 export interface FioRun {
-  /** fio's exit status and JSON report; rejects if fio is still running `ms` after it started. */
+  /** fio's exit status and JSON report; rejects if fio is still running `ms` from now. */
   finished(ms: number): Promise<{ status: number | null; report: FioReport; stderr: string }>;
   running(): boolean;
 }
@@ -55,19 +55,20 @@ export function startFio(dir: string, name: string, args: string[], asUser: stri
       resolve((exitStatus = code));
     }),
   );
-  const started = Date.now();
   return {
     running: () => exitStatus === undefined,
     async finished(ms) {
       let timer: NodeJS.Timeout | undefined;
       const deadline = new Promise<'hung'>((resolve) => {
-        timer = setTimeout(() => resolve('hung'), Math.max(0, started + ms - Date.now()));
+        timer = setTimeout(() => resolve('hung'), ms);
       });
       const status = await Promise.race([exited, deadline]);
       clearTimeout(timer);
       if (status === 'hung') {
         child.kill('SIGKILL');
-        throw new Error(`fio ${name} hung: still running ${ms / 1000} s after it started`);
+        throw new Error(
+          `fio ${name} hung: still running ${ms / 1000} s after the test waited for it`,
+        );
       }
       const text = readFileSync(out, 'utf8');
       const report = JSON.parse(text.slice(text.indexOf('{'))) as FioReport;
