@@ -251,6 +251,21 @@ async function statsNow(pid: number, path: string) {
   return statsOf(path);
 }
 
+/**
+ * The stats once the device is idle: the kernel reads a new disk (its partition scan) on its own
+ * schedule, and those reads must not be counted as fio's.
+ */
+async function settledStats(pid: number, path: string) {
+  let last = await statsNow(pid, path);
+  for (let round = 0; round < 60; round++) {
+    await sleep(500);
+    const now = await statsNow(pid, path);
+    if (now.read.ops === last.read.ops && now.write.ops === last.write.ops) return now;
+    last = now;
+  }
+  throw new Error("the new device still gets IO that is not fio's after 30 s");
+}
+
 /** fio's random reads, then random writes, of 4 KiB at `iodepth`: how many of each it did. */
 function fioReadsWrites(dev: string, reads: number, writes: number, iodepth: number) {
   const run = (rw: string, ios: number) =>
@@ -283,8 +298,7 @@ test("stats: the counts between two SIGUSR1 are fio's, on null (handlers, 2 queu
       [...target, '--filter', 'stats', '--stats_file', path],
       async (id, dev, added) => {
         if (target[1] === 'loop') assert.equal(await zeroCopyOf(id), kernelHas, 'zero copy');
-        await sleep(2000); // let udev's probe of the new disk finish
-        const first = await statsNow(added.daemon_pid, path);
+        const first = await settledStats(added.daemon_pid, path);
         await sleep(20); // different mtime granularity: make sure the rewrite is seen
         const { reads, writes } = fioReadsWrites(dev, 300, 200, 4);
         const second = await statsNow(added.daemon_pid, path);
@@ -308,8 +322,7 @@ test('stats over error over loop: stats counts the requests error fails, as fail
   const filters = ['--filter', 'stats', '--stats_file', path];
   filters.push('--filter', 'error', '--error_range', '4M-5M');
   await withDevice(['-t', 'loop', '-f', base, ...filters], async (_id, dev, added) => {
-    await sleep(2000);
-    const first = await statsNow(added.daemon_pid, path);
+    const first = await settledStats(added.daemon_pid, path);
     await sleep(20);
     let failed = 0;
     for (const offset of [0, 4 * MiB, 4 * MiB + 8192, 6 * MiB, 5 * MiB - 4096, 5 * MiB]) {
