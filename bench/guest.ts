@@ -271,7 +271,15 @@ function tlsCertificates(): void {
   run('mkdir', ['-p', TLS_DIR]);
   const at = (name: string) => `${TLS_DIR}/${name}`;
   const ca = ['-CA', at('ca-cert.pem'), '-CAkey', at('ca-key.pem'), '-CAcreateserial'];
-  const newKey = ['-newkey', 'rsa:2048', '-nodes', '-days', '2'];
+  const newKey = [
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-days',
+    '2',
+  ];
   run('openssl', [
     'req',
     '-x509',

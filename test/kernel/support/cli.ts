@@ -73,8 +73,13 @@ export function delDevice(devId: number): void {
   if (r.status !== 0) throw new Error(`ublk del -n ${devId} failed: ${r.stderr}`);
 }
 
-/** Deletes every ublk device, for cleanup hooks; never throws. */
+/**
+ * Deletes every ublk device, for cleanup hooks; never throws. Skipped when there is nothing to
+ * delete (no node, daemon or state record): `ublk del -a` is a Node start-up, seconds under
+ * emulation, and the hooks run after every test.
+ */
 export function delAll(): void {
+  if (ublkNodes().length === 0 && daemonPids().length === 0 && stateFiles().length === 0) return;
   ublk('del', '-a');
 }
 

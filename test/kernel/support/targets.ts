@@ -29,6 +29,8 @@ export interface Listed {
   nr_hw_queues: number;
   block_size: number;
   dev_capacity: number;
+  /** UBLK_F flags as listed (`list` and `add` print them; the JSON form has them too). */
+  flags: number;
   state: string;
   daemon_pid: number;
   queues: { id: number; tid: number; affinity: number[] }[];
@@ -60,7 +62,8 @@ export function parseListing(text: string): Listed {
       text,
     );
   const target = /^\ttarget (\{.*\})$/m.exec(text);
-  assert.ok(head && target, `a device listing: ${text}`);
+  const flags = /flags (0x[0-9a-f]+)/.exec(text);
+  assert.ok(head && target && flags, `a device listing: ${text}`);
   const queues = [...text.matchAll(/^\tqueue (\d+): tid (\d+) affinity\(([\d ]*)\)$/gm)].map(
     (m) => ({
       id: Number(m[1]),
@@ -73,11 +76,19 @@ export function parseListing(text: string): Listed {
     nr_hw_queues: Number(head[2]),
     block_size: Number(head[3]),
     dev_capacity: Number(head[4]),
+    flags: Number(flags[1]),
     daemon_pid: Number(head[5]),
     state: head[6],
     queues,
     target: JSON.parse(target[1]) as Record<string, unknown>,
   };
+}
+
+/** `ublk add ARGS`, which must succeed; the new device as it printed it. */
+export function addListed(...args: string[]): Listed {
+  const r = ublk('add', ...args);
+  assert.equal(r.status, 0, `ublk add ${args.join(' ')}: ${r.stderr}`);
+  return parseListing(r.stdout);
 }
 
 /**
@@ -88,9 +99,7 @@ export async function withDevice<T>(
   args: string[],
   body: (id: number, dev: string, added: Listed) => T | Promise<T>,
 ): Promise<T> {
-  const r = ublk('add', ...args);
-  assert.equal(r.status, 0, `ublk add ${args.join(' ')}: ${r.stderr}`);
-  const added = parseListing(r.stdout);
+  const added = addListed(...args);
   const id = added.dev_id;
   try {
     return await body(id, blockDevice(id), added);
