@@ -41,7 +41,14 @@ import {
   waitFor,
   type Run,
 } from './support/cli.js';
-import { completedIos, killFio, startFio, theDaemon } from './support/recovery.js';
+import {
+  assertVerified,
+  completedIos,
+  killFio,
+  startFio,
+  startVerifyAcrossRecovery,
+  theDaemon,
+} from './support/recovery.js';
 import { listed } from './support/targets.js';
 
 const MiB = 2 ** 20;
@@ -147,22 +154,9 @@ test('quiesce: the daemon hands the device to `recover` during fio verify, 0 err
     assertNothingLeft();
     return;
   }
-  // As in recovery.test.ts: fio thinks between IOs so that the run outlasts quiesce + recover,
-  // and verify_backlog reads back every block shortly after it was written.
+  // The run outlasts quiesce + recover.
   const size = 32 * MiB;
-  const fio = startFio(dir, 'quiesce', [
-    `--filename=/dev/ublkb${id}`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    '--rw=randwrite',
-    '--bsrange=4k-64k',
-    '--iodepth=32',
-    `--size=${size}`,
-    '--thinktime=15ms',
-    '--verify=crc32c',
-    '--verify_backlog=128',
-    '--verify_fatal=1',
-  ]);
+  const fio = startVerifyAcrossRecovery(dir, 'quiesce', id, { size, sizes: '--bsrange=4k-64k' });
   await waitFor('fio IO', () => completedIos(id) > 100, 60_000);
   const q = ublk('quiesce', '-n', String(id));
   assert.equal(q.status, 0, q.stderr);
@@ -174,15 +168,7 @@ test('quiesce: the daemon hands the device to `recover` during fio verify, 0 err
   const r = ublk('recover', '-n', String(id));
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /state LIVE/);
-  const { status, report, stderr } = await fio.finished(10 * 60_000);
-  assert.equal(status, 0, stderr);
-  assert.deepEqual(
-    report.jobs.map((j) => j.error),
-    [0],
-    'no IO or verify error',
-  );
-  assert.equal(report.jobs[0].write.io_bytes, size, 'every block written');
-  assert.equal(report.jobs[0].read.io_bytes, size, 'and verified');
+  await assertVerified(fio, size);
   delDevice(id);
   const plain = addDevice('-t', 'null');
   refused(

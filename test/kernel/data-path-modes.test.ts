@@ -27,12 +27,12 @@ import {
   waitFor,
 } from './support/cli.js';
 import {
+  assertVerified,
   completedIos,
-  jobErrors,
   killDaemon,
   killFio,
   recover,
-  startFio,
+  startVerifyAcrossRecovery,
   theDaemon,
 } from './support/recovery.js';
 import {
@@ -225,22 +225,9 @@ for (const mode of MODES) {
       const id = added.dev_id;
       assert.equal(added.flags & mode.flag, mode.flag);
       const pid = theDaemon();
-      // As in recovery.test.ts: fio thinks 15 ms after each IO so that most of the run is still
-      // ahead at the kill; verify_backlog checks every block shortly after it was written.
       const size = 16 * MiB;
-      const fio = startFio(dir, `reissue-${option.replace(/[- ]/g, '')}-${id}`, [
-        `--filename=/dev/ublkb${id}`,
-        '--ioengine=io_uring',
-        '--direct=1',
-        '--rw=randwrite',
-        `--bssplit=${BSSPLIT}`,
-        '--iodepth=32',
-        `--size=${size}`,
-        '--thinktime=15ms',
-        '--verify=crc32c',
-        '--verify_backlog=128',
-        '--verify_fatal=1',
-      ]);
+      const name = `reissue-${option.replace(/[- ]/g, '')}-${id}`;
+      const fio = startVerifyAcrossRecovery(dir, name, id, { size, sizes: `--bssplit=${BSSPLIT}` });
       // One kill per mode: recovery.test.ts kills one fio run's daemon three times over.
       const before = completedIos(id);
       await waitFor('fio IO', () => completedIos(id) > before + 50, 60_000);
@@ -248,11 +235,7 @@ for (const mode of MODES) {
       await killDaemon(pid);
       recover(id, pid);
       assert.equal(listedFlags(id) & mode.flag, mode.flag, `still ${mode.name}`);
-      const { status, report, stderr } = await fio.finished(10 * 60_000);
-      assert.equal(status, 0, stderr);
-      assert.deepEqual(jobErrors(report), [0], 'no IO or verify error');
-      assert.equal(report.jobs[0].write.io_bytes, size, 'every block written');
-      assert.equal(report.jobs[0].read.io_bytes, size, 'and verified');
+      await assertVerified(fio, size);
       delDevice(id);
       assertNothingLeft();
     });

@@ -80,6 +80,44 @@ export function startFio(dir: string, name: string, args: string[], asUser: stri
 /** fio's reported errors: the first error (an errno) of each job. */
 export const jobErrors = (report: FioReport) => report.jobs.map((j) => j.error);
 
+/**
+ * fio in the background writing `size` bytes of /dev/ublkbID at random places with crc32c
+ * checksums, while its daemon is killed (or hands over) and `recover` starts another. It thinks
+ * 15 ms after each IO (verify reads included), so that most of the run is still ahead at the
+ * kills whatever the machine's speed (a rate limit would not do: fio catches up after a stall);
+ * verify_backlog reads back and checks every block shortly after it was written. `sizes` is
+ * fio's --bsrange or --bssplit.
+ */
+export function startVerifyAcrossRecovery(
+  dir: string,
+  name: string,
+  id: number,
+  { size, sizes }: { size: number; sizes: string },
+): FioRun {
+  return startFio(dir, name, [
+    `--filename=/dev/ublkb${id}`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--rw=randwrite',
+    sizes,
+    '--iodepth=32',
+    `--size=${size}`,
+    '--thinktime=15ms',
+    '--verify=crc32c',
+    '--verify_backlog=128',
+    '--verify_fatal=1',
+  ]);
+}
+
+/** That a startVerifyAcrossRecovery run ended well: every block written and verified, no error. */
+export async function assertVerified(fio: FioRun, size: number): Promise<void> {
+  const { status, report, stderr } = await fio.finished(10 * 60_000);
+  assert.equal(status, 0, stderr);
+  assert.deepEqual(jobErrors(report), [0], 'no IO or verify error');
+  assert.equal(report.jobs[0].write.io_bytes, size, 'every block written');
+  assert.equal(report.jobs[0].read.io_bytes, size, 'and verified');
+}
+
 /** `ublk recover -n ID`, which must succeed and print the device LIVE with a new daemon. */
 export function recover(id: number, oldPid: number): number {
   const r = ublk('recover', '-n', String(id));
