@@ -369,6 +369,34 @@ static napi_value js_lseek(napi_env env, napi_callback_info info) {
   return make_number(env, r < 0 ? -errno : (double)r);
 }
 
+/* pread(2)/pwrite(2) at an address (from addressOf, as SQE fields take it): bytes or -errno,
+   EINTR retried. For IO that io_uring would only hand to an io-wq worker: a file without
+   FMODE_NOWAIT, such as /dev/ublkcN, on which ublk's user copy reads and writes. */
+static napi_value positional_io(napi_env env, napi_callback_info info, bool write) {
+  napi_value argv[4];
+  int32_t fd;
+  int64_t address, length, position;
+  if (!get_args(env, info, 4, argv) || !get_i32(env, argv[0], &fd) ||
+      !get_i64(env, argv[1], &address) || !get_i64(env, argv[2], &length) ||
+      !get_i64(env, argv[3], &position))
+    return NULL;
+  void *buf = (void *)(uintptr_t)address;
+  ssize_t r;
+  do {
+    r = write ? pwrite(fd, buf, (size_t)length, (off_t)position)
+              : pread(fd, buf, (size_t)length, (off_t)position);
+  } while (r < 0 && errno == EINTR);
+  return make_number(env, r < 0 ? -errno : (double)r);
+}
+
+static napi_value js_pread(napi_env env, napi_callback_info info) {
+  return positional_io(env, info, false);
+}
+
+static napi_value js_pwrite(napi_env env, napi_callback_info info) {
+  return positional_io(env, info, true);
+}
+
 /* A descriptor of our own for a socket another owner (libuv) holds: close-on-exec, like theirs. */
 static napi_value js_dup(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -666,6 +694,8 @@ NAPI_MODULE_INIT() {
       {"open", js_open},
       {"close", js_close},
       {"lseek", js_lseek},
+      {"pread", js_pread},
+      {"pwrite", js_pwrite},
       {"dup", js_dup},
       {"shutdown", js_shutdown},
       {"setsockopt", js_setsockopt},

@@ -67,6 +67,13 @@ export interface Sys {
   close(fd: number): void;
   /** lseek(2): the new offset or -errno (SEEK_DATA beyond the last data: -ENXIO). */
   lseek(fd: number, offset: number, whence: number): number;
+  /**
+   * pread(2) into memory at `address` (from addressOf): bytes read or -errno; EINTR is retried.
+   * For files io_uring would hand to an io-wq worker, such as /dev/ublkcN (see user-copy.ts).
+   */
+  pread(fd: number, address: number, length: number, position: number): number;
+  /** pwrite(2) from memory at `address`, as pread. */
+  pwrite(fd: number, address: number, length: number, position: number): number;
   /** fcntl(F_DUPFD_CLOEXEC): a second descriptor of the same open file. */
   dup(fd: number): number;
   /** shutdown(2) of a socket (how: 0 read, 1 write, 2 both); not connected is not an error. */
@@ -130,6 +137,8 @@ export const {
   open,
   close,
   lseek,
+  pread,
+  pwrite,
   dup,
   shutdown,
   setsockopt,

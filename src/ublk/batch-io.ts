@@ -15,7 +15,7 @@ const { ENOBUFS } = constants.errno;
 
 /**
  * user_data of the queue's batch commands: this plus a code, BATCH_SLOTS and up for the fetch
- * commands, an element slot below (above USER_COPY_IO_BASE + tag, below 2^53).
+ * commands, an element slot below (above the other user_data of queue.ts, below 2^53).
  */
 export const BATCH_IO_BASE = 2 ** 44;
 /**

@@ -38,7 +38,7 @@ import {
   type TagStatesConfig,
 } from './tag-states.js';
 import type { QueueHandlers, QueueIo } from './target.js';
-import { bouncePoolBytes, USER_COPY_IO_BASE } from './user-copy.js';
+import { bouncePoolBytes } from './user-copy.js';
 import { wholeBufferIo } from './whole-buffer-io.js';
 
 export interface QueueConfig extends TagStatesConfig {
@@ -84,8 +84,7 @@ const { ETIME, EBUSY } = osConstants.errno;
 /**
  * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
  * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
- * USER_COPY_IO_BASE up, a user copy's read or write of /dev/ublkcN (USER_COPY_IO_BASE + tag);
- * from HOOK_DELAY_BASE up, a filter's delay of a request (HOOK_DELAY_BASE + tag); from
+ * HOOK_DELAY_BASE up, a filter's delay of a request (HOOK_DELAY_BASE + tag); from
  * LINKED_COMMIT_BASE up, a commit linked behind a forwarded request's IO; from BATCH_IO_BASE up,
  * a batch command (batch-io.ts).
  */
@@ -426,9 +425,6 @@ export class Queue implements IoCommandSink {
       return this.tags.completeLinkedCommit(userData - LINKED_COMMIT_BASE, res);
     }
     if (userData >= HOOK_DELAY_BASE) return this.tags.resumeDelayed(userData - HOOK_DELAY_BASE);
-    if (userData >= USER_COPY_IO_BASE) {
-      return this.tags.completeCopy(userData - USER_COPY_IO_BASE, res);
-    }
     if (userData >= FORWARDED_IO_BASE) {
       return this.tags.forwarded.complete(userData - FORWARDED_IO_BASE, res);
     }

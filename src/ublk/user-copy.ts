@@ -1,15 +1,9 @@
 /**
  * UBLK_F_USER_COPY (6.5+): no buffer is given to the kernel per tag; the daemon copies a request's
- * data itself with read/write (on the queue's ring) at the request's position on /dev/ublkcN.
+ * data itself with pread/pwrite at the request's position on /dev/ublkcN.
  * What it copies through is a bounce pool bounded in bytes, not depth x max IO size.
  */
 import { UBLK_IO_BUF, UBLK_QID, UBLK_TAG, UBLKSRV_IO_BUF_OFFSET } from './abi.js';
-
-/**
- * user_data of a user copy's read or write of /dev/ublkcN: this plus its tag (above the forwarded
- * requests' FORWARDED_IO_BASE + tag, below 2^53).
- */
-export const USER_COPY_IO_BASE = 2 ** 41;
 
 const TAG_SCALE = 2 ** UBLK_TAG.OFF;
 const QID_SCALE = 2 ** UBLK_QID.OFF;

@@ -1,10 +1,21 @@
 /**
  * User copy (UBLK_F_USER_COPY): the /dev/ublkcN position of a request's bytes, the bounce pool,
- * and the state machine's copies around handlers and forwarded IO, over the stand-in ring.
+ * and the state machine's copies around handlers and forwarded IO, over the stand-in ring and a
+ * file in place of /dev/ublkcN.
  */
 import assert from 'node:assert/strict';
-import { constants } from 'node:os';
-import { test } from 'node:test';
+import {
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import { constants, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
 import {
   UBLK_IO,
   UBLK_IO_BUF,
@@ -15,6 +26,7 @@ import {
   UBLK_U_IO,
   UBLKSRV_IO_BUF_OFFSET,
 } from '../../src/ublk/abi.js';
+import { addressOf } from '../../src/sys.js';
 import { Queue } from '../../src/ublk/queue.js';
 import { FailureLog } from '../../src/ublk/failure-log.js';
 import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
@@ -25,7 +37,6 @@ import {
   BOUNCE_POOL_BYTES,
   BouncePool,
   bouncePoolBytes,
-  USER_COPY_IO_BASE,
   userCopyOffset,
 } from '../../src/ublk/user-copy.js';
 import {
@@ -35,9 +46,8 @@ import {
   type PreparedIo,
 } from './support/stand-ins.js';
 
-const { EFAULT } = constants.errno;
+const { EBADF } = constants.errno;
 const CHAR_FD = 42;
-const BASE = 0x10000;
 
 /** The kernel's ublk_pos_to_hwq / _tag / _buf_off, in BigInt. */
 function decode(pos: number) {
@@ -109,13 +119,52 @@ test('BouncePool: waiters are granted in arrival order, the head first', () => {
   assert.equal(pool.grantWaiter(), -1);
 });
 
+/**
+ * What stands in for /dev/ublkcN: a sparse temporary file, read and written at the same positions
+ * (above 2 GiB), so that the copies are the real pread/pwrite calls.
+ */
+function standInCharDevice(flags: 'r+' | 'r' | 'w' = 'r+') {
+  const dir = mkdtempSync(join(tmpdir(), 'ublk-user-copy-'));
+  const path = join(dir, 'ublkc');
+  writeFileSync(path, '');
+  const fd = openSync(path, flags);
+  after(() => {
+    closeSync(fd);
+    rmSync(dir, { recursive: true });
+  });
+  return {
+    fd,
+    /** Puts bytes in the request (qId 2, tag) as the kernel holds them. */
+    put(tag: number, data: Uint8Array) {
+      const writer = openSync(path, 'r+');
+      writeSync(writer, data, 0, data.length, userCopyOffset(2, tag, 0));
+      closeSync(writer);
+    },
+    /** What the daemon stored in the request (qId 2, tag). */
+    get(tag: number, length: number): Uint8Array {
+      const out = new Uint8Array(length);
+      const reader = openSync(path, 'r');
+      readSync(reader, out, 0, length, userCopyOffset(2, tag, 0));
+      closeSync(reader);
+      return out;
+    },
+  };
+}
+
 /** TagStates with user copy over a stand-in ring; every step runs synchronously. */
-function userCopyTags(handlers: QueueHandlers, poolBytes: number, depth = 4) {
+function userCopyTags(
+  handlers: QueueHandlers,
+  poolBytes: number,
+  depth = 4,
+  charFlags?: 'r+' | 'r' | 'w',
+) {
   const ring = new StandInRing();
   const descs = new StandInDescriptors();
+  const char = standInCharDevice(charFlags);
   const sent: { cmdOp: number; tag: number; result: number }[] = [];
   const logged: string[] = [];
   const bytes = new Uint8Array(poolBytes);
+  const base = addressOf(bytes);
   const tags = new TagStates(
     {
       queueId: 2,
@@ -123,10 +172,10 @@ function userCopyTags(handlers: QueueHandlers, poolBytes: number, depth = 4) {
       bufferBytes: 256 * 1024,
       encodedOpcodes: false,
       userCopy: true,
-      charFd: CHAR_FD,
+      charFd: char.fd,
     },
     descs,
-    { bytes, address: BASE },
+    { bytes, address: base },
     { sendIoCmd: (cmdOp, tag, result) => void sent.push({ cmdOp, tag, result }) },
     new FailureLog({ devId: 0, queueId: 2, write: (line) => void logged.push(line) }),
     { sq: ring.sq, makeRoom: () => undefined },
@@ -142,13 +191,9 @@ function userCopyTags(handlers: QueueHandlers, poolBytes: number, depth = 4) {
     descs.request(tag, { op, startSector, nrSectors });
     return prepared(() => tags.complete(tag, UBLK_IO_RES.OK));
   };
-  const copyDone = (io: PreparedIo, res: number) => {
-    assert.ok(io.userData >= USER_COPY_IO_BASE, 'a user copy');
-    return prepared(() => tags.completeCopy(io.userData - USER_COPY_IO_BASE, res));
-  };
   /** Where `address` is in the pool. */
-  const at = (address: number) => address - BASE;
-  return { tags, ring, sent, logged, bytes, request, copyDone, prepared, at };
+  const at = (address: number) => address - base;
+  return { tags, ring, char, sent, logged, bytes, request, prepared, at };
 }
 
 const commit = (tag: number, result: number) => ({
@@ -163,20 +208,8 @@ test('user copy, JS handler: a WRITE is read from /dev/ublkcN into a bounce buff
     { write: (buf, offset) => void written.push(`${buf[0]}x${buf.length}@${offset}`) },
     BOUNCE_POOL_BYTES,
   );
-  const [load] = uc.request(3, UBLK_IO_OP.WRITE, 16, 8);
-  assert.equal(load.kind, 'read');
-  assert.equal(load.fd, CHAR_FD);
-  assert.equal(load.length, 4096);
-  assert.equal(load.offset, userCopyOffset(2, 3, 0));
-  assert.deepEqual(written, [], 'the handler waits for the data');
-  assert.equal(uc.tags.ringIoInFlight, 1);
-  uc.bytes.fill(9, uc.at(load.address!), uc.at(load.address!) + 4096);
-  // A short read is continued with the rest, at the matching position.
-  const [rest] = uc.copyDone(load, 1024);
-  assert.equal(rest.offset, userCopyOffset(2, 3, 1024));
-  assert.equal(rest.address, load.address! + 1024);
-  assert.equal(rest.length, 3072);
-  assert.deepEqual(uc.copyDone(rest, 3072), []);
+  uc.char.put(3, new Uint8Array(4096).fill(9));
+  assert.deepEqual(uc.request(3, UBLK_IO_OP.WRITE, 16, 8), [], 'no ring IO: the copy is pread');
   assert.deepEqual(written, ['9x4096@8192']);
   assert.deepEqual(uc.sent, [commit(3, 4096)]);
   assert.equal(uc.tags.ringIoInFlight, 0);
@@ -184,27 +217,22 @@ test('user copy, JS handler: a WRITE is read from /dev/ublkcN into a bounce buff
 
 test('user copy, JS handler: a READ fills the bounce buffer, which is written to /dev/ublkcN before the commit', () => {
   const uc = userCopyTags({ read: (buf) => void buf.fill(0xab) }, BOUNCE_POOL_BYTES);
-  const [store] = uc.request(1, UBLK_IO_OP.READ, 0, 16);
-  assert.equal(store.kind, 'write');
-  assert.equal(store.fd, CHAR_FD);
-  assert.equal(store.length, 8192);
-  assert.equal(store.offset, userCopyOffset(2, 1, 0));
-  const start = uc.at(store.address!);
-  assert.ok(uc.bytes.subarray(start, start + 8192).every((b) => b === 0xab));
-  assert.deepEqual(uc.sent, [], 'no commit before the data is in the request');
-  uc.copyDone(store, 8192);
+  assert.deepEqual(uc.request(1, UBLK_IO_OP.READ, 0, 16), []);
   assert.deepEqual(uc.sent, [commit(1, 8192)]);
+  assert.ok(uc.char.get(1, 8192).every((b) => b === 0xab));
 });
 
 test('user copy: a failed copy fails only its request, logged, and frees its buffer', () => {
-  const uc = userCopyTags({ write: () => undefined }, BOUNCE_CHUNK, 2);
-  const [load] = uc.request(0, UBLK_IO_OP.WRITE, 0, 8);
-  assert.deepEqual(uc.request(1, UBLK_IO_OP.WRITE, 8, 8), [], 'tag 1 waits: one chunk in all');
-  const [next] = uc.copyDone(load, -EFAULT);
-  assert.deepEqual(uc.sent, [commit(0, -EFAULT)]);
+  // Opened write-only: every pread of it fails with EBADF.
+  const uc = userCopyTags({ write: () => undefined }, BOUNCE_CHUNK, 2, 'w');
+  const sent = () => uc.sent.map((c) => [c.tag, c.result]);
+  assert.deepEqual(uc.request(0, UBLK_IO_OP.WRITE, 0, 8), []);
+  assert.deepEqual(sent(), [[0, -EBADF]]);
   assert.match(uc.logged.join('\n'), /user copy/);
-  assert.equal(next.offset, userCopyOffset(2, 1, 0), 'the freed buffer goes to tag 1');
-  assert.equal(next.address, load.address);
+  uc.sent.length = 0;
+  // The buffer is free again: a second request gets it (and fails the same way).
+  assert.deepEqual(uc.request(1, UBLK_IO_OP.WRITE, 8, 8), []);
+  assert.deepEqual(sent(), [[1, -EBADF]]);
 });
 
 test('user copy: requests beyond the pool wait, then run in arrival order as buffers free', async () => {
@@ -221,37 +249,37 @@ test('user copy: requests beyond the pool wait, then run in arrival order as buf
   finish = [];
   await null;
   await null;
-  const [store] = uc.ring.targetIo.slice(-1);
-  assert.equal(store.offset, userCopyOffset(2, 0, 0));
-  assert.equal(store.length, 32 * 1024);
-  assert.equal(finish.length, 0, 'tag 0 still holds its buffer until its commit');
-  uc.copyDone(store, 32 * 1024);
   assert.deepEqual(uc.sent, [commit(0, 32 * 1024)]);
-  assert.equal(finish.length, 2, 'tags 1 and 2 got a chunk each');
+  assert.equal(finish.length, 2, 'tags 1 and 2 got a chunk each once tag 0 was committed');
 });
 
 test('user copy, forwarded (loop): WRITE loads then writes the file from the bounce buffer; READ reads the file then stores', () => {
   const uc = userCopyTags({ forward: { fd: 5, offset: 1 << 20 } }, BOUNCE_POOL_BYTES);
-  const [load] = uc.request(2, UBLK_IO_OP.WRITE, 8, 8);
-  assert.deepEqual([load.kind, load.fd, load.offset], ['read', CHAR_FD, userCopyOffset(2, 2, 0)]);
-  const [write] = uc.copyDone(load, 4096);
+  uc.char.put(2, new Uint8Array(4096).fill(7));
+  const [write] = uc.request(2, UBLK_IO_OP.WRITE, 8, 8);
   assert.deepEqual(
-    [write.kind, write.fd, write.offset, write.length, write.address],
-    ['write', 5, (1 << 20) + 4096, 4096, load.address],
+    [write.kind, write.fd, write.offset, write.length],
+    ['write', 5, (1 << 20) + 4096, 4096],
+  );
+  const start = uc.at(write.address!);
+  assert.ok(
+    uc.bytes.subarray(start, start + 4096).every((b) => b === 7),
+    'the data, loaded',
   );
   uc.prepared(() => uc.tags.forwarded.complete(write.userData - FORWARDED_IO_BASE, 4096));
   assert.deepEqual(uc.sent, [commit(2, 4096)]);
 
   const [read] = uc.request(3, UBLK_IO_OP.READ, 0, 8);
   assert.deepEqual([read.kind, read.fd, read.offset, read.length], ['read', 5, 1 << 20, 4096]);
-  const [store] = uc.prepared(() =>
-    uc.tags.forwarded.complete(read.userData - FORWARDED_IO_BASE, 4096),
-  );
+  uc.bytes.fill(0xcd, uc.at(read.address!), uc.at(read.address!) + 4096);
   assert.deepEqual(
-    [store.kind, store.fd, store.offset, store.address],
-    ['write', CHAR_FD, userCopyOffset(2, 3, 0), read.address],
+    uc.prepared(() => uc.tags.forwarded.complete(read.userData - FORWARDED_IO_BASE, 4096)),
+    [],
   );
-  uc.copyDone(store, 4096);
+  assert.ok(
+    uc.char.get(3, 4096).every((b) => b === 0xcd),
+    'the data, stored',
+  );
   assert.deepEqual(uc.sent, [commit(2, 4096), commit(3, 4096)]);
   assert.equal(uc.tags.ringIoInFlight, 0);
 });
