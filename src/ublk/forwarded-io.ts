@@ -7,6 +7,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   IORING_FSYNC_DATASYNC,
   IOSQE_CQE_SKIP_SUCCESS,
+  IOSQE_IO_HARDLINK,
   IOSQE_IO_LINK,
   type SubmissionQueue,
 } from '../uring/index.js';
@@ -31,8 +32,6 @@ const STAGE_WRITE_FUA = 4;
 const STAGE_FUA_SYNC = 5;
 const STAGE_FLUSH = 6;
 const STAGE_DISCARD = 7;
-/** Manual zero copy: the data IO is done; UNREGISTER_IO_BUF, then the stage in `next`. */
-const STAGE_UNREGISTER = 8;
 
 /** The ring calls a forwarded request needs. */
 export interface ForwardRing {
@@ -64,9 +63,11 @@ export interface ForwardedIoConfig {
    */
   autoBufReg: boolean;
   /**
-   * UBLK_F_SUPPORT_ZERO_COPY (manual zero copy): each READ/WRITE registers the request's pages at
-   * index `tag` with REGISTER_IO_BUF on /dev/ublkcN (`charFd`), linked before its first
-   * READ_FIXED/WRITE_FIXED, and unregisters them once the data IO is done, as kublk does.
+   * UBLK_F_SUPPORT_ZERO_COPY (manual zero copy): each READ_FIXED/WRITE_FIXED is the middle of a
+   * chain submitted at once, as kublk does: REGISTER_IO_BUF of the request's pages at index `tag`
+   * on /dev/ublkcN (`charFd`), linked to the IO, hard-linked to UNREGISTER_IO_BUF (which runs
+   * whatever the IO's result). The request goes on once both the IO's and the unregister's CQEs
+   * came: usually in one wake-up, where unregistering from the IO's CQE took one more.
    */
   manualZeroCopy?: { charFd: number; queueId: number };
 }
@@ -106,16 +107,17 @@ export class ForwardedIo {
   private readonly done: Uint32Array;
   /** Copy and user copy: where the request's data is in memory (start's `address`). */
   private readonly address: Float64Array;
-  /** Manual zero copy, per tag: 1 until the first data IO (which REGISTER_IO_BUF precedes). */
-  private readonly mustRegister: Uint8Array;
   /** Per tag, 1 while its ring IO runs with its commit linked behind it (see start). */
   private readonly linked: Uint8Array;
   /** Per tag, 1 after a failed REGISTER_IO_BUF, until the request's next start. */
   private readonly registerFailed: Uint8Array;
-  /** Per tag, while unregistering: the stage after it (0: done), the result, a failed stage. */
-  private readonly next: Uint8Array;
-  private readonly result: Int32Array;
-  private readonly failedStage: Uint8Array;
+  /**
+   * Manual zero copy, per tag: CQEs of its chain still to come (the IO's, the unregister's), and
+   * the result of whichever came first.
+   */
+  private readonly chainCqes: Uint8Array;
+  private readonly ioResult: Int32Array;
+  private readonly unregisterResult: Int32Array;
   private zeroFd = -1;
 
   constructor(
@@ -129,12 +131,11 @@ export class ForwardedIo {
     this.length = new Uint32Array(config.depth);
     this.done = new Uint32Array(config.depth);
     this.address = new Float64Array(config.depth);
-    this.mustRegister = new Uint8Array(config.depth);
     this.linked = new Uint8Array(config.depth);
     this.registerFailed = new Uint8Array(config.depth);
-    this.next = new Uint8Array(config.depth);
-    this.result = new Int32Array(config.depth);
-    this.failedStage = new Uint8Array(config.depth);
+    this.chainCqes = new Uint8Array(config.depth);
+    this.ioResult = new Int32Array(config.depth);
+    this.unregisterResult = new Int32Array(config.depth);
   }
 
   /** The handlers' forward, or undefined when they have none. */
@@ -187,10 +188,6 @@ export class ForwardedIo {
     this.address[tag] = address;
     this.linked[tag] = 0;
     this.registerFailed[tag] = 0;
-    this.mustRegister[tag] =
-      this.config.manualZeroCopy !== undefined && stage !== STAGE_FLUSH && stage !== STAGE_DISCARD
-        ? 1
-        : 0;
     if (this.linkable(tag, stage, forward)) {
       // The request is one ring IO whose result is known: the kernel commits it as soon as the
       // IO succeeds, with no CQE for the IO and no return to this thread in between (one wake-up
@@ -235,21 +232,35 @@ export class ForwardedIo {
   complete(id: number, res: number): void {
     if (id >= 2 ** 16) return this.completeCommand(id, res);
     const tag = id;
-    const stage = this.stage[tag];
     if (this.linked[tag] !== 0) {
       // The link broke (see start): the request is ours again.
       this.linked[tag] = 0;
       this.inFlight++;
     }
-    if (res < 0) {
-      if (res === -ECANCELED && this.registerFailed[tag] !== 0) {
-        // Cancelled behind its failed REGISTER_IO_BUF, whose CQE finished the request already (a
-        // kernel posts this only where it does not skip the CQEs of a failed link, see there).
-        this.registerFailed[tag] = 0;
-        return;
-      }
-      return this.dataDone(tag, res, stage);
+    if (res === -ECANCELED && this.registerFailed[tag] !== 0) {
+      // Cancelled behind its failed REGISTER_IO_BUF, whose CQE finished the request already (a
+      // kernel posts this only where it does not skip the CQEs of a failed link, see there).
+      return;
     }
+    if (this.chainCqes[tag] !== 0) {
+      this.ioResult[tag] = res;
+      if (--this.chainCqes[tag] !== 0) return;
+      return this.chainDone(tag);
+    }
+    this.ioDone(tag, res);
+  }
+
+  /** Manual zero copy: both CQEs of a tag's chain came. */
+  private chainDone(tag: number): void {
+    const unregistered = this.unregisterResult[tag];
+    if (unregistered < 0) return this.finish(tag, unregistered, 'ublk UNREGISTER_IO_BUF');
+    this.ioDone(tag, this.ioResult[tag]);
+  }
+
+  /** A forwarded request's ring IO is done with `res`: the request goes on, or is finished. */
+  private ioDone(tag: number, res: number): void {
+    const stage = this.stage[tag];
+    if (res < 0) return this.finish(tag, res, STAGE_CALLS[stage]);
     switch (stage) {
       case STAGE_READ:
       case STAGE_READ_ZEROES:
@@ -263,12 +274,10 @@ export class ForwardedIo {
         const done = (this.done[tag] += res);
         if (done < this.length[tag]) return this.prepare(tag);
         if (stage === STAGE_WRITE_FUA) {
-          if (this.config.manualZeroCopy !== undefined)
-            return this.unregister(tag, STAGE_FUA_SYNC, 0, 0);
           this.stage[tag] = STAGE_FUA_SYNC;
           return this.prepare(tag);
         }
-        return this.dataDone(tag, done, 0);
+        return this.finish(tag, done);
       }
       case STAGE_FUA_SYNC:
         if (this.fd[tag] === this.forward?.fd) this.forward.onSync?.('fua');
@@ -287,49 +296,22 @@ export class ForwardedIo {
     this.zeroFd = -1;
   }
 
-  /**
-   * A request's data IO is over, with `result` (and the stage that failed, or 0): with manual zero
-   * copy its pages are unregistered first.
-   */
-  private dataDone(tag: number, result: number, failedStage: number): void {
-    if (
-      this.config.manualZeroCopy !== undefined &&
-      this.mustRegister[tag] === 0 &&
-      isDataStage(this.stage[tag])
-    ) {
-      return this.unregister(tag, 0, result, failedStage);
-    }
-    if (failedStage !== 0) return this.finish(tag, result, STAGE_CALLS[failedStage]);
-    this.finish(tag, result);
-  }
-
-  private unregister(tag: number, next: number, result: number, failedStage: number): void {
-    this.stage[tag] = STAGE_UNREGISTER;
-    this.next[tag] = next;
-    this.result[tag] = result;
-    this.failedStage[tag] = failedStage;
-    this.prepareCommand(tag, UBLK_U_IO.UNREGISTER_IO_BUF, FORWARDED_UNREGISTER + tag, 0);
-  }
-
   /** The CQE of a REGISTER_IO_BUF (only on failure: its success posts none) or UNREGISTER_IO_BUF. */
   private completeCommand(id: number, res: number): void {
     if (id < 2 ** 17) {
-      // The request fails here, not at its data IO linked after it: that is cancelled without a
-      // CQE, since the registration was sent with IOSQE_CQE_SKIP_SUCCESS (a failed request with
-      // that flag skips its link's CQEs: REQ_F_SKIP_LINK_CQES). Nothing is registered.
+      // The request fails here, not at its data IO linked after it: that and the unregister are
+      // cancelled without a CQE, since the registration was sent with IOSQE_CQE_SKIP_SUCCESS (a
+      // failed request with that flag skips its link's CQEs: REQ_F_SKIP_LINK_CQES). Nothing is
+      // registered.
       const tag = id - 2 ** 16;
       this.registerFailed[tag] = 1;
+      this.chainCqes[tag] = 0;
       return this.finish(tag, res < 0 ? res : -EIO, 'ublk REGISTER_IO_BUF');
     }
     const tag = id - 2 ** 17;
-    if (res < 0) return this.finish(tag, res, 'ublk UNREGISTER_IO_BUF');
-    const failedStage = this.failedStage[tag];
-    if (failedStage !== 0) return this.finish(tag, this.result[tag], STAGE_CALLS[failedStage]);
-    if (this.next[tag] === STAGE_FUA_SYNC) {
-      this.stage[tag] = STAGE_FUA_SYNC;
-      return this.prepare(tag);
-    }
-    this.finish(tag, this.result[tag]);
+    if (res === -ECANCELED && this.registerFailed[tag] !== 0) return; // as in complete()
+    this.unregisterResult[tag] = res;
+    if (--this.chainCqes[tag] === 0) this.chainDone(tag);
   }
 
   /** A REGISTER_IO_BUF or UNREGISTER_IO_BUF of the tag's request at buffer index `tag`. */
@@ -370,14 +352,18 @@ export class ForwardedIo {
     const reading = stage === STAGE_READ || stage === STAGE_READ_ZEROES;
     const source = stage === STAGE_READ_ZEROES ? this.devZero() : fd;
     const offset = stage === STAGE_READ_ZEROES ? 0 : this.fileOffset[tag] + done;
-    if (this.mustRegister[tag] !== 0) {
-      // The registration and the first data IO go in one submission, linked: room for both.
-      if (this.ring.sq.spaceLeft() < 2) this.ring.makeRoom();
-      this.mustRegister[tag] = 0;
+    if (this.config.manualZeroCopy !== undefined) {
+      // One chain, in one submission: room for all three.
+      if (sq.spaceLeft() < 3) this.ring.makeRoom();
       const flags = IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
       this.prepareCommand(tag, UBLK_U_IO.REGISTER_IO_BUF, FORWARDED_REGISTER + tag, flags);
+      if (reading) sq.prepReadFixed(source, done, length, offset, tag, userData, IOSQE_IO_HARDLINK);
+      else sq.prepWriteFixed(source, done, length, offset, tag, userData, IOSQE_IO_HARDLINK);
+      this.prepareCommand(tag, UBLK_U_IO.UNREGISTER_IO_BUF, FORWARDED_UNREGISTER + tag, 0);
+      this.chainCqes[tag] = 2;
+      return;
     }
-    if (this.config.autoBufReg || this.config.manualZeroCopy !== undefined) {
+    if (this.config.autoBufReg) {
       // The registered buffer is the request's pages, addressed from 0.
       while (
         !(reading
@@ -405,10 +391,6 @@ export class ForwardedIo {
     }
     return this.zeroFd;
   }
-}
-
-function isDataStage(stage: number): boolean {
-  return stage >= STAGE_READ && stage <= STAGE_WRITE_FUA;
 }
 
 /** The syscall each stage's ring IO stands for, to name a failure. */

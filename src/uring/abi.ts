@@ -58,6 +58,8 @@ export const IORING_OFF_SQES = 0x10000000;
 
 // sqe->flags.
 export const IOSQE_IO_LINK = 1 << 2;
+/** As IOSQE_IO_LINK, but the next SQE runs whatever this one's result. */
+export const IOSQE_IO_HARDLINK = 1 << 3;
 /** The request takes its buffer from provided-buffer group `sqe->buf_group`. */
 export const IOSQE_BUFFER_SELECT = 1 << 5;
 /** No CQE when the request succeeds (5.17+): a failure still posts one. */

@@ -1,7 +1,7 @@
 /**
- * Manual zero copy (UBLK_F_SUPPORT_ZERO_COPY): a forwarded READ/WRITE registers its request's
- * pages with REGISTER_IO_BUF linked before its first fixed-buffer IO, and unregisters them once its
- * data IO is done, before the commit (or the FUA sync). Over the stand-in ring.
+ * Manual zero copy (UBLK_F_SUPPORT_ZERO_COPY): each fixed-buffer IO of a forwarded READ/WRITE is
+ * one chain, REGISTER_IO_BUF -> the IO -> UNREGISTER_IO_BUF; the request goes on (commit, FUA
+ * sync, the rest of a short IO) once both CQEs came. Over the stand-in ring.
  */
 import assert from 'node:assert/strict';
 import { constants } from 'node:os';
@@ -14,8 +14,8 @@ import {
   FORWARDED_UNREGISTER,
 } from '../../src/ublk/forwarded-io.js';
 import { TagStates } from '../../src/ublk/tag-states.js';
-import { IOSQE_CQE_SKIP_SUCCESS, IOSQE_IO_LINK } from '../../src/uring/index.js';
-import { StandInDescriptors, StandInRing } from './support/stand-ins.js';
+import { IOSQE_CQE_SKIP_SUCCESS, IOSQE_IO_HARDLINK, IOSQE_IO_LINK } from '../../src/uring/index.js';
+import { StandInDescriptors, StandInRing, type PreparedIo } from './support/stand-ins.js';
 
 const { ECANCELED, EINVAL, EIO } = constants.errno;
 const CHAR_FD = 42;
@@ -67,72 +67,84 @@ const commit = (tag: number, result: number) => ({
   result,
 });
 
-test('manual zero copy: REGISTER_IO_BUF linked before READ_FIXED at the tag index, UNREGISTER before the commit', () => {
-  const zc = manualTags();
-  const [read] = zc.request(2, UBLK_IO_OP.READ, 8);
-  assert.deepEqual(zc.commands(), [
-    { cmdOp: UBLK_U_IO.REGISTER_IO_BUF, tag: FORWARDED_REGISTER + 2, result: 0 },
+/** The chain kublk submits for a fixed-buffer IO: REGISTER -> IO -> UNREGISTER, at index `tag`. */
+function assertChain(zc: ReturnType<typeof manualTags>, io: PreparedIo, tag: number): void {
+  assert.deepEqual(zc.commands().slice(-2), [
+    { cmdOp: UBLK_U_IO.REGISTER_IO_BUF, tag: FORWARDED_REGISTER + tag, result: 0 },
+    { cmdOp: UBLK_U_IO.UNREGISTER_IO_BUF, tag: FORWARDED_UNREGISTER + tag, result: 0 },
   ]);
   assert.equal(
-    zc.ring.commandFlags.get(FORWARDED_REGISTER + 2),
+    zc.ring.commandFlags.get(FORWARDED_REGISTER + tag),
     IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS,
   );
-  const addresses = zc.ring.commandAddresses.get(FORWARDED_REGISTER + 2)!;
-  assert.equal(addresses.buffer, 2, "the command's addr is the buffer index: the tag");
+  assert.equal(zc.ring.ioFlags.get(io.userData), IOSQE_IO_HARDLINK, 'unregistered whatever');
+  assert.equal(zc.ring.commandFlags.get(FORWARDED_UNREGISTER + tag), 0);
+  assert.equal(zc.ring.commandAddresses.get(FORWARDED_REGISTER + tag)!.buffer, tag);
+  assert.equal(io.bufIndex, tag, "the command's addr and the IO's buf_index: the tag");
+}
+
+test('manual zero copy: REGISTER_IO_BUF, READ_FIXED and UNREGISTER_IO_BUF in one chain; the commit once both CQEs came', () => {
+  const zc = manualTags();
+  const [read] = zc.request(2, UBLK_IO_OP.READ, 8);
   assert.deepEqual(
-    [read.kind, read.fd, read.bufIndex, read.address, read.offset, read.length],
-    ['readFixed', FILE_FD, 2, 0, 4096, 4096],
+    [read.kind, read.fd, read.address, read.offset, read.length],
+    ['readFixed', FILE_FD, 0, 4096, 4096],
   );
-  // A short read continues in the registered buffer, without registering again.
+  assertChain(zc, read, 2);
+  // A short read continues in a chain of its own, from where it stopped.
   const [rest] = zc.cqe(read.userData, 1024);
-  assert.deepEqual([rest.kind, rest.address, rest.length], ['readFixed', 1024, 3072]);
-  assert.equal(zc.commands().length, 1);
-  zc.cqe(rest.userData, 3072);
-  assert.deepEqual(zc.commands().at(-1), {
-    cmdOp: UBLK_U_IO.UNREGISTER_IO_BUF,
-    tag: FORWARDED_UNREGISTER + 2,
-    result: 0,
-  });
-  assert.equal(zc.ring.commandFlags.get(FORWARDED_UNREGISTER + 2), 0);
-  assert.deepEqual(zc.sent, [], 'no commit while the buffer is registered');
+  assert.equal(rest, undefined, 'nothing before the unregister is done');
+  const [again] = zc.cqe(FORWARDED_UNREGISTER + 2, 0);
+  assert.deepEqual([again.kind, again.address, again.length], ['readFixed', 1024, 3072]);
+  assertChain(zc, again, 2);
+  // The unregister's CQE may come first.
   zc.cqe(FORWARDED_UNREGISTER + 2, 0);
+  assert.deepEqual(zc.sent, [], 'no commit before the IO is done');
+  zc.cqe(again.userData, 3072);
   assert.deepEqual(zc.sent, [commit(2, 4096)]);
   assert.equal(zc.tags.ringIoInFlight, 0);
 });
 
-test('manual zero copy: a FUA write is written, unregistered, then synced', () => {
+test('manual zero copy: a FUA write is written and unregistered, then synced', () => {
   const zc = manualTags();
   const [write] = zc.request(0, UBLK_IO_OP.WRITE, 8, UBLK_IO_F.FUA);
   assert.equal(write.kind, 'writeFixed');
+  assertChain(zc, write, 0);
   assert.deepEqual(zc.cqe(write.userData, 4096), []);
-  assert.equal(zc.commands().at(-1)!.cmdOp, UBLK_U_IO.UNREGISTER_IO_BUF);
   const [sync] = zc.cqe(FORWARDED_UNREGISTER + 0, 0);
   assert.equal(sync.kind, 'fsync');
   zc.cqe(sync.userData, 0);
   assert.deepEqual(zc.sent, [commit(0, 4096)]);
 });
 
-test('manual zero copy: a failed registration fails the request at once, with its errno, no unregister', () => {
+test('manual zero copy: a failed registration fails the request at once, with its errno', () => {
   const zc = manualTags();
   const [read] = zc.request(1, UBLK_IO_OP.READ, 8);
-  // The kernel skips the CQE of the READ_FIXED linked behind it (REQ_F_SKIP_LINK_CQES).
+  // The kernel skips the CQEs of the chain behind it (REQ_F_SKIP_LINK_CQES).
   zc.cqe(FORWARDED_REGISTER + 1, -EINVAL);
   assert.deepEqual(zc.sent, [commit(1, -EINVAL)]);
-  zc.cqe(read.userData, -ECANCELED); // where a kernel posts it anyway: nothing more
+  // Where a kernel posts them anyway: nothing more.
+  zc.cqe(read.userData, -ECANCELED);
+  zc.cqe(FORWARDED_UNREGISTER + 1, -ECANCELED);
   assert.deepEqual(zc.sent, [commit(1, -EINVAL)]);
-  assert.equal(zc.commands().length, 1, 'only the REGISTER');
+  assert.equal(zc.tags.ringIoInFlight, 0);
   assert.match(zc.logged.join('\n'), /REGISTER_IO_BUF/);
 });
 
-test('manual zero copy: a failed data IO still unregisters, then fails the request', () => {
+test('manual zero copy: a failed data IO fails the request once unregistered; a failed unregister fails it', () => {
   const zc = manualTags();
   const [write] = zc.request(3, UBLK_IO_OP.WRITE, 8);
   zc.cqe(write.userData, -EIO);
-  assert.equal(zc.commands().at(-1)!.cmdOp, UBLK_U_IO.UNREGISTER_IO_BUF);
   assert.deepEqual(zc.sent, []);
   zc.cqe(FORWARDED_UNREGISTER + 3, 0);
   assert.deepEqual(zc.sent, [commit(3, -EIO)]);
   assert.match(zc.logged.join('\n'), /write/);
+
+  const [read] = zc.request(2, UBLK_IO_OP.READ, 8);
+  zc.cqe(read.userData, 4096);
+  zc.cqe(FORWARDED_UNREGISTER + 2, -EINVAL);
+  assert.deepEqual(zc.sent.at(-1), commit(2, -EINVAL));
+  assert.match(zc.logged.join('\n'), /UNREGISTER_IO_BUF/);
 });
 
 test('manual zero copy: FLUSH registers nothing', () => {

@@ -94,6 +94,8 @@ export class StandInRing implements QueueRing {
 
   /** Per user_data, the SQE flags of its last IO command. */
   readonly commandFlags = new Map<number, number>();
+  /** Per user_data, the SQE flags of its last target IO (targetIo). */
+  readonly ioFlags = new Map<number, number>();
 
   readonly sq = {
     spaceLeft: () => 64,
@@ -213,6 +215,7 @@ export class StandInRing implements QueueRing {
   }
 
   private prepared(io: PreparedIo, sqeFlags = 0): boolean {
+    this.ioFlags.set(io.userData, sqeFlags);
     this.targetIo.push(sqeFlags & IOSQE_IO_LINK ? { ...io, linked: true } : io);
     return true;
   }
