@@ -14,12 +14,20 @@
  * (about 90 s a cycle under emulation; UBLK_VM_TIMEOUT bounds the whole run, 3300 s by default).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  CLI,
+  daemonPids,
+  stateFiles,
+  ublk,
+  ublkcFds,
+  ublkNodes,
+  waitFor,
+  type Run,
+} from '../test/kernel/support/cli.js';
+import { completedIos } from '../test/kernel/support/recovery.js';
 
-const CLI = new URL('../bundle/cli/main.js', import.meta.url).pathname;
-const RUN_DIR = '/run/ublksrvd';
 const MiB = 2 ** 20;
 const SIZE = 32 * MiB;
 
@@ -27,67 +35,22 @@ function log(message: string): void {
   process.stdout.write(`soak: ${message}\n`);
 }
 
-function ublk(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 10 * 60_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function must(what: string, r: { status: number | null; stdout: string; stderr: string }) {
+function must(what: string, r: Run): string {
   if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${r.stderr}${r.stdout}`);
   return r.stdout;
 }
 
-function daemonPids(): number[] {
-  return readdirSync('/proc')
-    .filter((n) => /^\d+$/.test(n))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('daemon-main.js');
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}
-
+/** What assertNothingLeft checks, as the list of what was found. */
 function leaks(): string[] {
-  const found: string[] = [];
-  const nodes = readdirSync('/dev').filter((n) => /^ublk[bc]\d+$/.test(n));
-  if (nodes.length) found.push(`device nodes ${nodes.join(' ')}`);
-  const pids = daemonPids();
-  if (pids.length) found.push(`daemons ${pids.join(' ')}`);
-  const records = existsSync(RUN_DIR)
-    ? readdirSync(RUN_DIR).filter((n) => n.endsWith('.json'))
-    : [];
-  if (records.length) found.push(`state files ${records.join(' ')}`);
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    let fds: string[] = [];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
-        if (/\/dev\/ublkc\d+/.test(target)) found.push(`fd ${pid}/${fd} on ${target}`);
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
-  return found;
-}
-
-function completedIos(id: number): number {
-  const f = readFileSync(`/sys/block/ublkb${id}/stat`, 'utf8').trim().split(/\s+/).map(Number);
-  return f[0] + f[4];
-}
-
-async function waitFor(what: string, check: () => boolean, ms: number): Promise<void> {
-  for (const deadline = Date.now() + ms; !check(); await sleep(100)) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-  }
+  const left: [string, (string | number)[]][] = [
+    ['device nodes', ublkNodes()],
+    ['daemons', daemonPids()],
+    ['state files', stateFiles()],
+    ['fds on /dev/ublkcN', ublkcFds()],
+  ];
+  return left
+    .filter(([, items]) => items.length > 0)
+    .map(([what, items]) => `${what} ${items.join(' ')}`);
 }
 
 interface FioResult {
