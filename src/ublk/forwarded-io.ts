@@ -1,7 +1,7 @@
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, fstatSync, statfsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { errnoError } from '../errors.js';
-import { close, constants as sysConstants, open } from '../sys.js';
+import { close, constants as sysConstants, open, pread, pwrite } from '../sys.js';
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -9,6 +9,8 @@ import {
   IOSQE_CQE_SKIP_SUCCESS,
   IOSQE_IO_HARDLINK,
   IOSQE_IO_LINK,
+  RAMFS_MAGIC,
+  TMPFS_MAGIC,
   type SubmissionQueue,
 } from '../uring/index.js';
 import { UBLK_IO_OP, UBLK_U_IO, writeIoCmd } from './abi.js';
@@ -92,7 +94,8 @@ export type ForwardedDone = (tag: number, result: number, failedCall?: string) =
  * and continued from each CQE: no handler, promise, closure or microtask per request, and no
  * allocation (the per-tag state is typed arrays, made once). A short read or write is continued
  * with the rest; a read that reaches the end of the file fills the rest with zeros, as the
- * kernel's loop driver does; a FUA write is the write, then fdatasync.
+ * kernel's loop driver does; a FUA write is the write, then fdatasync. Reads and writes of a file
+ * that lives in memory are done on this thread instead (see `onThread`).
  */
 export class ForwardedIo {
   /** Forwarded requests whose result is not known yet. */
@@ -119,6 +122,8 @@ export class ForwardedIo {
   private readonly ioResult: Int32Array;
   private readonly unregisterResult: Int32Array;
   private zeroFd = -1;
+  /** Per fd a request went to: whether its reads and writes are done on this thread. */
+  private readonly onThreadFds = new Map<number, boolean>();
 
   constructor(
     private readonly config: ForwardedIoConfig,
@@ -141,6 +146,7 @@ export class ForwardedIo {
   /** The handlers' forward, or undefined when they have none. */
   use(forward: RingForward | undefined): void {
     this.forward = forward;
+    this.onThreadFds.clear();
   }
 
   /**
@@ -188,6 +194,12 @@ export class ForwardedIo {
     this.address[tag] = address;
     this.linked[tag] = 0;
     this.registerFailed[tag] = 0;
+    const readOrWrite = stage === STAGE_READ || stage === STAGE_WRITE || stage === STAGE_WRITE_FUA;
+    if (readOrWrite && this.onThread(this.fd[tag])) {
+      this.inFlight++;
+      this.ioDone(tag, this.readOrWriteHere(tag));
+      return true;
+    }
     if (this.linkable(tag, stage, forward)) {
       // The request is one ring IO whose result is known: the kernel commits it as soon as the
       // IO succeeds, with no CQE for the IO and no return to this thread in between (one wake-up
@@ -226,6 +238,35 @@ export class ForwardedIo {
       stage === STAGE_DISCARD ||
       (stage === STAGE_FLUSH && forward.onSync === undefined);
     return oneIo && linkedCommit.allowed(tag);
+  }
+
+  /**
+   * Whether reads and writes of `fd` are done with pread/pwrite on this thread rather than as
+   * ring IO: for a regular file of tmpfs or ramfs (a memfd too) with the request's data in our
+   * memory (copy mode, user copy). Those files have no FMODE_NOWAIT, so io_uring hands each read
+   * or write of them to an io-wq worker, which does the same copy after one more thread switch,
+   * and this thread wakes once more for its CQE; nothing in them waits for a device that another
+   * thread could overlap. The same reason kublk's user copy reads /dev/ublkcN with pread. One 7.3
+   * VM session, loop over tmpfs in copy mode, fio 4k randread QD32: 1.40x the IOPS of ring IO,
+   * randwrite QD32 1.68x, QD1 mean latency 0.58x (see the README's performance section).
+   */
+  private onThread(fd: number): boolean {
+    if (this.config.autoBufReg || this.config.manualZeroCopy !== undefined) return false;
+    let here = this.onThreadFds.get(fd);
+    if (here === undefined) {
+      here = inMemoryFile(fd);
+      this.onThreadFds.set(fd, here);
+    }
+    return here;
+  }
+
+  /** The tag's READ or WRITE (its first pass: nothing done yet) with pread/pwrite: as a CQE's res. */
+  private readOrWriteHere(tag: number): number {
+    const fd = this.fd[tag];
+    const address = this.address[tag];
+    return this.stage[tag] === STAGE_READ
+      ? pread(fd, address, this.length[tag], this.fileOffset[tag])
+      : pwrite(fd, address, this.length[tag], this.fileOffset[tag]);
   }
 
   /** The CQE of a forwarded request's ring IO: `id` is its user_data less FORWARDED_IO_BASE. */
@@ -390,6 +431,17 @@ export class ForwardedIo {
       this.zeroFd = open('/dev/zero', fsConstants.O_RDONLY | sysConstants.O_CLOEXEC, 0);
     }
     return this.zeroFd;
+  }
+}
+
+/** A regular file of a file system that keeps its files in memory (a memfd is tmpfs's). */
+function inMemoryFile(fd: number): boolean {
+  try {
+    if (!fstatSync(fd).isFile()) return false; // a device node on devtmpfs is no file of it
+    const { type } = statfsSync(`/proc/self/fd/${fd}`);
+    return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
+  } catch {
+    return false; // not ours to judge: the ring's IO will say what is wrong with it
   }
 }
 

@@ -92,6 +92,11 @@ export const FALLOC_FL_KEEP_SIZE = 0x1;
 export const FALLOC_FL_PUNCH_HOLE = 0x2;
 export const FALLOC_FL_ZERO_RANGE = 0x10;
 
+// statfs f_type of the file systems whose files live in memory (<linux/magic.h>): io_uring hands
+// their reads and writes to io-wq workers (no FMODE_NOWAIT), see forwarded-io.ts.
+export const TMPFS_MAGIC = 0x01021994;
+export const RAMFS_MAGIC = 0x858458f6;
+
 /** struct io_uring_sqe: byte offsets and sizes. */
 export const IO_URING_SQE = {
   size: 64,

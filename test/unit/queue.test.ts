@@ -3,7 +3,10 @@
  * state a tag goes through, and what each kind of handler result is committed as.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, test } from 'node:test';
 import { isErrnoError } from '../../src/errors.js';
 import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/abi.js';
@@ -11,6 +14,7 @@ import { FailureLog } from '../../src/ublk/failure-log.js';
 import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
 import { Queue } from '../../src/ublk/queue.js';
 import { TagStates } from '../../src/ublk/tag-states.js';
+import { IoBuffer } from '../../src/uring/index.js';
 import type { QueueHandlers, QueueIo, RingForward } from '../../src/ublk/target.js';
 import {
   StandInDescriptors,
@@ -351,7 +355,10 @@ test('TagStates after an ABORT (quiesce): a tag whose request is committed is ou
 });
 
 /** TagStates over a stand-in ring, for forwarded requests: every step runs synchronously. */
-function forwardingTags(forward: RingForward, options: { autoBufReg?: boolean } = {}) {
+function forwardingTags(
+  forward: RingForward,
+  options: { autoBufReg?: boolean; buffer?: { bytes: Uint8Array; address: number } } = {},
+) {
   const ring = new StandInRing();
   const descs = new StandInDescriptors();
   const sent: { cmdOp: number; tag: number; result: number; linked?: true }[] = [];
@@ -366,7 +373,10 @@ function forwardingTags(forward: RingForward, options: { autoBufReg?: boolean } 
       autoBufReg: options.autoBufReg,
     },
     descs,
-    { bytes: new Uint8Array(options.autoBufReg ? 0 : DEPTH * BUFFER_BYTES), address: 0x10000 },
+    options.buffer ?? {
+      bytes: new Uint8Array(options.autoBufReg ? 0 : DEPTH * BUFFER_BYTES),
+      address: 0x10000,
+    },
     {
       sendIoCmd: (cmdOp, tag, result, linked) =>
         void sent.push(linked ? { cmdOp, tag, result, linked } : { cmdOp, tag, result }),
@@ -424,6 +434,61 @@ test('forward: a read is one ring read into the tag buffer with its commit linke
   assert.deepEqual(sent, [linkedCommitOf(2, 4096)], 'the kernel commits once the read succeeds');
   assert.equal(tags.pendingHandlers, 0);
   assert.equal(tags.forwarded.inFlight, 0, 'nothing left for this thread to wait for');
+});
+
+test('forward to a file in memory (tmpfs): pread/pwrite on the thread, no ring IO; the rest of a short read from the ring', () => {
+  const dir = mkdtempSync('/dev/shm/ublk-forward-test-');
+  const content = randomBytes(3 * 4096);
+  writeFileSync(join(dir, 'file'), content);
+  const fd = openSync(join(dir, 'file'), 'r+');
+  const readOnlyFd = openSync(join(dir, 'file'), 'r');
+  const devZero = openSync('/dev/zero', 'r');
+  const buffer = IoBuffer.allocate(DEPTH * BUFFER_BYTES);
+  const tagBytes = (tag: number, length: number) =>
+    Buffer.from(buffer.bytes.subarray(tag * BUFFER_BYTES, tag * BUFFER_BYTES + length));
+  try {
+    const { tags, sent, request, cqe, logged } = forwardingTags({ fd, offset: 4096 }, { buffer });
+    assert.deepEqual(request(1, { op: UBLK_IO_OP.READ, startSector: 0, nrSectors: 8 }), []);
+    assert.deepEqual(sent, [commitOf(1, 4096)], 'committed at once');
+    assert.deepEqual(tagBytes(1, 4096), content.subarray(4096, 8192));
+
+    sent.length = 0;
+    buffer.bytes.fill(0x5a, 2 * BUFFER_BYTES, 2 * BUFFER_BYTES + 4096);
+    assert.deepEqual(request(2, { op: UBLK_IO_OP.WRITE, startSector: 8, nrSectors: 8 }), []);
+    assert.deepEqual(sent, [commitOf(2, 4096)]);
+    assert.deepEqual(readFileSync(join(dir, 'file')).subarray(8192), Buffer.alloc(4096, 0x5a));
+
+    // 8 KiB from file offset 8192 of a 12 KiB file: 4 KiB read here, the rest asked of the ring,
+    // which finds the end of the file; zeros fill it.
+    sent.length = 0;
+    const [rest] = request(3, { op: UBLK_IO_OP.READ, startSector: 8, nrSectors: 16 });
+    assert.deepEqual([rest.kind, rest.fd, rest.offset, rest.length], ['read', fd, 12288, 4096]);
+    const [zeros] = cqe(rest, 0);
+    assert.equal(zeros.length, 4096);
+    assert.deepEqual(cqe(zeros, 4096), []);
+    assert.deepEqual(sent, [commitOf(3, 8192)]);
+    assert.deepEqual(tagBytes(3, 4096), Buffer.alloc(4096, 0x5a));
+    assert.equal(tags.forwarded.inFlight, 0);
+
+    // A failed pwrite fails its request, as a failed ring write does.
+    const failing = forwardingTags({ fd: readOnlyFd, offset: 0 }, { buffer });
+    assert.deepEqual(
+      failing.request(0, { op: UBLK_IO_OP.WRITE, startSector: 0, nrSectors: 8 }),
+      [],
+    );
+    assert.deepEqual(failing.sent, [commitOf(0, -constants.errno.EBADF)]);
+    assert.match(failing.logged.join('\n'), /write/);
+    assert.deepEqual(logged, []);
+
+    // A device node is no file of the tmpfs it lives on (/dev is devtmpfs): ring IO.
+    const device = forwardingTags({ fd: devZero, offset: 0 }, { buffer });
+    const [ringRead] = device.request(0, { op: UBLK_IO_OP.READ, startSector: 0, nrSectors: 8 });
+    assert.deepEqual([ringRead.kind, ringRead.fd], ['read', devZero]);
+  } finally {
+    for (const f of [fd, readOnlyFd, devZero]) closeSync(f);
+    buffer.free();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('forward: a short IO breaks the link and is continued with the rest; a read at the end of the file reads zeros', () => {
