@@ -436,7 +436,7 @@ test('forward: a read is one ring read into the tag buffer with its commit linke
   assert.equal(tags.forwarded.inFlight, 0, 'nothing left for this thread to wait for');
 });
 
-test('forward to a file in memory (tmpfs): pread/pwrite on the thread, no ring IO; the rest of a short read from the ring', () => {
+test('forward to a file in memory (tmpfs): pread/pwrite on the thread up to 16 KiB, no ring IO; the rest of a short read and longer requests from the ring', () => {
   const dir = mkdtempSync('/dev/shm/ublk-forward-test-');
   const content = randomBytes(3 * 4096);
   writeFileSync(join(dir, 'file'), content);
@@ -469,6 +469,13 @@ test('forward to a file in memory (tmpfs): pread/pwrite on the thread, no ring I
     assert.deepEqual(sent, [commitOf(3, 8192)]);
     assert.deepEqual(tagBytes(3, 4096), Buffer.alloc(4096, 0x5a));
     assert.equal(tags.forwarded.inFlight, 0);
+
+    // A longer request is left to the ring (io-wq copies it beside this thread).
+    sent.length = 0;
+    const [long] = request(0, { op: UBLK_IO_OP.READ, startSector: 0, nrSectors: 64 });
+    assert.deepEqual([long.kind, long.fd, long.length], ['read', fd, 32768]);
+    const [more] = cqe(long, 8192);
+    assert.deepEqual([more.kind, more.offset, more.length], ['read', 12288, 24576], 'on the ring');
 
     // A failed pwrite fails its request, as a failed ring write does.
     const failing = forwardingTags({ fd: readOnlyFd, offset: 0 }, { buffer });
