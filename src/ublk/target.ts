@@ -162,9 +162,9 @@ export interface QueueHandlers {
  * request's offset, a short one continued with the rest, a read past the end of the file filled
  * with zeros, a FUA write followed by fdatasync(fd). The queue prepares the SQEs and commits from
  * their CQEs, with no promise per request: the fastest path there is, and the only one with zero
- * copy, where the data never reaches JavaScript. Without zero copy, the reads and writes of a
- * regular file of tmpfs or ramfs (a memfd too) are pread/pwrite on the queue thread: io_uring would
- * hand each to a worker thread anyway.
+ * copy, where the data never reaches JavaScript. Without zero copy, reads and writes of up to
+ * 16 KiB of a regular file of tmpfs or ramfs (a memfd too) are pread/pwrite on the queue thread:
+ * io_uring would hand each to a worker thread anyway.
  */
 export interface RingForward {
   fd: number;
