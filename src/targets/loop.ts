@@ -6,6 +6,7 @@ import {
   openSync,
   readFileSync,
   readSync,
+  statfsSync,
   statSync,
   type Stats,
 } from 'node:fs';
@@ -17,6 +18,8 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
   Ring,
+  TMPFS_MAGIC,
+  type SubmissionQueue,
 } from '../uring/index.js';
 import { defineTarget, SECTOR, type QueueIo } from './target.js';
 
@@ -108,11 +111,11 @@ function queueAttribute(dev: number, name: string): number | undefined {
   return undefined;
 }
 
-/** fallocate(2) on the calling thread, through a one-entry io_uring (Node has no fallocate). */
-function fallocateSync(fd: number, mode: number, offset: number, length: number): number {
+/** One IO on the calling thread through a one-entry io_uring: its result, or -errno. */
+function ringIoSync(prep: (sq: SubmissionQueue) => void): number {
   const ring = Ring.create({ entries: 1 });
   try {
-    ring.sq.prepFallocate(fd, mode, offset, length, 1);
+    prep(ring.sq);
     const submitted = ring.submitAndWait(1);
     if (submitted < 0) return submitted;
     let res = -EIO;
@@ -120,6 +123,40 @@ function fallocateSync(fd: number, mode: number, offset: number, length: number)
     return res;
   } finally {
     ring.close();
+  }
+}
+
+/** fallocate(2) on the calling thread (Node has no fallocate). */
+function fallocateSync(fd: number, mode: number, offset: number, length: number): number {
+  return ringIoSync((sq) => sq.prepFallocate(fd, mode, offset, length, 1));
+}
+
+/**
+ * A second descriptor of a tmpfs file opened O_DIRECT, with O_NONBLOCK, when the ring serves it
+ * at once; else undefined. tmpfs files have no FMODE_NOWAIT, so io_uring hands each read and
+ * write of them to an io-wq worker: a thread switch and one more wake-up of the queue thread per
+ * request, for a copy between pages in memory. io_uring takes an O_NONBLOCK file as one that may
+ * be tried without blocking (7.3's io_file_get_flags), and tmpfs neither blocks for long nor
+ * answers EAGAIN there, so the IO is done inside the queue thread's own io_uring_enter. (A
+ * buffered write is refused with EINVAL under IOCB_NOWAIT: O_DIRECT only.) An io_uring that
+ * instead fails an O_NONBLOCK file's IO with EAGAIN, where it would have punted it, is caught by
+ * the probe read: the blocking descriptor stays then. Loop with zero copy on a tmpfs file, 7.3
+ * VM, fio 4k randread QD32: 17606 -> 43419 IOPS (kublk 25153); QD1 959 -> 346 us.
+ */
+function nonBlockingTwin(fd: number, blockSize: number): number | undefined {
+  if (statfsSync(`/proc/self/fd/${fd}`).type !== TMPFS_MAGIC) return undefined;
+  const mapping = mmap(-1, 0, sysConstants.PAGE_SIZE, true); // aligned, as O_DIRECT wants
+  let twin = -1;
+  try {
+    twin = openSync(`/proc/self/fd/${fd}`, openFlags(true) | fsConstants.O_NONBLOCK);
+    const res = ringIoSync((sq) => sq.prepRead(twin, mapping.address, blockSize, 0, 1));
+    if (res < 0) return undefined;
+    const served = twin;
+    twin = -1;
+    return served;
+  } finally {
+    if (twin >= 0) closeSync(twin);
+    munmap(mapping.buffer);
   }
 }
 
@@ -239,6 +276,11 @@ export default defineTarget({
             fd = openSync(path, openFlags(false));
           } else {
             logical = bs;
+            const twin = nonBlockingTwin(fd, bs);
+            if (twin !== undefined) {
+              closeSync(fd);
+              fd = twin;
+            }
           }
         }
         // The file system's block size is the unit below which writes cost a read-modify-write.
