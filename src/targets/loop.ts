@@ -36,7 +36,7 @@ import { defineTarget, SECTOR, type QueueIo } from './target.js';
  * O_DIRECT by default, with the backing's logical block size as the device's, since O_DIRECT IO
  * must be aligned to it; buffered IO (and 512-byte blocks for a file) where the backing refuses
  * O_DIRECT, as tmpfs does before Linux 6.6, or with --buffered_io. `ublk list` shows which in
- * `direct_io`.
+ * `direct_io`. A tmpfs file opened O_DIRECT is opened O_NONBLOCK too (see nonBlockingTwin).
  */
 
 const { EOPNOTSUPP, EIO } = osConstants.errno;
