@@ -6,21 +6,14 @@ import {
   openSync,
   readFileSync,
   readSync,
-  statfsSync,
   statSync,
   type Stats,
 } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { checkResult, isErrnoError, UserError } from '../errors.js';
 import { constants as sysConstants, ioctl, majorMinor, mmap, munmap } from '../sys.js';
-import {
-  FALLOC_FL_KEEP_SIZE,
-  FALLOC_FL_PUNCH_HOLE,
-  FALLOC_FL_ZERO_RANGE,
-  Ring,
-  TMPFS_MAGIC,
-  type SubmissionQueue,
-} from '../uring/index.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from '../uring/index.js';
+import { nonBlockingTwin, ringIoSync } from './inline-ring-io.js';
 import { defineTarget, SECTOR, type QueueIo } from './target.js';
 
 /**
@@ -39,7 +32,7 @@ import { defineTarget, SECTOR, type QueueIo } from './target.js';
  * `direct_io`. A tmpfs file opened O_DIRECT is opened O_NONBLOCK too (see nonBlockingTwin).
  */
 
-const { EOPNOTSUPP, EIO } = osConstants.errno;
+const { EOPNOTSUPP } = osConstants.errno;
 
 /**
  * Set in the daemon's environment, a file to which every completed fdatasync of the backing file
@@ -111,53 +104,9 @@ function queueAttribute(dev: number, name: string): number | undefined {
   return undefined;
 }
 
-/** One IO on the calling thread through a one-entry io_uring: its result, or -errno. */
-function ringIoSync(prep: (sq: SubmissionQueue) => void): number {
-  const ring = Ring.create({ entries: 1 });
-  try {
-    prep(ring.sq);
-    const submitted = ring.submitAndWait(1);
-    if (submitted < 0) return submitted;
-    let res = -EIO;
-    ring.drain((_userData, r) => (res = r));
-    return res;
-  } finally {
-    ring.close();
-  }
-}
-
 /** fallocate(2) on the calling thread (Node has no fallocate). */
 function fallocateSync(fd: number, mode: number, offset: number, length: number): number {
   return ringIoSync((sq) => sq.prepFallocate(fd, mode, offset, length, 1));
-}
-
-/**
- * A second descriptor of a tmpfs file opened O_DIRECT, with O_NONBLOCK, when the ring serves it
- * at once; else undefined. tmpfs files have no FMODE_NOWAIT, so io_uring hands each read and
- * write of them to an io-wq worker: a thread switch and one more wake-up of the queue thread per
- * request, for a copy between pages in memory. io_uring takes an O_NONBLOCK file as one that may
- * be tried without blocking (7.3's io_file_get_flags), and tmpfs neither blocks for long nor
- * answers EAGAIN there, so the IO is done inside the queue thread's own io_uring_enter. (A
- * buffered write is refused with EINVAL under IOCB_NOWAIT: O_DIRECT only.) An io_uring that
- * instead fails an O_NONBLOCK file's IO with EAGAIN, where it would have punted it, is caught by
- * the probe read: the blocking descriptor stays then. Loop with zero copy on a tmpfs file, 7.3
- * VM, fio 4k randread QD32: 17606 -> 43419 IOPS (kublk 25153); QD1 959 -> 346 us.
- */
-function nonBlockingTwin(fd: number, blockSize: number): number | undefined {
-  if (statfsSync(`/proc/self/fd/${fd}`).type !== TMPFS_MAGIC) return undefined;
-  const mapping = mmap(-1, 0, sysConstants.PAGE_SIZE, true); // aligned, as O_DIRECT wants
-  let twin = -1;
-  try {
-    twin = openSync(`/proc/self/fd/${fd}`, openFlags(true) | fsConstants.O_NONBLOCK);
-    const res = ringIoSync((sq) => sq.prepRead(twin, mapping.address, blockSize, 0, 1));
-    if (res < 0) return undefined;
-    const served = twin;
-    twin = -1;
-    return served;
-  } finally {
-    if (twin >= 0) closeSync(twin);
-    munmap(mapping.buffer);
-  }
 }
 
 /**
@@ -276,7 +225,7 @@ export default defineTarget({
             fd = openSync(path, openFlags(false));
           } else {
             logical = bs;
-            const twin = nonBlockingTwin(fd, bs);
+            const twin = nonBlockingTwin(fd);
             if (twin !== undefined) {
               closeSync(fd);
               fd = twin;

@@ -3,6 +3,7 @@ import { totalmem } from 'node:os';
 import { checkResult, UserError } from '../errors.js';
 import { constants as sysConstants, memfdCreate } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/index.js';
+import { nonBlockingTwin } from './inline-ring-io.js';
 import { parseSize } from './size.js';
 import { defineTarget, SECTOR } from './target.js';
 
@@ -11,7 +12,8 @@ import { defineTarget, SECTOR } from './target.js';
  *
  * The memory is a memfd (an unlinked tmpfs file) made in setup; queues reach it through the
  * process-wide fd and serve requests on their own io_uring, the kernel copying between the file's
- * pages and the request buffer. Why a memfd and not a SharedArrayBuffer (examples/ramdisk.ts):
+ * pages and the request buffer (inline, where the kernel lets us open it O_NONBLOCK: see
+ * nonBlockingTwin). Why a memfd and not a SharedArrayBuffer (examples/ramdisk.ts):
  * - pages exist only once written (a hole reads as zeros without allocating), and DISCARD or
  *   WRITE_ZEROES punches a hole that gives them back at once; a SharedArrayBuffer cannot release
  *   memory (no madvise from JS), and zeroing it from JS commits the very pages a discard should
@@ -53,9 +55,15 @@ export default defineTarget({
         `mem: --size ${args.size} (${size} bytes) is more than this machine's memory (${memory} bytes)`,
       );
     }
-    const fd = memfdCreate('mem-target', sysConstants.MFD_CLOEXEC);
+    let fd = memfdCreate('mem-target', sysConstants.MFD_CLOEXEC);
     try {
       ftruncateSync(fd, size);
+      // The same file, with IO the ring does inline rather than in an io-wq worker.
+      const twin = nonBlockingTwin(fd);
+      if (twin !== undefined) {
+        closeSync(fd);
+        fd = twin;
+      }
     } catch (err) {
       closeSync(fd);
       throw err;

@@ -144,25 +144,39 @@ function ringIo(fd: number, write?: Uint8Array): { res: number; bytes: Uint8Arra
   }
 }
 
-test('loop on a tmpfs file with O_DIRECT: O_NONBLOCK where the ring then serves it, on the same file', async (t) => {
-  if (statfsSync('/dev/shm').type !== TMPFS_MAGIC) return t.skip('/dev/shm is no tmpfs here');
-  const shm = mkdtempSync('/dev/shm/ublk-targets-unit-');
-  t.after(() => rmSync(shm, { recursive: true, force: true }));
-  const path = join(shm, 'tmpfs.img');
-  writeFileSync(path, Buffer.alloc(1 << 20, 0xa5));
-  // Whether this kernel's io_uring serves an O_NONBLOCK tmpfs file (where it refuses O_DIRECT,
-  // tmpfs before 6.6, the question does not arise).
-  let servesNonBlocking = false;
+/** A folder on tmpfs, when /dev/shm is one. */
+const shm =
+  statfsSync('/dev/shm').type === TMPFS_MAGIC
+    ? mkdtempSync('/dev/shm/ublk-targets-unit-')
+    : undefined;
+after(() => shm && rmSync(shm, { recursive: true, force: true }));
+
+/**
+ * Whether this kernel's io_uring serves a tmpfs file opened O_DIRECT and O_NONBLOCK (false where
+ * tmpfs refuses O_DIRECT, before 6.6).
+ */
+function servesNonBlockingTmpfs(folder: string): boolean {
+  const path = join(folder, 'probe.img');
+  writeFileSync(path, Buffer.alloc(4096));
+  let probe: number;
   try {
-    const probe = openSync(
-      path,
-      fsConstants.O_RDWR | fsConstants.O_DIRECT | fsConstants.O_NONBLOCK,
-    );
-    servesNonBlocking = ringIo(probe).res === 4096;
-    closeSync(probe);
+    probe = openSync(path, fsConstants.O_RDWR | fsConstants.O_DIRECT | fsConstants.O_NONBLOCK);
   } catch (err) {
     assert.equal((err as NodeJS.ErrnoException).code, 'EINVAL', 'O_DIRECT refused');
+    return false;
   }
+  try {
+    return ringIo(probe).res === 4096;
+  } finally {
+    closeSync(probe);
+  }
+}
+
+test('loop on a tmpfs file with O_DIRECT: O_NONBLOCK where the ring then serves it, on the same file', async (t) => {
+  if (!shm) return t.skip('/dev/shm is no tmpfs here');
+  const path = join(shm, 'tmpfs.img');
+  writeFileSync(path, Buffer.alloc(1 << 20, 0xa5));
+  const servesNonBlocking = servesNonBlockingTmpfs(shm);
   const setup = await setupOf(loop, { file: path });
   try {
     const { fd } = setup.shared as { fd: number };
@@ -192,6 +206,12 @@ test('mem: size, capabilities, and a memfd closed by close()', async () => {
   const { fd } = setup.shared as { fd: number };
   assert.equal(fstatSync(fd).size, 64 << 20);
   assert.equal(fstatSync(fd).blocks, 0, 'nothing allocated yet');
+  if (shm) {
+    // A memfd is a tmpfs file: O_NONBLOCK (and O_DIRECT) where the ring serves it so.
+    assert.equal((statusFlags(fd) & fsConstants.O_NONBLOCK) !== 0, servesNonBlockingTmpfs(shm));
+  }
+  assert.equal(ringIo(fd, new Uint8Array(4096).fill(0x5a)).res, 4096);
+  assert.deepEqual(ringIo(fd).bytes, new Uint8Array(4096).fill(0x5a));
   await setup.close?.();
   assert.throws(() => closeSync(fd), { code: 'EBADF' });
 });
