@@ -165,7 +165,7 @@ export interface QueueHandlers {
  * copy, where the data never reaches JavaScript. Without zero copy, reads and writes of up to
  * 16 KiB of a regular file of tmpfs or ramfs (a memfd too) are pread/pwrite on the queue thread:
  * io_uring would hand each to a worker thread anyway, unless `fd` is O_NONBLOCK (loop's tmpfs
- * files are), which io_uring tries inline.
+ * files and mem's memfd are), which io_uring tries inline.
  */
 export interface RingForward {
   fd: number;
