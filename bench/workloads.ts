@@ -45,6 +45,8 @@ export interface MemoryReport {
   rssMiB: number;
   /** How much of the RSS is the per-tag IO buffers the daemon has touched. */
   ioBufferBudgetMiB: number;
+  /** One of the pair (one queue, two queues) measured after the same runs, for the per-queue cost. */
+  queueStep?: boolean;
 }
 
 export interface BenchReport {
@@ -172,12 +174,12 @@ export function formatTable(report: BenchReport): string {
     (m) =>
       `| ${m.device} | ${m.queues} | ${m.rssMiB.toFixed(1)} | ${m.ioBufferBudgetMiB.toFixed(1)} | ${(m.rssMiB - m.ioBufferBudgetMiB).toFixed(1)} |`,
   );
-  const one = report.memory.find((m) => m.device === 'ublk-ts null');
-  const two = report.memory.find((m) => m.device === 'ublk-ts null -q 2');
+  const one = report.memory.find((m) => m.queueStep && m.queues === 1);
+  const two = report.memory.find((m) => m.queueStep && m.queues === 2);
   const perQueue =
     one && two
       ? [
-          `Each queue beyond the first: ${(two.rssMiB - two.ioBufferBudgetMiB - (one.rssMiB - one.ioBufferBudgetMiB)).toFixed(1)} MiB (null -q 2 minus null, beyond IO buffers).`,
+          `Each queue beyond the first: ${(two.rssMiB - two.ioBufferBudgetMiB - (one.rssMiB - one.ioBufferBudgetMiB)).toFixed(1)} MiB (${two.device} minus ${one.device}, after the same runs, beyond IO buffers).`,
           '',
         ]
       : [];
