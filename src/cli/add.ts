@@ -60,9 +60,7 @@ async function refuseFilterOptionsWithoutFilter(
 export async function startDaemon(job: ServeJob): Promise<number> {
   mkdirSync(runDir(), { recursive: true });
   const log = openSync(join(runDir(), 'daemon.log'), 'a');
-  // The main isolate too without its own copy of V8's builtins (see startQueues in ublk/device).
-  const node = ['--no-short-builtin-calls', DAEMON_SCRIPT.pathname];
-  const child = spawn(process.execPath, [...node, JSON.stringify(job)], {
+  const child = spawn(process.execPath, [DAEMON_SCRIPT.pathname, JSON.stringify(job)], {
     detached: true,
     stdio: ['ignore', log, log, 'pipe'],
   });

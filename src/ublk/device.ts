@@ -1,6 +1,5 @@
 import { constants as fsConstants, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import { UserError } from '../errors.js';
 import { ownFdOnDevice, processExists, processRunning } from '../processes.js';
@@ -671,7 +670,6 @@ async function startQueues(
   { logEveryFailure }: { logEveryFailure?: boolean },
 ): Promise<QueueInfo[]> {
   const ready: Promise<QueueInfo>[] = [];
-  withoutBuiltinCopies();
   for (let queueId = 0; queueId < info.nrHwQueues; queueId++) {
     const affinity = await control.getQueueAffinity(info.devId, queueId);
     const data: QueueWorkerData = {
@@ -704,17 +702,6 @@ async function startQueues(
     );
   }
   return Promise.all(ready);
-}
-
-/**
- * Where V8 enables short builtin calls (x64 with 4 GiB of memory or more, as Debian's node in the
- * test VM), every isolate copies the 1.6 MiB of embedded builtins into its own code range so that
- * JIT code can reach them with a near call: 1.6 MiB of RSS per queue worker, a fifth of a queue's
- * cost. The flag is read when an isolate is made, so turning it off here spares the workers made
- * after it. Measured: see the README's memory figures.
- */
-function withoutBuiltinCopies(): void {
-  setFlagsFromString('--no-short-builtin-calls');
 }
 
 /**
