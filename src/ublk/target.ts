@@ -222,8 +222,15 @@ export interface QueueIo {
   writeFully(fd: number, buf: Uint8Array, offset: number): Promise<void>;
   fsync(fd: number, opts?: { dataOnly?: boolean }): Promise<number>;
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>;
-  /** send(2) on a connected socket (never SIGPIPE): bytes sent, possibly fewer, or -errno. */
-  send(fd: number, buf: Uint8Array): Promise<number>;
+  /**
+   * send(2) on a connected socket (never SIGPIPE): bytes sent, possibly fewer, or -errno. With
+   * `waitAll` (MSG_WAITALL; a stream socket without kernel TLS, which refuses the flag) the ring
+   * goes on sending until all of `buf` is out, fewer bytes only on an error, and the queue does
+   * not wake for that completion alone (it mostly comes at submission): for bytes the peer
+   * answers, whose answer wakes it. With nothing else to come the thread sleeps up to 10 ms
+   * past the completion.
+   */
+  send(fd: number, buf: Uint8Array, waitAll?: boolean): Promise<number>;
   /**
    * recv(2) from a connected socket: bytes received (0 at end of stream) or -errno. With
    * `waitAll` (MSG_WAITALL) the ring goes on receiving until `buf` is full: one completion for a

@@ -14,7 +14,7 @@ import { FailureLog } from '../../src/ublk/failure-log.js';
 import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
 import { Queue } from '../../src/ublk/queue.js';
 import { TagStates } from '../../src/ublk/tag-states.js';
-import { IoBuffer } from '../../src/uring/index.js';
+import { IoBuffer, MSG_NOSIGNAL, MSG_WAITALL } from '../../src/uring/index.js';
 import type { QueueHandlers, QueueIo, RingForward } from '../../src/ublk/target.js';
 import {
   StandInDescriptors,
@@ -260,6 +260,38 @@ test("ctx.io: a target IO's completion settles its promise; whole-buffer calls l
   ring.complete(lastIo().userData, -ENOSPC);
   await settle();
   assert.equal(commitsOf(1)[0].result, -ENOSPC);
+});
+
+test('ctx.io.send with waitAll: MSG_WAITALL, and the wait that submits it asks for one completion more', async () => {
+  const box: { io?: QueueIo } = {};
+  const { queue, ring, descs } = queueWith({
+    read: async (buf) => void (await box.io!.send(5, buf, true)),
+    write: async (buf) => void (await box.io!.send(5, buf)),
+  });
+  box.io = queue.io;
+  /** A request whose handler sends: the SEND's flags, and what the first three waits asked for. */
+  const sending = async (tag: number, op: number) => {
+    ring.waitCounts.length = 0;
+    descs.request(tag, { op, nrSectors: 8 });
+    ring.complete(tag, UBLK_IO_RES.OK);
+    await settle(2);
+    const send = ring.targetIo[ring.targetIo.length - 1];
+    ring.complete(send.userData, 4096);
+    await settle(2);
+    return { kind: send.kind, flags: send.msgFlags, waits: ring.waitCounts.slice(0, 3) };
+  };
+
+  // The request's CQE, the enter that submits the SEND (its own CQE plus one), then as before.
+  assert.deepEqual(await sending(0, UBLK_IO_OP.READ), {
+    kind: 'send',
+    flags: MSG_NOSIGNAL | MSG_WAITALL,
+    waits: [1, 2, 1],
+  });
+  assert.deepEqual(await sending(1, UBLK_IO_OP.WRITE), {
+    kind: 'send',
+    flags: MSG_NOSIGNAL,
+    waits: [1, 1, 1],
+  });
 });
 
 test('NEED_GET_DATA: the queue sends its buffer before the write reaches the handler', async () => {

@@ -191,7 +191,7 @@ export class NbdClient {
     this.session = {
       transport: connection.tls
         ? new TlsStream(connection.tls)
-        : new RingSocket(this.options.io, connection.fd),
+        : new RingSocket(this.options.io, connection.fd, connection.tlsRecords?.by === 'kernel'),
       structured: connection.export.structured,
       inFlight: new Map(),
       broken: false,
@@ -267,9 +267,10 @@ export class NbdClient {
         }
         // Replies may come before the send completes: the receiver runs from now.
         this.pump();
-        await this.sendAll(session, this.sendStage.subarray(0, staged));
+        // Without a large payload to follow, the staged bytes are whole requests: answered.
+        await this.sendAll(session, this.sendStage.subarray(0, staged), !large);
         if (large?.data) await this.sendPages(session, large.data);
-        else if (large) await this.sendAll(session, large.buf!.subarray(0, large.length));
+        else if (large) await this.sendAll(session, large.buf!.subarray(0, large.length), true);
       }
     } finally {
       session.sending = false;
@@ -277,10 +278,10 @@ export class NbdClient {
     }
   }
 
-  private async sendAll(session: Session, bytes: Uint8Array): Promise<void> {
+  private async sendAll(session: Session, bytes: Uint8Array, answered: boolean): Promise<void> {
     for (let done = 0; done < bytes.length;) {
       if (session.broken) return;
-      const n = await session.transport.send(bytes.subarray(done));
+      const n = await session.transport.send(bytes.subarray(done), answered);
       if (n <= 0) throw new Error(n === 0 ? 'send made no progress' : `send: errno ${-n}`);
       done += n;
     }

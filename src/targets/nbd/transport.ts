@@ -4,8 +4,11 @@ import type { QueueIo, RequestData } from '../target.js';
 
 /** The byte stream of a connection's transmission phase, as the client uses it. */
 export interface Transport {
-  /** Bytes sent, possibly fewer than given, or -errno. */
-  send(bytes: Uint8Array): Promise<number>;
+  /**
+   * Bytes sent, possibly fewer than given, or -errno. `answered`: the bytes end whole requests,
+   * whose replies follow, so the ring may finish the send without waking the queue for it.
+   */
+  send(bytes: Uint8Array, answered?: boolean): Promise<number>;
   /**
    * Bytes received into `into` (0 at the end of the stream) or -errno; with `waitAll` the
    * transport may wait until `into` is full (the ring does: one completion for a payload).
@@ -35,10 +38,12 @@ export class RingSocket implements PagesTransport {
   constructor(
     private readonly io: QueueIo,
     private readonly fd: number,
+    /** The kernel does TLS on it: its sendmsg refuses MSG_WAITALL. */
+    private readonly kernelTls: boolean,
   ) {}
 
-  send(bytes: Uint8Array): Promise<number> {
-    return this.io.send(this.fd, bytes);
+  send(bytes: Uint8Array, answered?: boolean): Promise<number> {
+    return this.io.send(this.fd, bytes, answered === true && !this.kernelTls);
   }
 
   recv(into: Uint8Array, waitAll?: boolean): Promise<number> {

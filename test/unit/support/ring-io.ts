@@ -30,8 +30,16 @@ export class RingSocketIo {
       writeFully: unsupported,
       fsync: unsupported,
       fallocate: unsupported,
-      send: (fd, buf) =>
-        this.op((ud) => this.ring.sq.prepSend(fd, this.address(buf), buf.length, MSG_NOSIGNAL, ud)),
+      send: (fd, buf, waitAll) =>
+        this.op((ud) =>
+          this.ring.sq.prepSend(
+            fd,
+            this.address(buf),
+            buf.length,
+            waitAll ? MSG_NOSIGNAL | MSG_WAITALL : MSG_NOSIGNAL,
+            ud,
+          ),
+        ),
       recv: (fd, buf, waitAll) =>
         this.op((ud) =>
           this.ring.sq.prepRecv(fd, this.address(buf), buf.length, waitAll ? MSG_WAITALL : 0, ud),

@@ -73,6 +73,8 @@ export interface PreparedIo {
   bufIndex?: number;
   /** Prepared with IOSQE_IO_LINK: the next SQE runs once it succeeds. */
   linked?: true;
+  /** send and recv: the MSG_* flags. */
+  msgFlags?: number;
 }
 
 /** Where a tag's last IO command pointed: the SQE's addr and the command's buffer address. */
@@ -87,6 +89,8 @@ export class StandInRing implements QueueRing {
   private readonly cqes: [number, number][] = [];
   /** What the next waits return, in turn (then 0). */
   readonly waitResults: number[] = [];
+  /** How many completions each wait asked for, in turn. */
+  readonly waitCounts: number[] = [];
   closed = false;
 
   /** Per tag, where its last IO command pointed. */
@@ -165,10 +169,10 @@ export class StandInRing implements QueueRing {
       userData: number,
       sqeFlags = 0,
     ) => this.prepared({ kind: 'fallocate', userData, fd, length, offset }, sqeFlags),
-    prepSend: (fd: number, address: number, length: number, _flags: number, userData: number) =>
-      this.prepared({ kind: 'send', userData, fd, length, address }),
-    prepRecv: (fd: number, address: number, length: number, _flags: number, userData: number) =>
-      this.prepared({ kind: 'recv', userData, fd, length, address }),
+    prepSend: (fd: number, address: number, length: number, msgFlags: number, userData: number) =>
+      this.prepared({ kind: 'send', userData, fd, length, address, msgFlags }),
+    prepRecv: (fd: number, address: number, length: number, msgFlags: number, userData: number) =>
+      this.prepared({ kind: 'recv', userData, fd, length, address, msgFlags }),
     prepTimeout: (timespecAddress: number, userData: number) =>
       this.prepared({ kind: 'timeout', userData, address: timespecAddress }),
   };
@@ -183,7 +187,9 @@ export class StandInRing implements QueueRing {
     this.collect();
     return 0;
   }
-  submitAndWait(): number {
+  submitAndWait(minComplete: number): number {
+    // Bounded: a loop left waiting on the stand-in (which never sleeps) calls this on every turn.
+    if (this.waitCounts.length < 64) this.waitCounts.push(minComplete);
     this.collect();
     return this.waitResults.shift() ?? 0;
   }
