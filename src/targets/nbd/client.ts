@@ -83,8 +83,6 @@ interface Session {
   structured: boolean;
   /** Requests sent (or being sent) whose reply is not complete, by handle. */
   inFlight: Map<number, Request>;
-  /** How many of them may have a reply of a few bytes: all but large READs (largeRead). */
-  smallReplies: number;
   broken: boolean;
   /** IO of this session still running: the transport closes when both are done. */
   sending: boolean;
@@ -123,8 +121,10 @@ export class NbdClient {
   /**
    * Zero copy (requests come with `data`): the receiver never reads past the reply header it
    * needs, since a payload must go from the socket to its request's pages, not through the stage.
+   * (Copy mode reads as much as came, and copies the payloads: RECVs of headers only, payloads
+   * straight to their buffers, made 64k seqread QD8 in the VM slower: 0.44-0.88x, four pairs.)
    */
-  private zeroCopy = false;
+  private exact = false;
   /** Zero copy: /dev/zero, whose reads fill a hole chunk's range of a request's pages. */
   private zeroFd = -1;
 
@@ -149,7 +149,7 @@ export class NbdClient {
     data?: RequestData,
   ) {
     // Before the first request with pages no READ was sent: nothing staged is a payload.
-    if (data) this.zeroCopy = true;
+    if (data) this.exact = true;
     return new Promise<void>((resolve, reject) => {
       if (this.failed || this.closed) {
         reject(requestError(EIO, 'server unreachable'));
@@ -199,7 +199,6 @@ export class NbdClient {
         : new RingSocket(this.options.io, connection.fd, connection.tlsRecords?.by === 'kernel'),
       structured: connection.export.structured,
       inFlight: new Map(),
-      smallReplies: 0,
       broken: false,
       sending: false,
       receiving: false,
@@ -257,7 +256,6 @@ export class NbdClient {
           }
           this.queued.shift();
           session.inFlight.set(next.handle, next);
-          if (!largeRead(next)) session.smallReplies++;
           encodeRequest(
             this.sendView,
             staged,
@@ -334,16 +332,6 @@ export class NbdClient {
   }
 
   /**
-   * Whether the receiver reads no further than the reply headers it needs: with zero copy, where
-   * payloads must go from the socket to the requests' pages, and while every reply to come has a
-   * large payload, which is then received straight into its buffer rather than staged and copied
-   * by JavaScript (64k seqread QD8 in the VM: 0.3 ms of the queue thread per request that way).
-   */
-  private exact(session: Session): boolean {
-    return this.zeroCopy || session.smallReplies === 0;
-  }
-
-  /**
    * One RECV more into the stage, of bytes up to the `length`th unparsed one if exact (else as
    * many as came); `certain`: that many will come, so the RECV waits for all of them.
    */
@@ -354,10 +342,9 @@ export class NbdClient {
       this.recvStart = 0;
     }
     if (session.broken) throw new Error('connection dropped');
-    const exact = this.exact(session);
     const n = await session.transport.recv(
-      this.recvStage.subarray(this.recvEnd, exact ? length : RECV_STAGE_BYTES),
-      exact && certain,
+      this.recvStage.subarray(this.recvEnd, this.exact ? length : RECV_STAGE_BYTES),
+      this.exact && certain,
     );
     if (n === 0) throw new Error('the server closed the connection');
     if (n < 0) throw new Error(`recv: errno ${-n}`);
@@ -375,7 +362,7 @@ export class NbdClient {
   private async receiveRest(session: Session, dst: Uint8Array, done: number): Promise<void> {
     while (done < dst.length) {
       const left = dst.length - done;
-      if (left >= DIRECT_RECV_BYTES || this.exact(session)) {
+      if (left >= DIRECT_RECV_BYTES) {
         if (session.broken) throw new Error('connection dropped');
         // The payload's length is known: one completion for all of it, not one per segment.
         const n = await session.transport.recv(dst.subarray(done), true);
@@ -418,7 +405,7 @@ export class NbdClient {
    */
   private wantedBytes(session: Session): number {
     if (!this.has(4)) {
-      if (!this.exact(session)) return 4;
+      if (!this.exact) return 4;
       // No payload starts in a reply's first 16 bytes, nor with structured replies (which a
       // READ must get then) in the first 28: a data chunk's header and offset, else a reply
       // without data and at least 16 bytes of the next one's header. One RECV for a chunk's
@@ -463,7 +450,6 @@ export class NbdClient {
 
   private finish(session: Session, request: Request): void {
     session.inFlight.delete(request.handle);
-    if (!largeRead(request)) session.smallReplies--;
     if (request.error !== 0) request.reject(requestError(request.error, opName(request.type)));
     else request.resolve();
   }
@@ -688,11 +674,6 @@ function pagesOf(session: Session): PagesTransport {
     throw new Error('zero copy needs the socket on the ring, not TLS records in Node');
   }
   return transport as PagesTransport;
-}
-
-/** A READ whose reply has a payload too large to go through the stage (stagedPayload). */
-function largeRead(request: Request): boolean {
-  return request.type === NBD_CMD_READ && request.length >= DIRECT_RECV_BYTES;
 }
 
 /** Whether a READ's payload of `length` bytes goes through the stage, not straight to its buffer. */
