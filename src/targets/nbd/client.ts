@@ -35,6 +35,7 @@ const RECV_STAGE_BYTES = 256 * 1024;
 const DIRECT_RECV_BYTES = 32 * 1024;
 /** The largest error message a server may send (the protocol caps strings at 4096 bytes). */
 const MAX_ERROR_MESSAGE = 4096;
+/** What the sender starts from (see pump). */
 const RESOLVED = Promise.resolve();
 /** An error chunk's largest payload: errno, message length, message, and an offset. */
 const MAX_ERROR_CHUNK = 6 + MAX_ERROR_MESSAGE + 8;
@@ -417,7 +418,11 @@ export class NbdClient {
     if (magic === NBD_SIMPLE_REPLY_MAGIC) {
       if (!this.has(SIMPLE_REPLY_BYTES)) return SIMPLE_REPLY_BYTES;
       const request = session.inFlight.get(readUint64(this.recvView, at + 8));
-      const withData = request?.type === NBD_CMD_READ && this.recvView.getUint32(at + 4) === 0;
+      // With structured replies, parseReply refuses a simple one to a READ from its 16 bytes.
+      const withData =
+        !session.structured &&
+        request?.type === NBD_CMD_READ &&
+        this.recvView.getUint32(at + 4) === 0;
       return withData && stagedPayload(request, request.length)
         ? SIMPLE_REPLY_BYTES + request.length
         : SIMPLE_REPLY_BYTES;
