@@ -222,7 +222,7 @@ export class NbdClient {
     if (!session || session.broken) return;
     if (!session.sending && !this.senderScheduled && this.queued.length > 0) {
       this.senderScheduled = true;
-      // Not queueMicrotask: Node makes an AsyncResource for each call of it (3% of the queue
+      // Not queueMicrotask: Node makes an AsyncResource for each call of it (2.6% of the queue
       // thread at 4k randread QD32 in a CPU profile).
       void RESOLVED.then(this.startSender);
     }
