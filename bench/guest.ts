@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { basename } from 'node:path';
-import { UBLK_F } from '../src/ublk/abi.js';
+import { UBLK_F } from '../src/ublk/ublk-cmd.js';
 import { WORKLOADS, type BenchReport, type MemoryReport, type Run } from './workloads.js';
 
 const CLI = new URL('../bundle/cli/main.js', import.meta.url).pathname;

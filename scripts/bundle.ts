@@ -13,7 +13,7 @@
 import { build, type Plugin } from 'esbuild';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
-import { BUILT_IN, BUILT_IN_FILTERS } from '../src/ublk/target-loader.js';
+import { BUILT_IN, BUILT_IN_FILTERS } from '../src/ublk/target/loader.js';
 import { REPO_ROOT } from './lib/common.js';
 
 const SRC = join(REPO_ROOT, 'dist', 'src');
@@ -23,10 +23,10 @@ const OUT = join(REPO_ROOT, 'dist', 'bundle');
 const ENTRIES = [
   'cli/main.js',
   'cli/daemon-main.js',
-  'ublk/queue-worker.js',
-  // The target loader's URLs are relative to its own folder, ublk/.
+  'ublk/queue/queue-worker.js',
+  // The target loader's URLs are relative to its own folder, ublk/target/.
   ...[...Object.values(BUILT_IN), ...Object.values(BUILT_IN_FILTERS)].map((p) =>
-    relative(SRC, join(SRC, 'ublk', p)),
+    relative(SRC, join(SRC, 'ublk/target', p)),
   ),
 ];
 

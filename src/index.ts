@@ -6,9 +6,9 @@ export {
   type DeviceOptions,
   type QueueInfo,
   type RecoverOptions,
-} from './ublk/device.js';
+} from './ublk/device/device.js';
 /** For DeviceOptions.flags: the UBLK_F_ feature bits to ask ADD_DEV for. */
-export { UBLK_F } from './ublk/abi.js';
+export { UBLK_F } from './ublk/ublk-cmd.js';
 export {
   defineFilter,
   defineTarget,
@@ -40,7 +40,7 @@ export {
   type TargetSetup,
   type WriteFlags,
   type ZeroFlags,
-} from './targets/target.js';
+} from './targets/define.js';
 /** The built-in targets and filters, for withFilters() and for wrapping in a module of one's own. */
 export { default as loopTarget } from './targets/loop.js';
 export { default as memTarget } from './targets/mem.js';

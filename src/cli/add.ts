@@ -10,8 +10,8 @@ import {
   resolveFilterSource,
   resolveTargetSource,
   stackSource,
-} from '../ublk/target-loader.js';
-import type { TargetOptionSpecs } from '../ublk/target.js';
+} from '../ublk/target/loader.js';
+import type { TargetOptionSpecs } from '../ublk/target/contract.js';
 import { findFilters, findTargetType, isAddOption, parseAddArgs, type AddOptions } from './args.js';
 import type { DaemonReport } from './daemon-main.js';
 import { runDir } from './run-dir.js';

@@ -2,12 +2,12 @@ import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UserError } from '../errors.js';
 import { constants } from '../sys.js';
-import type { TargetArgs, TargetOptionSpecs } from '../ublk/target.js';
+import type { TargetArgs, TargetOptionSpecs } from '../ublk/target/contract.js';
 import { listLayout, type ListLayout } from './list-format.js';
 import { parseBool01, parseInteger } from './numbers.js';
 
 // The target API's types, re-exported for the CLI code that imports them from here.
-export type { TargetArgs, TargetOptionSpec, TargetOptionSpecs } from '../ublk/target.js';
+export type { TargetArgs, TargetOptionSpec, TargetOptionSpecs } from '../ublk/target/contract.js';
 
 export interface AddOptions {
   type: string;

@@ -1,9 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { UserError } from '../errors.js';
-import { UBLK_F } from '../ublk/abi.js';
-import { isControlError, type Control, type DevInfo } from '../ublk/control.js';
-import { explainControlError } from '../ublk/control-errors.js';
-import { hasFlag, missingFeature } from '../ublk/features.js';
+import { UBLK_F } from '../ublk/ublk-cmd.js';
+import { isControlError, type Control, type DevInfo } from '../ublk/control/control.js';
+import { explainControlError } from '../ublk/control/control-errors.js';
+import { hasFlag, missingFeature } from '../ublk/control/feature-flags.js';
 import type { DelOptions } from './args.js';
 import { knownDeviceIds } from './devices.js';
 import { isProcessAlive, readRecord, removeRecord } from './run-dir.js';

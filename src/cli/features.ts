@@ -1,6 +1,6 @@
-import { UBLK_F } from '../ublk/abi.js';
-import type { Control } from '../ublk/control.js';
-import { kernelFeatures } from '../ublk/features.js';
+import { UBLK_F } from '../ublk/ublk-cmd.js';
+import type { Control } from '../ublk/control/control.js';
+import { kernelFeatures } from '../ublk/control/feature-flags.js';
 
 /**
  * ublksrv's names in `ublk features`, so its output reads the same; the bits ublksrv has no name

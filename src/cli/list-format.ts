@@ -1,5 +1,5 @@
 import { UserError } from '../errors.js';
-import { UBLK_F } from '../ublk/abi.js';
+import { UBLK_F } from '../ublk/ublk-cmd.js';
 
 /**
  * The text layouts of `list`: ublksrv 1.8's, the default, and 1.3's (before ublksrv 1.4 moved the

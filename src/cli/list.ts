@@ -1,8 +1,8 @@
 import { existsSync, statSync } from 'node:fs';
-import { deviceStateName } from '../ublk/abi.js';
-import { isControlError, type Control } from '../ublk/control.js';
+import { deviceStateName } from '../ublk/ublk-cmd.js';
+import { isControlError, type Control } from '../ublk/control/control.js';
 import { majorMinor } from '../sys.js';
-import { explainControlError } from '../ublk/control-errors.js';
+import { explainControlError } from '../ublk/control/control-errors.js';
 import { UserError } from '../errors.js';
 import type { ListOptions } from './args.js';
 import { knownDeviceIds } from './devices.js';

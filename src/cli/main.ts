@@ -7,10 +7,10 @@ import {
   loadTarget,
   resolveFilterSource,
   resolveTargetSource,
-} from '../ublk/target-loader.js';
-import type { TargetOptionSpecs } from '../ublk/target.js';
-import { CONTROL_PATH, type Control } from '../ublk/control.js';
-import { openControl } from '../ublk/control-errors.js';
+} from '../ublk/target/loader.js';
+import type { TargetOptionSpecs } from '../ublk/target/contract.js';
+import { CONTROL_PATH, type Control } from '../ublk/control/control.js';
+import { openControl } from '../ublk/control/control-errors.js';
 import { parseDelArgs, parseListArgs, parseRecoverArgs } from './args.js';
 import { parseAdd, startDaemon } from './add.js';
 import { delCommand } from './del.js';

@@ -4,10 +4,10 @@
  */
 import { chownSync, existsSync } from 'node:fs';
 import { UserError } from '../errors.js';
-import { UBLK_F } from '../ublk/abi.js';
-import { isControlError, type Control } from '../ublk/control.js';
-import { hasFlag } from '../ublk/features.js';
-import { quiesceDevice, resizeDevice } from '../ublk/manage.js';
+import { UBLK_F } from '../ublk/ublk-cmd.js';
+import { isControlError, type Control } from '../ublk/control/control.js';
+import { hasFlag } from '../ublk/control/feature-flags.js';
+import { quiesceDevice, resizeDevice } from '../ublk/control/device-commands.js';
 import { strictParse } from './args.js';
 import { parseInteger, parseSize } from './numbers.js';
 

@@ -1,6 +1,6 @@
 import { UserError } from '../errors.js';
-import type { Control } from '../ublk/control.js';
-import { explainControlError } from '../ublk/control-errors.js';
+import type { Control } from '../ublk/control/control.js';
+import { explainControlError } from '../ublk/control/control-errors.js';
 import type { RecoverOptions } from './args.js';
 import { startDaemon } from './add.js';
 import { readRecord, runDir } from './run-dir.js';

@@ -14,7 +14,7 @@ import { checkResult, isErrnoError, UserError } from '../errors.js';
 import { constants as sysConstants, ioctl, majorMinor, mmap, munmap } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from '../uring/index.js';
 import { nonBlockingTwin, ringIoSync } from './inline-ring-io.js';
-import { defineTarget, SECTOR, type QueueIo } from './target.js';
+import { defineTarget, SECTOR, type QueueIo } from './define.js';
 
 /**
  * ublksrv's loop target: `-t loop -f FILE [--buffered_io] [--offset SECTORS]`.

@@ -5,7 +5,7 @@ import { constants as sysConstants, memfdCreate } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/index.js';
 import { nonBlockingTwin } from './inline-ring-io.js';
 import { parseSize } from './size.js';
-import { defineTarget, SECTOR } from './target.js';
+import { defineTarget, SECTOR } from './define.js';
 
 /**
  * `-t mem --size SIZE`: a sparse RAM disk that every queue of the device shares.

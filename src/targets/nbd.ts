@@ -28,7 +28,7 @@ import {
   NBD_FLAG_SEND_WRITE_ZEROES,
 } from './nbd/protocol.js';
 import { loadTlsConfig, type TlsConfig } from './nbd/tls.js';
-import { defineTarget, SECTOR, type Capabilities } from './target.js';
+import { defineTarget, SECTOR, type Capabilities } from './define.js';
 
 /**
  * ublksrv's nbd target: `-t nbd --host HOST [--port PORT] | --unix PATH [--export_name NAME]

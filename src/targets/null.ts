@@ -1,4 +1,4 @@
-import { defineTarget } from './target.js';
+import { defineTarget } from './define.js';
 
 /**
  * ublksrv's null target: 250 GiB that completes every request at once and stores nothing. It never

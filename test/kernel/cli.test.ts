@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { release } from 'node:os';
 import { after, afterEach, test } from 'node:test';
-import { UBLK_F } from '../../src/ublk/abi.js';
+import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
 import {
   addDevice,
   assertNothingLeft,

@@ -25,9 +25,9 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, before, test } from 'node:test';
-import { UBLK_F } from '../../src/ublk/abi.js';
-import { Control } from '../../src/ublk/control.js';
-import { hasFlag, kernelFeatures } from '../../src/ublk/features.js';
+import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
+import { Control } from '../../src/ublk/control/control.js';
+import { hasFlag, kernelFeatures } from '../../src/ublk/control/feature-flags.js';
 import {
   addDevice,
   assertNothingLeft,

@@ -10,8 +10,8 @@ import {
   NO_QUEUE_ID,
   UBLK_F,
   UBLK_S_DEV,
-} from '../../src/ublk/abi.js';
-import { CONTROL_PATH, Control, isControlError } from '../../src/ublk/control.js';
+} from '../../src/ublk/ublk-cmd.js';
+import { CONTROL_PATH, Control, isControlError } from '../../src/ublk/control/control.js';
 import { IORING_SETUP_SQE128, Ring } from '../../src/uring/index.js';
 
 let control: Control;

@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
-import { UBLK_F } from '../../src/ublk/abi.js';
+import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
 import {
   assertNothingLeft,
   delAll,

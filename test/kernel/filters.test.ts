@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test } from 'node:test';
-import { UBLK_F } from '../../src/ublk/abi.js';
+import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
 import {
   assertNothingLeft,
   delAll,

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, test, type TestContext } from 'node:test';
 import { NBD_TRACE_ENV } from '../../src/targets/nbd.js';
-import { UBLK_F } from '../../src/ublk/abi.js';
+import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
 import {
   assertNothingLeft,
   delAll,

@@ -6,14 +6,20 @@
 import assert from 'node:assert/strict';
 import { constants } from 'node:os';
 import { test } from 'node:test';
-import { BATCH_IO, ELEM_HEADER, UBLK_BATCH_F, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/abi.js';
+import {
+  BATCH_IO,
+  ELEM_HEADER,
+  UBLK_BATCH_F,
+  UBLK_IO_RES,
+  UBLK_U_IO,
+} from '../../src/ublk/ublk-cmd.js';
 import {
   BATCH_IO_BASE,
   BATCH_SLOTS,
   BatchIo,
   batchElemBytes,
   type BatchMemory,
-} from '../../src/ublk/batch-io.js';
+} from '../../src/ublk/queue/batch-io.js';
 import { IORING_CQE_F_MORE, IORING_URING_CMD_MULTISHOT } from '../../src/uring/abi.js';
 
 const { ENOBUFS, EINVAL } = constants.errno;

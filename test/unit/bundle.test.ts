@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { BUILT_IN, BUILT_IN_FILTERS } from '../../src/ublk/target-loader.js';
+import { BUILT_IN, BUILT_IN_FILTERS } from '../../src/ublk/target/loader.js';
 
 // This file runs as dist/test/unit/bundle.test.js.
 const DIST = fileURLToPath(new URL('../../', import.meta.url));
@@ -18,10 +18,15 @@ const cli = (...args: string[]) =>
   spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
 
 test('a bundle for the CLI, its daemon, the queue worker and every built-in target and filter', () => {
-  // Relative to ublk/, as the target loader's own URLs are.
+  // Relative to ublk/target/, as the target loader's own URLs are.
   const modules = [...Object.values(BUILT_IN), ...Object.values(BUILT_IN_FILTERS)];
-  for (const rel of ['../cli/main.js', '../cli/daemon-main.js', './queue-worker.js', ...modules]) {
-    const path = join(DIST, 'bundle/ublk', rel);
+  for (const rel of [
+    '../../cli/main.js',
+    '../../cli/daemon-main.js',
+    '../queue/queue-worker.js',
+    ...modules,
+  ]) {
+    const path = join(DIST, 'bundle/ublk/target', rel);
     assert.ok(existsSync(path), `${path} exists`);
   }
 });

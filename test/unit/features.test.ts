@@ -2,8 +2,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { formatFeatures } from '../../src/cli/features.js';
 import { UserError } from '../../src/errors.js';
-import { UBLK_F } from '../../src/ublk/abi.js';
-import { describeFeature, flagsOf, hasFlag, missingFeature } from '../../src/ublk/features.js';
+import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
+import {
+  describeFeature,
+  flagsOf,
+  hasFlag,
+  missingFeature,
+} from '../../src/ublk/control/feature-flags.js';
 
 // What a 7.3 kernel's GET_FEATURES returns: bits 0..20.
 const LINUX_7_3 = 0x1fffff;

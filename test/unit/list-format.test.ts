@@ -7,7 +7,7 @@ import {
   sortedJson,
   type DeviceListing,
 } from '../../src/cli/list-format.js';
-import { UBLK_F } from '../../src/ublk/abi.js';
+import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
 
 const device: DeviceListing = {
   devId: 0,

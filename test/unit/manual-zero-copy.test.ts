@@ -6,14 +6,14 @@
 import assert from 'node:assert/strict';
 import { constants } from 'node:os';
 import { test } from 'node:test';
-import { UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/abi.js';
-import { FailureLog } from '../../src/ublk/failure-log.js';
+import { UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/ublk-cmd.js';
+import { FailureLog } from '../../src/ublk/queue/failure-log.js';
 import {
   FORWARDED_IO_BASE,
   FORWARDED_REGISTER,
   FORWARDED_UNREGISTER,
-} from '../../src/ublk/forwarded-io.js';
-import { TagStates } from '../../src/ublk/tag-states.js';
+} from '../../src/ublk/queue/forwarded-io.js';
+import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import { IOSQE_CQE_SKIP_SUCCESS, IOSQE_IO_HARDLINK, IOSQE_IO_LINK } from '../../src/uring/index.js';
 import { StandInDescriptors, StandInRing, type PreparedIo } from './support/stand-ins.js';
 

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { UserError } from '../../src/errors.js';
-import { UBLK_ATTR } from '../../src/ublk/abi.js';
-import { paramsFor } from '../../src/ublk/params.js';
+import { UBLK_ATTR } from '../../src/ublk/ublk-cmd.js';
+import { paramsFor } from '../../src/ublk/control/params.js';
 
 test('defaults: 512-byte blocks, no attrs, no discard section', () => {
   const p = paramsFor(2 ** 30, {}, 524288, 4096);

@@ -9,13 +9,13 @@ import { constants } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, test } from 'node:test';
 import { isErrnoError } from '../../src/errors.js';
-import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/abi.js';
-import { FailureLog } from '../../src/ublk/failure-log.js';
-import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
-import { Queue } from '../../src/ublk/queue.js';
-import { TagStates } from '../../src/ublk/tag-states.js';
+import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/ublk-cmd.js';
+import { FailureLog } from '../../src/ublk/queue/failure-log.js';
+import { FORWARDED_IO_BASE } from '../../src/ublk/queue/forwarded-io.js';
+import { Queue } from '../../src/ublk/queue/queue.js';
+import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import { IoBuffer, MSG_NOSIGNAL, MSG_WAITALL } from '../../src/uring/index.js';
-import type { QueueHandlers, QueueIo, RingForward } from '../../src/ublk/target.js';
+import type { QueueHandlers, QueueIo, RingForward } from '../../src/ublk/target/contract.js';
 import {
   StandInDescriptors,
   StandInRing,

@@ -6,18 +6,18 @@
 import assert from 'node:assert/strict';
 import { constants } from 'node:os';
 import { test } from 'node:test';
-import { UBLK_IO, UBLK_IO_OP, UBLK_IO_RES } from '../../src/ublk/abi.js';
-import { FailureLog } from '../../src/ublk/failure-log.js';
-import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
-import { Queue } from '../../src/ublk/queue.js';
+import { UBLK_IO, UBLK_IO_OP, UBLK_IO_RES } from '../../src/ublk/ublk-cmd.js';
+import { FailureLog } from '../../src/ublk/queue/failure-log.js';
+import { FORWARDED_IO_BASE } from '../../src/ublk/queue/forwarded-io.js';
+import { Queue } from '../../src/ublk/queue/queue.js';
 import {
   HOOK_DELAY_BASE,
   ROUTE_BELOW,
   ROUTE_HANDLERS,
   type LayerHook,
-} from '../../src/ublk/request-hooks.js';
-import { TagStates } from '../../src/ublk/tag-states.js';
-import type { QueueHandlers } from '../../src/ublk/target.js';
+} from '../../src/ublk/queue/request-hooks.js';
+import { TagStates } from '../../src/ublk/queue/tag-states.js';
+import type { QueueHandlers } from '../../src/ublk/target/contract.js';
 import {
   StandInDescriptors,
   StandInRing,

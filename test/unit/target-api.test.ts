@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ERROR_CODES, isUserError } from '../../src/errors.js';
-import { FailureLog } from '../../src/ublk/failure-log.js';
-import { checkHandlers } from '../../src/ublk/handler-check.js';
-import type { Capabilities, QueueHandlers } from '../../src/ublk/target.js';
+import { FailureLog } from '../../src/ublk/queue/failure-log.js';
+import { checkHandlers } from '../../src/ublk/target/handler-check.js';
+import type { Capabilities, QueueHandlers } from '../../src/ublk/target/contract.js';
 
 const read = () => undefined;
 const write = () => undefined;

@@ -25,7 +25,7 @@ import { mmap, munmap } from '../../src/sys.js';
 import { Ring, TMPFS_MAGIC } from '../../src/uring/index.js';
 import loop from '../../src/targets/loop.js';
 import mem from '../../src/targets/mem.js';
-import type { TargetArgs, TargetSetup } from '../../src/targets/target.js';
+import type { TargetArgs, TargetSetup } from '../../src/targets/define.js';
 
 const env = { recovering: false, startEmpty: false, queues: 1 };
 const dir = mkdtempSync(join(tmpdir(), 'ublk-targets-unit-'));

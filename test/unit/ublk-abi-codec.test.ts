@@ -1,4 +1,4 @@
-// The codecs of src/ublk/abi.ts on known bytes; their layouts are checked against the C header in
+// The codecs of src/ublk/ublk-cmd.ts on known bytes; their layouts are checked against the C header in
 // ublk-abi.test.ts.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -25,8 +25,8 @@ import {
   ioDescMmapLength,
   ioDescMmapOffset,
   writeIoCmd,
-} from '../../src/ublk/abi.js';
-import type { StructValue } from '../../src/ublk/abi.js';
+} from '../../src/ublk/ublk-cmd.js';
+import type { StructValue } from '../../src/ublk/ublk-cmd.js';
 
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex');
 const view = (bytes: Uint8Array) => new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -1,4 +1,4 @@
-// Checks src/ublk/abi.ts against two real <linux/ublk_cmd.h>, compiled: Linux 7.3's (Debian's
+// Checks src/ublk/ublk-cmd.ts against two real <linux/ublk_cmd.h>, compiled: Linux 7.3's (Debian's
 // linux-libc-dev from trixie-backports, unpacked into the VM cache) and the system's (older: 6.1
 // here). Every constant, struct size and field offset abi.ts has must be in 7.3's header and equal
 // it, and equal the system's header too wherever that has the name. The lists come from abi.ts
@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
-import * as abi from '../../src/ublk/abi.js';
-import type { FieldType, StructLayout } from '../../src/ublk/abi.js';
+import * as abi from '../../src/ublk/ublk-cmd.js';
+import type { FieldType, StructLayout } from '../../src/ublk/ublk-cmd.js';
 import { evalCExpressions, includeFlags } from './support/cheader.js';
 import { linux73IncludeDir } from './support/linux73-headers.js';
 
@@ -164,7 +164,7 @@ function headersWith(key: string): Header[] {
 test('abi.ts defines every UBLK constant either header defines', () => {
   for (const header of HEADERS) {
     const missing = [...header.macros].filter((name) => !constants.has(name));
-    assert.deepEqual(missing, [], `add these of ${header.name}'s header to src/ublk/abi.ts`);
+    assert.deepEqual(missing, [], `add these of ${header.name}'s header to src/ublk/ublk-cmd.ts`);
   }
 });
 
@@ -240,7 +240,10 @@ test('abi.ts models every struct and member either header declares, bar padding'
   for (const header of HEADERS) {
     for (const [struct, members] of header.structs) {
       const ours = modelled.get(struct);
-      assert.ok(ours !== undefined, `struct ${struct} (${header.name}) is not in src/ublk/abi.ts`);
+      assert.ok(
+        ours !== undefined,
+        `struct ${struct} (${header.name}) is not in src/ublk/ublk-cmd.ts`,
+      );
       const missing = [...members].filter((m) => !/^(pad|reserved)\d*$/.test(m) && !ours.has(m));
       assert.deepEqual(missing, [], `struct ${struct} (${header.name}): members missing`);
     }

@@ -25,20 +25,20 @@ import {
   UBLK_TAG,
   UBLK_U_IO,
   UBLKSRV_IO_BUF_OFFSET,
-} from '../../src/ublk/abi.js';
+} from '../../src/ublk/ublk-cmd.js';
 import { addressOf } from '../../src/sys.js';
-import { Queue } from '../../src/ublk/queue.js';
-import { FailureLog } from '../../src/ublk/failure-log.js';
-import { FORWARDED_IO_BASE } from '../../src/ublk/forwarded-io.js';
-import { TagStates } from '../../src/ublk/tag-states.js';
-import type { QueueHandlers } from '../../src/ublk/target.js';
+import { Queue } from '../../src/ublk/queue/queue.js';
+import { FailureLog } from '../../src/ublk/queue/failure-log.js';
+import { FORWARDED_IO_BASE } from '../../src/ublk/queue/forwarded-io.js';
+import { TagStates } from '../../src/ublk/queue/tag-states.js';
+import type { QueueHandlers } from '../../src/ublk/target/contract.js';
 import {
   BOUNCE_CHUNK,
   BOUNCE_POOL_BYTES,
   BouncePool,
   bouncePoolBytes,
   userCopyOffset,
-} from '../../src/ublk/user-copy.js';
+} from '../../src/ublk/queue/user-copy.js';
 import {
   StandInDescriptors,
   StandInRing,

@@ -10,8 +10,8 @@ import { promisify } from 'node:util';
 import { constants as osConstants } from 'node:os';
 import { checkResult, errnoError, isErrnoError, UserError } from '../../errors.js';
 import { constants as sysConstants, lseek } from '../../sys.js';
-import { defineFilter } from '../../ublk/filter.js';
-import { ROUTE_BELOW, ROUTE_HANDLERS } from '../../ublk/request-hooks.js';
+import { defineFilter } from '../../ublk/target/filter.js';
+import { ROUTE_BELOW, ROUTE_HANDLERS } from '../../ublk/queue/request-hooks.js';
 
 /**
  * nbdkit's cow filter, with an overlay that outlives the daemon: writes go to the sparse file

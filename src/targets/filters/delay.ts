@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { defineFilter, type FilterHandlers } from '../../ublk/filter.js';
-import type { RequestKind } from '../../ublk/request-hooks.js';
+import { defineFilter, type FilterHandlers } from '../../ublk/target/filter.js';
+import type { RequestKind } from '../../ublk/queue/request-hooks.js';
 import { parseDuration } from './options.js';
 
 /**

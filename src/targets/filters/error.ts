@@ -1,5 +1,5 @@
 import { errnoError, UserError } from '../../errors.js';
-import { defineFilter, type FilterHandlers } from '../../ublk/filter.js';
+import { defineFilter, type FilterHandlers } from '../../ublk/target/filter.js';
 import { parseErrno, parseOps, parseRange, parseRate, type Op } from './options.js';
 
 /**

@@ -1,4 +1,4 @@
-import { defineFilter } from '../../ublk/filter.js';
+import { defineFilter } from '../../ublk/target/filter.js';
 
 /**
  * nbdkit's readonly filter: the device is read-only (the block layer refuses writes with EROFS or

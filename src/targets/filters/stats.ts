@@ -1,8 +1,8 @@
 import { writeFileSync, renameSync } from 'node:fs';
 import { UserError } from '../../errors.js';
-import { defineFilter, type FilterHandlers, type NextHandlers } from '../../ublk/filter.js';
-import type { RequestHook } from '../../ublk/request-hooks.js';
-import type { MaybePromise, IoResult } from '../../ublk/target.js';
+import { defineFilter, type FilterHandlers, type NextHandlers } from '../../ublk/target/filter.js';
+import type { RequestHook } from '../../ublk/queue/request-hooks.js';
+import type { MaybePromise, IoResult } from '../../ublk/target/contract.js';
 import { OPS, type Op } from './options.js';
 
 /**

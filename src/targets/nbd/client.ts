@@ -1,6 +1,6 @@
 import { closeSync, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import type { QueueIo, RequestData } from '../target.js';
+import type { QueueIo, RequestData } from '../define.js';
 import { closeConnection, type Connection, type Export } from './handshake.js';
 import {
   encodeRequest,

@@ -1,6 +1,6 @@
 import { writeSync } from 'node:fs';
 import { close as closeFd, shutdown as shutdownFd } from '../../sys.js';
-import type { QueueIo, RequestData } from '../target.js';
+import type { QueueIo, RequestData } from '../define.js';
 
 /** The byte stream of a connection's transmission phase, as the client uses it. */
 export interface Transport {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Control } from '../../../src/ublk/control.js';
+import { Control } from '../../../src/ublk/control/control.js';
 
 export const CLI = new URL('../../../bundle/cli/main.js', import.meta.url).pathname;
 

@@ -3,7 +3,7 @@
  * target's ring-IO client (the nbd target's) without ublk.
  */
 import { IoBuffer, MSG_NOSIGNAL, MSG_WAITALL, Ring } from '../../../src/uring/index.js';
-import type { QueueIo, RequestData } from '../../../src/ublk/target.js';
+import type { QueueIo, RequestData } from '../../../src/ublk/target/contract.js';
 
 export class RingSocketIo {
   readonly io: QueueIo;

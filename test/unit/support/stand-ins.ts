@@ -3,9 +3,9 @@
  * descriptor table the test fills, and a ring that records what is prepared and hands back the
  * completions the test queues.
  */
-import { UBLK_IO_OP } from '../../../src/ublk/abi.js';
-import type { QueueResources, QueueRing } from '../../../src/ublk/queue.js';
-import type { IoDescriptors } from '../../../src/ublk/tag-states.js';
+import { UBLK_IO_OP } from '../../../src/ublk/ublk-cmd.js';
+import type { QueueResources, QueueRing } from '../../../src/ublk/queue/queue.js';
+import type { IoDescriptors } from '../../../src/ublk/queue/tag-states.js';
 import { IOSQE_IO_LINK, type CqeHandler } from '../../../src/uring/index.js';
 
 export interface Request {

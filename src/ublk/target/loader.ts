@@ -1,23 +1,23 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { ERROR_CODES, UserError } from '../errors.js';
+import { ERROR_CODES, UserError } from '../../errors.js';
 import { withFilters, type Filter } from './filter.js';
-import type { Target } from './target.js';
+import type { Target } from './contract.js';
 
 export const BUILT_IN: Record<string, string> = {
-  null: '../targets/null.js',
-  loop: '../targets/loop.js',
-  mem: '../targets/mem.js',
-  nbd: '../targets/nbd.js',
+  null: '../../targets/null.js',
+  loop: '../../targets/loop.js',
+  mem: '../../targets/mem.js',
+  nbd: '../../targets/nbd.js',
 };
 
 export const BUILT_IN_FILTERS: Record<string, string> = {
-  cow: '../targets/filters/cow.js',
-  delay: '../targets/filters/delay.js',
-  error: '../targets/filters/error.js',
-  readonly: '../targets/filters/readonly.js',
-  stats: '../targets/filters/stats.js',
+  cow: '../../targets/filters/cow.js',
+  delay: '../../targets/filters/delay.js',
+  error: '../../targets/filters/error.js',
+  readonly: '../../targets/filters/readonly.js',
+  stats: '../../targets/filters/stats.js',
 };
 
 /** ublksrv's numeric target types, for `list`'s target line; user modules have none of theirs. */

@@ -4,7 +4,7 @@
  * target authors reach it through src/targets/target.ts or the package's index.
  */
 
-import type { RequestHooks } from './request-hooks.js';
+import type { RequestHooks } from '../queue/request-hooks.js';
 
 /** ublk counts offsets and lengths in 512-byte sectors, whatever the device's block size. */
 export const SECTOR = 512;
@@ -125,7 +125,7 @@ export type MaybePromise<T> = T | Promise<T>;
  * `errno: 28` fails with ENOSPC) and nothing else.
  *
  * Each declared capability needs its handler, or the forward that serves it (checked when the queue
- * starts, see src/ublk/handler-check.ts): `read` unless forwarded, `write` unless forwarded or
+ * starts, see src/ublk/target/handler-check.ts): `read` unless forwarded, `write` unless forwarded or
  * `readOnly`, `flush` with `volatileCache`, `discard` and `writeZeroes` with theirs. A handler
  * without its capability is never called.
  */

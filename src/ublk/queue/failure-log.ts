@@ -1,5 +1,5 @@
-import { errnoName } from '../errors.js';
-import { UBLK_IO_OP } from './abi.js';
+import { errnoName } from '../../errors.js';
+import { UBLK_IO_OP } from '../ublk-cmd.js';
 
 /** A request whose handler threw or rejected, and the result it was failed with (-errno). */
 export interface FailedRequest {

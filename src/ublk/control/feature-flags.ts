@@ -3,8 +3,8 @@
  * ADD_DEV grants, a device's own flags), never guessed from its version; and the one-line refusal
  * for what it lacks, naming the first kernel that has it.
  */
-import { UserError } from '../errors.js';
-import { featureNames, UBLK_F } from './abi.js';
+import { UserError } from '../../errors.js';
+import { featureNames, UBLK_F } from '../ublk-cmd.js';
 import type { Control } from './control.js';
 
 /** The first kernel that has each feature a command or option of ours may need. */

@@ -1,7 +1,14 @@
 import { constants } from 'node:os';
-import { errnoError } from '../errors.js';
-import { pread, pwrite } from '../sys.js';
-import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO, type IoDescTable } from './abi.js';
+import { errnoError } from '../../errors.js';
+import { pread, pwrite } from '../../sys.js';
+import {
+  UBLK_IO,
+  UBLK_IO_F,
+  UBLK_IO_OP,
+  UBLK_IO_RES,
+  UBLK_U_IO,
+  type IoDescTable,
+} from '../ublk-cmd.js';
 import type { FailureLog } from './failure-log.js';
 import {
   ForwardedIo,
@@ -10,7 +17,7 @@ import {
   type LinkedCommit,
 } from './forwarded-io.js';
 import { HookRunner, ROUTE_BELOW, ROUTE_HANDLERS, type HookRing } from './request-hooks.js';
-import { SECTOR, type IoResult, type QueueHandlers } from './target.js';
+import { SECTOR, type IoResult, type QueueHandlers } from '../target/contract.js';
 import { BOUNCE_CHUNK, BouncePool, userCopyOffset } from './user-copy.js';
 
 const { EINVAL, EIO, EOPNOTSUPP } = constants.errno;

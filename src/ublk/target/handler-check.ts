@@ -1,5 +1,5 @@
-import { ERROR_CODES, UserError } from '../errors.js';
-import type { Capabilities, QueueHandlers } from './target.js';
+import { ERROR_CODES, UserError } from '../../errors.js';
+import type { Capabilities, QueueHandlers } from './contract.js';
 
 /**
  * The handlers a queue needs for what its target declared, checked when the queue starts: a

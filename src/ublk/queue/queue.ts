@@ -1,6 +1,6 @@
 import { constants as osConstants } from 'node:os';
-import { errnoError, isErrnoError } from '../errors.js';
-import { constants as sysConstants, mmap, munmap } from '../sys.js';
+import { errnoError, isErrnoError } from '../../errors.js';
+import { constants as sysConstants, mmap, munmap } from '../../sys.js';
 import {
   IORING_FSYNC_DATASYNC,
   MSG_NOSIGNAL,
@@ -10,7 +10,7 @@ import {
   IORING_SETUP_SINGLE_ISSUER,
   IoBuffer,
   Ring,
-} from '../uring/index.js';
+} from '../../uring/index.js';
 import {
   IoDescTable,
   UBLK_IO,
@@ -19,7 +19,7 @@ import {
   ioDescMmapLength,
   ioDescMmapOffset,
   writeIoCmd,
-} from './abi.js';
+} from '../ublk-cmd.js';
 import {
   BATCH_IO_BASE,
   BatchIo,
@@ -37,7 +37,7 @@ import {
   type IoDescriptors,
   type TagStatesConfig,
 } from './tag-states.js';
-import type { QueueHandlers, QueueIo } from './target.js';
+import type { QueueHandlers, QueueIo } from '../target/contract.js';
 import { bouncePoolBytes } from './user-copy.js';
 import { wholeBufferIo } from './whole-buffer-io.js';
 

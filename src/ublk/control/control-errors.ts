@@ -1,5 +1,5 @@
-import { UserError } from '../errors.js';
-import { isErrnoError } from '../sys.js';
+import { UserError } from '../../errors.js';
+import { isErrnoError } from '../../sys.js';
 import { Control, isControlError } from './control.js';
 
 /* The control device's failures in words the user can act on: the library's and the CLI's. */

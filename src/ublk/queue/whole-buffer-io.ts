@@ -1,6 +1,6 @@
 import { constants } from 'node:os';
-import { checkResult, errnoError } from '../errors.js';
-import type { QueueIo } from './target.js';
+import { checkResult, errnoError } from '../../errors.js';
+import type { QueueIo } from '../target/contract.js';
 
 const { EIO } = constants.errno;
 

@@ -1,7 +1,7 @@
 import { constants as fsConstants, fstatSync, statfsSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { errnoError } from '../errors.js';
-import { close, constants as sysConstants, open, pread, pwrite } from '../sys.js';
+import { errnoError } from '../../errors.js';
+import { close, constants as sysConstants, open, pread, pwrite } from '../../sys.js';
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -12,9 +12,9 @@ import {
   RAMFS_MAGIC,
   TMPFS_MAGIC,
   type SubmissionQueue,
-} from '../uring/index.js';
-import { UBLK_IO_OP, UBLK_U_IO, writeIoCmd } from './abi.js';
-import type { RingForward } from './target.js';
+} from '../../uring/index.js';
+import { UBLK_IO_OP, UBLK_U_IO, writeIoCmd } from '../ublk-cmd.js';
+import type { RingForward } from '../target/contract.js';
 
 const { EIO, ECANCELED } = osConstants.errno;
 

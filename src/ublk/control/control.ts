@@ -1,13 +1,13 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { errnoName } from '../errors.js';
+import { errnoName } from '../../errors.js';
 import {
   close as closeSys,
   constants as sysConstants,
   isErrnoError,
   open as openFd,
-} from '../sys.js';
-import { IoBuffer, IORING_SETUP_SQE128, Ring } from '../uring/index.js';
+} from '../../sys.js';
+import { IoBuffer, IORING_SETUP_SQE128, Ring } from '../../uring/index.js';
 import {
   AUTO_DEV_ID,
   CTRL_CMD,
@@ -24,7 +24,7 @@ import {
   type StructValue,
   type UblkParams,
   type UblkParamsInput,
-} from './abi.js';
+} from '../ublk-cmd.js';
 
 export const CONTROL_PATH = '/dev/ublk-control';
 

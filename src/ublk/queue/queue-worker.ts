@@ -1,10 +1,10 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { isErrnoError } from '../errors.js';
-import { constants, gettid, prctl, schedSetaffinity } from '../sys.js';
-import { loadTarget } from './target-loader.js';
-import { checkHandlers } from './handler-check.js';
+import { isErrnoError } from '../../errors.js';
+import { constants, gettid, prctl, schedSetaffinity } from '../../sys.js';
+import { loadTarget } from '../target/loader.js';
+import { checkHandlers } from '../target/handler-check.js';
 import { Queue, type QueueConfig } from './queue.js';
-import type { Capabilities } from './target.js';
+import type { Capabilities } from '../target/contract.js';
 
 /** What the daemon's main thread hands each queue thread. */
 export interface QueueWorkerData extends QueueConfig {

@@ -4,12 +4,12 @@
  * request's hooks, outermost first, before it serves the request (forward or handler), and runs
  * them again, innermost first, once the result is known, before the commit.
  */
-import { errnoError } from '../errors.js';
-import { addressOf } from '../sys.js';
-import type { SubmissionQueue } from '../uring/index.js';
-import { KERNEL_TIMESPEC } from '../uring/abi.js';
-import { writeU64 } from '../uring/u64.js';
-import { UBLK_IO_OP } from './abi.js';
+import { errnoError } from '../../errors.js';
+import { addressOf } from '../../sys.js';
+import type { SubmissionQueue } from '../../uring/index.js';
+import { KERNEL_TIMESPEC } from '../../uring/abi.js';
+import { writeU64 } from '../../uring/u64.js';
+import { UBLK_IO_OP } from '../ublk-cmd.js';
 
 /** Request kinds as hooks see them (the filters' option names). */
 export type RequestKind = 'read' | 'write' | 'flush' | 'discard' | 'write_zeroes';

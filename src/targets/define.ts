@@ -1,9 +1,9 @@
 /**
  * What a target module imports (or, from outside this package, `ublk-ts`): defineTarget, the
- * helpers targets share, and the contract's types, which live in src/ublk/target.ts because the
+ * helpers targets share, and the contract's types, which live in src/ublk/target/contract.ts because the
  * device and its queues consume them.
  */
-import type { Target, TargetOptionSpecs } from '../ublk/target.js';
+import type { Target, TargetOptionSpecs } from '../ublk/target/contract.js';
 
 export type {
   Capabilities,
@@ -23,8 +23,8 @@ export type {
   TargetSetup,
   WriteFlags,
   ZeroFlags,
-} from '../ublk/target.js';
-export { SECTOR } from '../ublk/target.js';
+} from '../ublk/target/contract.js';
+export { SECTOR } from '../ublk/target/contract.js';
 export {
   defineFilter,
   withFilters,
@@ -34,8 +34,8 @@ export {
   type FilterHandlers,
   type FilterSetup,
   type NextHandlers,
-} from '../ublk/filter.js';
-export type { RequestHook, RequestKind } from '../ublk/request-hooks.js';
+} from '../ublk/target/filter.js';
+export type { RequestHook, RequestKind } from '../ublk/queue/request-hooks.js';
 export { parseSize } from './size.js';
 export { UserError } from '../errors.js';
 

@@ -5,9 +5,9 @@
  * --filter=B plugin` and `ublk add --filter A --filter B` are.
  */
 import { constants as osConstants } from 'node:os';
-import { errnoError, UserError } from '../errors.js';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/abi.js';
-import type { RequestHook, RequestHooks, RequestKind } from './request-hooks.js';
+import { errnoError, UserError } from '../../errors.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../../uring/abi.js';
+import type { RequestHook, RequestHooks, RequestKind } from '../queue/request-hooks.js';
 import type {
   Capabilities,
   MaybePromise,
@@ -20,7 +20,7 @@ import type {
   TargetArgs,
   TargetOptionSpecs,
   TargetSetup,
-} from './target.js';
+} from './contract.js';
 
 const { EOPNOTSUPP } = osConstants.errno;
 

@@ -1,19 +1,30 @@
 import { constants as fsConstants, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'node:worker_threads';
-import { UserError } from '../errors.js';
-import { ownFdOnDevice, processExists, processRunning } from '../processes.js';
-import { close, constants as sysConstants, isErrnoError, open } from '../sys.js';
-import { loadTarget, resolveTargetSource } from './target-loader.js';
-import { SECTOR, type Capabilities, type TargetArgs, type TargetSetup } from './target.js';
-import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from './abi.js';
-import { isControlError, type Control, type DevInfo } from './control.js';
-import { explainControlError, openControl } from './control-errors.js';
-import { describeFeature, flagsOf, hasFlag, kernelFeatures, missingFeature } from './features.js';
-import { resizeDevice } from './manage.js';
+import { UserError } from '../../errors.js';
+import { ownFdOnDevice, processExists, processRunning } from '../../processes.js';
+import { close, constants as sysConstants, isErrnoError, open } from '../../sys.js';
+import { loadTarget, resolveTargetSource } from '../target/loader.js';
+import {
+  SECTOR,
+  type Capabilities,
+  type TargetArgs,
+  type TargetSetup,
+} from '../target/contract.js';
+import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from '../ublk-cmd.js';
+import { isControlError, type Control, type DevInfo } from '../control/control.js';
+import { explainControlError, openControl } from '../control/control-errors.js';
+import {
+  describeFeature,
+  flagsOf,
+  hasFlag,
+  kernelFeatures,
+  missingFeature,
+} from '../control/feature-flags.js';
+import { resizeDevice } from '../control/device-commands.js';
 import { setIoScheduler } from './io-scheduler.js';
-import { paramsFor } from './params.js';
-import type { QueueWorkerData, QueueWorkerMessage } from './queue-worker.js';
+import { paramsFor } from '../control/params.js';
+import type { QueueWorkerData, QueueWorkerMessage } from '../queue/queue-worker.js';
 
 export interface DeviceOptions {
   /** A built-in target name (null, loop, mem) or the path of a target module. */
@@ -80,7 +91,7 @@ export interface QueueInfo {
   affinity: number[];
 }
 
-const WORKER_URL = new URL('./queue-worker.js', import.meta.url);
+const WORKER_URL = new URL('../queue/queue-worker.js', import.meta.url);
 
 /** A queue's worker thread, and its end as watchExit reports it. */
 interface QueueThread {

@@ -1,5 +1,5 @@
 import { constants } from 'node:os';
-import { errnoError } from '../errors.js';
+import { errnoError } from '../../errors.js';
 import {
   IORING_CQE_F_MORE,
   IORING_URING_CMD_MULTISHOT,
@@ -8,8 +8,8 @@ import {
   ProvidedBufferRing,
   type Ring,
   type SubmissionQueue,
-} from '../uring/index.js';
-import { ELEM_HEADER, UBLK_BATCH_F, UBLK_IO_RES, UBLK_U_IO, writeBatchIo } from './abi.js';
+} from '../../uring/index.js';
+import { ELEM_HEADER, UBLK_BATCH_F, UBLK_IO_RES, UBLK_U_IO, writeBatchIo } from '../ublk-cmd.js';
 
 const { ENOBUFS } = constants.errno;
 

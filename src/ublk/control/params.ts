@@ -1,6 +1,6 @@
-import { UserError } from '../errors.js';
-import { SECTOR, type Capabilities } from './target.js';
-import { UBLK_ATTR, type UblkParamsInput } from './abi.js';
+import { UserError } from '../../errors.js';
+import { SECTOR, type Capabilities } from '../target/contract.js';
+import { UBLK_ATTR, type UblkParamsInput } from '../ublk-cmd.js';
 
 /** The kernel's limits are u32 sector counts. */
 const MAX_SECTORS_U32 = 0xffff_ffff;

@@ -3,7 +3,7 @@
  * data itself with pread/pwrite at the request's position on /dev/ublkcN.
  * What it copies through is a bounce pool bounded in bytes, not depth x max IO size.
  */
-import { UBLK_IO_BUF, UBLK_QID, UBLK_TAG, UBLKSRV_IO_BUF_OFFSET } from './abi.js';
+import { UBLK_IO_BUF, UBLK_QID, UBLK_TAG, UBLKSRV_IO_BUF_OFFSET } from '../ublk-cmd.js';
 
 const TAG_SCALE = 2 ** UBLK_TAG.OFF;
 const QID_SCALE = 2 ** UBLK_QID.OFF;

@@ -3,10 +3,10 @@
  * owner of an unprivileged device): the daemon serving it need not take part.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { UserError } from '../errors.js';
-import { deviceStateName, UBLK_F, UBLK_S_DEV } from './abi.js';
+import { UserError } from '../../errors.js';
+import { deviceStateName, UBLK_F, UBLK_S_DEV } from '../ublk-cmd.js';
 import { isControlError, type Control, type DevInfo } from './control.js';
-import { hasFlag, kernelFeatures, missingFeature } from './features.js';
+import { hasFlag, kernelFeatures, missingFeature } from './feature-flags.js';
 
 const SECTOR = 512;
 

@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { UserError } from '../errors.js';
+import { UserError } from '../../errors.js';
 
 /** What devices get unless told otherwise. */
 const DEFAULT_IO_SCHEDULER = 'none';
