@@ -9,8 +9,7 @@ import {
   statSync,
   type Stats,
 } from 'node:fs';
-import { constants as osConstants } from 'node:os';
-import { checkResult, isErrnoError, UserError } from '../errors.js';
+import { isErrnoError, UserError } from '../errors.js';
 import { constants as sysConstants, ioctl, majorMinor, mmap, munmap } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } from '../uring/index.js';
 import { nonBlockingTwin, ringIoSync } from './inline-ring-io.js';
@@ -31,8 +30,6 @@ import { defineTarget, SECTOR, type QueueIo } from './define.js';
  * O_DIRECT, as tmpfs does before Linux 6.6, or with --buffered_io. `ublk list` shows which in
  * `direct_io`. A tmpfs file opened O_DIRECT is opened O_NONBLOCK too (see nonBlockingTwin).
  */
-
-const { EOPNOTSUPP } = osConstants.errno;
 
 /**
  * Set in the daemon's environment, a file to which every completed fdatasync of the backing file
@@ -325,24 +322,26 @@ class ZeroRange {
 
   async run(offset: number, length: number, noUnmap: boolean): Promise<void> {
     if (!noUnmap && this.punchWorks) {
-      const res = await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-      if (res !== -EOPNOTSUPP) return void checkResult(res, 'write zeroes (punch hole)');
+      if (await this.tried(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
       this.punchWorks = false;
     }
     if (this.zeroRangeWorks || this.blockDevice) {
-      const res = await this.fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
-      if (res !== -EOPNOTSUPP) return void checkResult(res, 'write zeroes (zero range)');
+      if (await this.tried(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length)) return;
       this.zeroRangeWorks = false;
     }
-    checkResult(
-      await this.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
-      'write zeroes (punch hole)',
-    );
-    if (noUnmap) checkResult(await this.fallocate(FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
+    await this.io.fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    if (noUnmap) await this.io.fallocate(this.fd, FALLOC_FL_KEEP_SIZE, offset, length);
   }
 
-  private fallocate(mode: number, offset: number, length: number): Promise<number> {
-    return this.io.fallocate(this.fd, mode, offset, length);
+  /** fallocate, false where the backing refuses the mode (EOPNOTSUPP); other failures throw. */
+  private async tried(mode: number, offset: number, length: number): Promise<boolean> {
+    try {
+      await this.io.fallocate(this.fd, mode, offset, length);
+      return true;
+    } catch (err) {
+      if (isErrnoError(err, 'EOPNOTSUPP')) return false;
+      throw err;
+    }
   }
 }
 

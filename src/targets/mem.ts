@@ -1,6 +1,6 @@
 import { closeSync, ftruncateSync } from 'node:fs';
 import { totalmem } from 'node:os';
-import { checkResult, UserError } from '../errors.js';
+import { UserError } from '../errors.js';
 import { constants as sysConstants, memfdCreate } from '../sys.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../uring/index.js';
 import { nonBlockingTwin } from './inline-ring-io.js';
@@ -83,11 +83,10 @@ export default defineTarget({
       forward: { fd, offset: 0, discard: true },
       async writeZeroes(offset, length, { noUnmap }) {
         const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-        checkResult(await io.fallocate(fd, mode, offset, length), 'punch hole');
+        await io.fallocate(fd, mode, offset, length);
         // The caller wants the zeroes to stay allocated: allocate the hole again (tmpfs has no
         // ZERO_RANGE).
-        if (noUnmap)
-          checkResult(await io.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length), 'allocate');
+        if (noUnmap) await io.fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length);
       },
     };
   },

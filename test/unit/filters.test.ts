@@ -58,11 +58,11 @@ function recordingIo() {
     ),
     fsync: (fd, opts) => (
       calls.push(`fsync ${fd} ${opts?.dataOnly ? 'data' : 'all'}`),
-      Promise.resolve(0)
+      Promise.resolve()
     ),
     fallocate: (fd, mode, offset, length) => (
       calls.push(`fallocate ${fd} ${mode} ${offset} ${length}`),
-      Promise.resolve(0)
+      Promise.resolve()
     ),
     send: () => Promise.reject(new Error('no sockets here')),
     recv: () => Promise.reject(new Error('no sockets here')),

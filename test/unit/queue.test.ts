@@ -294,6 +294,53 @@ test('ctx.io.send with waitAll: MSG_WAITALL, and the wait that submits it asks f
   });
 });
 
+test('ctx.io.fsync and fallocate throw an ErrnoError on failure: a flush that awaits fsync fails the FLUSH', async () => {
+  const box: { io?: QueueIo } = {};
+  const thrown: unknown[] = [];
+  const { queue, ring, descs } = queueWith({
+    read: () => undefined,
+    flush: async () => {
+      await box.io!.fsync(3, { dataOnly: true }).catch((err: unknown) => {
+        thrown.push(err);
+        throw err;
+      });
+    },
+    discard: async (offset, length) => void (await box.io!.fallocate(3, 3, offset, length)),
+  });
+  box.io = queue.io;
+  const lastIo = () => ring.targetIo[ring.targetIo.length - 1];
+  const commitOf = (tag: number) =>
+    ring.sent().filter((c) => c.tag === tag && c.cmdOp === UBLK_IO.COMMIT_AND_FETCH_REQ);
+
+  descs.request(0, { op: UBLK_IO_OP.FLUSH, nrSectors: 0 });
+  ring.complete(0, UBLK_IO_RES.OK);
+  await settle();
+  assert.deepEqual({ kind: lastIo().kind, fd: lastIo().fd }, { kind: 'fsync', fd: 3 });
+  ring.complete(lastIo().userData, -EIO);
+  await settle();
+  assert.deepEqual(commitOf(0), [{ cmdOp: UBLK_IO.COMMIT_AND_FETCH_REQ, tag: 0, result: -EIO }]);
+  assert.equal(thrown.length, 1);
+  assert.ok(isErrnoError(thrown[0], 'EIO'), 'an ErrnoError');
+  assert.equal((thrown[0] as { syscall: string }).syscall, 'fdatasync');
+
+  descs.request(1, { op: UBLK_IO_OP.FLUSH, nrSectors: 0 });
+  ring.complete(1, UBLK_IO_RES.OK);
+  await settle();
+  ring.complete(lastIo().userData, 0);
+  await settle();
+  assert.deepEqual(commitOf(1), [{ cmdOp: UBLK_IO.COMMIT_AND_FETCH_REQ, tag: 1, result: 0 }]);
+
+  descs.request(2, { op: UBLK_IO_OP.DISCARD, startSector: 8, nrSectors: 8 });
+  ring.complete(2, UBLK_IO_RES.OK);
+  await settle();
+  assert.equal(lastIo().kind, 'fallocate');
+  ring.complete(lastIo().userData, -EOPNOTSUPP);
+  await settle();
+  assert.deepEqual(commitOf(2), [
+    { cmdOp: UBLK_IO.COMMIT_AND_FETCH_REQ, tag: 2, result: -EOPNOTSUPP },
+  ]);
+});
+
 test('NEED_GET_DATA: the queue sends its buffer before the write reaches the handler', async () => {
   const { calls, handlers } = ram();
   const { ring, descs } = queueWith(handlers);

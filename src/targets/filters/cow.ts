@@ -173,7 +173,7 @@ export default defineFilter({
   queue(next, { fd, map: buffer }: CowShared, { io }) {
     const map = new CowMap(buffer);
     const sync = async () => {
-      checkResult(await io.fsync(fd, { dataOnly: true }), 'fdatasync');
+      await io.fsync(fd, { dataOnly: true });
     };
     // No request buffer to hand the ring here: zeros go through libuv's thread pool.
     const zero = async (offset: number, length: number) => {

@@ -243,16 +243,18 @@ export class Queue implements IoCommandSink {
     this.io = {
       ...raw,
       ...wholeBufferIo(raw),
-      fsync: (fd, opts) => {
+      fsync: async (fd, opts) => {
         const slot = this.claimSlot();
         const flags = opts?.dataOnly ? IORING_FSYNC_DATASYNC : 0;
         while (!sq.prepFsync(fd, flags, slot)) this.submit();
-        return this.targetIoPromise(slot);
+        const res = await this.targetIoPromise(slot);
+        if (res < 0) throw errnoError(opts?.dataOnly ? 'fdatasync' : 'fsync', -res);
       },
-      fallocate: (fd, mode, offset, length) => {
+      fallocate: async (fd, mode, offset, length) => {
         const slot = this.claimSlot();
         while (!sq.prepFallocate(fd, mode, offset, length, slot)) this.submit();
-        return this.targetIoPromise(slot);
+        const res = await this.targetIoPromise(slot);
+        if (res < 0) throw errnoError('fallocate', -res);
       },
       send: (fd, buf, waitAll) => {
         const address = this.addressOf(buf);

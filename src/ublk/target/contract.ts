@@ -209,9 +209,10 @@ export interface QueueContext {
 
 /**
  * IO on the queue's io_uring. `buf` must be the request's buffer or a subarray of it, or memory
- * from `allocate`. The raw calls
- * resolve with the kernel's result (bytes, or -errno); the whole-buffer ones loop over short IO and
- * throw an ErrnoError on failure.
+ * from `allocate`. The raw calls (read, write, send, recv, sendData, recvData) resolve with the
+ * kernel's result (bytes, or -errno), because a short transfer is theirs to handle; every other
+ * call resolves once done and throws an ErrnoError on failure (the whole-buffer ones loop over
+ * short IO).
  */
 export interface QueueIo {
   read(fd: number, buf: Uint8Array, offset: number): Promise<number>;
@@ -220,8 +221,10 @@ export interface QueueIo {
   readFully(fd: number, buf: Uint8Array, offset: number): Promise<number>;
   /** Writes all of `buf`; a write that makes no progress fails with EIO. */
   writeFully(fd: number, buf: Uint8Array, offset: number): Promise<void>;
-  fsync(fd: number, opts?: { dataOnly?: boolean }): Promise<number>;
-  fallocate(fd: number, mode: number, offset: number, length: number): Promise<number>;
+  /** fsync(2), or fdatasync(2) with `dataOnly`; throws an ErrnoError on failure. */
+  fsync(fd: number, opts?: { dataOnly?: boolean }): Promise<void>;
+  /** fallocate(2) with FALLOC_FL_* `mode`; throws an ErrnoError on failure (EOPNOTSUPP...). */
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
   /**
    * send(2) on a connected socket (never SIGPIPE): bytes sent, possibly fewer, or -errno. With
    * `waitAll` (MSG_WAITALL; a stream socket without kernel TLS, which refuses the flag) the ring

@@ -345,8 +345,7 @@ export function nextHandlers(below: QueueHandlers, ctx: Pick<QueueContext, 'io'>
 
 function syncFlush(forward: RingForward, { io }: Pick<QueueContext, 'io'>) {
   return async (kind: 'flush' | 'fua' = 'flush'): Promise<void> => {
-    const res = await io.fsync(forward.fd, { dataOnly: true });
-    if (res < 0) throw errnoError('fdatasync', -res);
+    await io.fsync(forward.fd, { dataOnly: true });
     forward.onSync?.(kind);
   };
 }
@@ -354,7 +353,6 @@ function syncFlush(forward: RingForward, { io }: Pick<QueueContext, 'io'>) {
 function punch(forward: RingForward, { io }: Pick<QueueContext, 'io'>) {
   return async (offset: number, length: number): Promise<void> => {
     const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-    const res = await io.fallocate(forward.fd, mode, forward.offset + offset, length);
-    if (res < 0) throw errnoError('fallocate', -res);
+    await io.fallocate(forward.fd, mode, forward.offset + offset, length);
   };
 }
