@@ -2,13 +2,13 @@
 export {
   createDevice,
   recoverDevice,
+  type DataPath,
   type Device,
   type DeviceOptions,
   type QueueInfo,
   type RecoverOptions,
+  type RecoveryOption,
 } from './ublk/device/device.js';
-/** For DeviceOptions.flags: the UBLK_F_ feature bits to ask ADD_DEV for. */
-export { UBLK_F } from './ublk/ublk-cmd.js';
 export {
   defineFilter,
   defineTarget,

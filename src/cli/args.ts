@@ -3,6 +3,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { UserError } from '../errors.js';
 import { constants } from '../sys.js';
 import type { TargetArgs, TargetOptionSpecs } from '../ublk/target/contract.js';
+import type { DataPath } from '../ublk/device/data-path.js';
 import { listLayout, type ListLayout } from './list-format.js';
 import { parseBool01, parseInteger } from './numbers.js';
 
@@ -27,14 +28,11 @@ export interface AddOptions {
   unprivileged: boolean;
   foreground: boolean;
   /**
-   * Zero copy with UBLK_F_AUTO_BUF_REG (6.16+): true with --auto_zc (required), false with
-   * --no_auto_zc, undefined for the default (used where the target and the kernel can).
+   * The data path: --usercopy (user-copy), -z/--zerocopy (zero-copy: ublksrv 1.8's, auto zero copy
+   * where the kernel has it, else manual), --auto_zc (auto-zero-copy), --manual_zc
+   * (manual-zero-copy, kublk's -z), --no_auto_zc alone (copy); 'auto' without any.
    */
-  autoZc?: boolean;
-  /** ublksrv's --usercopy: UBLK_F_USER_COPY (6.5+), data copied with read/write on /dev/ublkcN. */
-  userCopy?: boolean;
-  /** ublksrv's -z/--zerocopy: UBLK_F_SUPPORT_ZERO_COPY (6.15+), REGISTER_IO_BUF per request. */
-  manualZeroCopy?: boolean;
+  dataPath: DataPath;
   /** ublksrv's -b/--batch-io: UBLK_F_BATCH_IO (7.0+), batched fetch and commit commands. */
   batchIo?: boolean;
   /** ublksrv's --debug_mask: bit 0 (DEBUG_EVERY_FAILURE) logs every failed request. */
@@ -67,6 +65,7 @@ const STANDARD_ADD_OPTIONS = {
   no_auto_zc: { type: 'boolean' },
   usercopy: { type: 'boolean' },
   zerocopy: { type: 'boolean', short: 'z' },
+  manual_zc: { type: 'boolean' },
   debug_mask: { type: 'string' },
   no_auto_part_scan: { type: 'boolean' },
   unprivileged: { type: 'boolean' },
@@ -182,9 +181,7 @@ export function parseAddArgs(
     noAutoPartScan: values.no_auto_part_scan === true,
     unprivileged: values.unprivileged === true,
     foreground: values.foreground === true,
-    autoZc: autoZc(values.auto_zc === true, values.no_auto_zc === true),
-    userCopy: values.usercopy === true,
-    manualZeroCopy: values.zerocopy === true,
+    dataPath: dataPathOf(values),
     batchIo: values['batch-io'] === true,
     debugMask:
       str('debug_mask') === undefined
@@ -195,9 +192,27 @@ export function parseAddArgs(
   };
 }
 
-function autoZc(on: boolean, off: boolean): boolean | undefined {
-  if (on && off) throw new UserError('--auto_zc and --no_auto_zc exclude each other');
-  return on ? true : off ? false : undefined;
+/** Each data-path flag of `add`, and the data path it asks for. */
+const DATA_PATH_FLAGS = [
+  ['--usercopy', 'usercopy', 'user-copy'],
+  ['--zerocopy', 'zerocopy', 'zero-copy'],
+  ['--auto_zc', 'auto_zc', 'auto-zero-copy'],
+  ['--manual_zc', 'manual_zc', 'manual-zero-copy'],
+] as const;
+
+/** At most one data-path flag; --no_auto_zc alone is copy, and nothing is the default. */
+function dataPathOf(values: Record<string, string | boolean | undefined>): DataPath {
+  const given = DATA_PATH_FLAGS.filter(([, key]) => values[key] === true);
+  if (given.length > 1) {
+    throw new UserError(
+      `${given[0][0]} and ${given[1][0]} exclude each other: choose one data path`,
+    );
+  }
+  if (values.auto_zc === true && values.no_auto_zc === true) {
+    throw new UserError('--auto_zc and --no_auto_zc exclude each other');
+  }
+  if (given.length === 1) return given[0][2];
+  return values.no_auto_zc === true ? 'copy' : 'auto';
 }
 
 export interface DelOptions {

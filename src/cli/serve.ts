@@ -1,22 +1,15 @@
-import { UBLK_F } from '../ublk/ublk-cmd.js';
 import { DEBUG_EVERY_FAILURE } from '../ublk/queue/failure-log.js';
-import { createDevice, recoverDevice, type Device } from '../ublk/device/device.js';
+import {
+  createDevice,
+  recoverDevice,
+  type Device,
+  type DeviceOptions,
+} from '../ublk/device/device.js';
+import { deviceOptionsOf, inCliWords } from './device-options.js';
 import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../ublk/target/loader.js';
 import { UserError } from '../errors.js';
 import type { AddOptions } from './args.js';
 import { readRecord, removeRecord, runDir, writeRecord } from './run-dir.js';
-
-export function requestedFlags(o: AddOptions): number {
-  return (
-    (o.uringComp ? UBLK_F.URING_CMD_COMP_IN_TASK : 0) |
-    (o.needGetData ? UBLK_F.NEED_GET_DATA : 0) |
-    (o.userRecovery ? UBLK_F.USER_RECOVERY : 0) |
-    (o.userRecoveryReissue ? UBLK_F.USER_RECOVERY_REISSUE : 0) |
-    (o.userRecoveryFailIo ? UBLK_F.USER_RECOVERY_FAIL_IO : 0) |
-    (o.unprivileged ? UBLK_F.UNPRIVILEGED_DEV : 0) |
-    (o.noAutoPartScan ? UBLK_F.NO_AUTO_PART_SCAN : 0)
-  );
-}
 
 /**
  * What a daemon is started for: a new device (`ublk add`), or a device whose daemon died, taken
@@ -43,19 +36,11 @@ async function startDevice(
 ): Promise<{ device: Device; options: AddOptions; targetSource: string }> {
   if (job.kind === 'add') {
     const { options, targetSource } = job;
-    const device = await createDevice({
-      target: targetSource,
-      args: options.targetArgs,
-      id: options.devId < 0 ? undefined : options.devId,
-      queues: options.queues,
-      depth: options.depth,
-      maxIoBufBytes: options.maxIoBufBytes,
-      flags: requestedFlags(options),
-      zeroCopy: options.autoZc,
-      userCopy: options.userCopy,
-      manualZeroCopy: options.manualZeroCopy,
-      batchIo: options.batchIo,
-      logEveryFailure: (options.debugMask & DEBUG_EVERY_FAILURE) !== 0,
+    // The CLI's combinations are checked when the device is made, refused in its own words.
+    const device = await createDevice(
+      deviceOptionsOf(options, targetSource) as DeviceOptions,
+    ).catch((err: unknown) => {
+      throw inCliWords(err);
     });
     return { device, options, targetSource };
   }

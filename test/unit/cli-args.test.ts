@@ -35,9 +35,7 @@ test('add: ublksrv defaults', () => {
       noAutoPartScan: false,
       unprivileged: false,
       foreground: false,
-      autoZc: undefined,
-      userCopy: false,
-      manualZeroCopy: false,
+      dataPath: 'auto',
       batchIo: false,
       debugMask: 0,
       filters: [],
@@ -84,10 +82,10 @@ test('add: every standard option, short and long, and target options', () => {
   assert.equal(o.userRecovery, true, 'reissue implies recovery, as in ublksrv');
   assert.equal(o.maxIoBufBytes, 1048576);
   assert.equal(o.foreground, true);
-  assert.equal(o.autoZc, true);
+  assert.equal(o.dataPath, 'auto-zero-copy');
   assert.equal(o.noAutoPartScan, true);
   assert.equal(o.unprivileged, true);
-  assert.equal(parseAddArgs(['-t', 'null', '--no_auto_zc'], {}).autoZc, false);
+  assert.equal(parseAddArgs(['-t', 'null', '--no_auto_zc'], {}).dataPath, 'copy');
   assert.equal(o.debugMask, 1);
   assert.deepEqual(o.targetArgs, { file: '/tmp/x.img', buffered_io: true });
 });
@@ -107,6 +105,8 @@ test('add: bad input is a one-line UserError', () => {
     ['-t', 'null', '-f', 'x'],
     ['-t', 'null', 'stray'],
     ['-t', 'null', '--auto_zc', '--no_auto_zc'],
+    ['-t', 'null', '--usercopy', '--auto_zc'],
+    ['-t', 'null', '-z', '--manual_zc'],
   ];
   for (const argv of bad) {
     assert.throws(
@@ -122,11 +122,21 @@ test('add: --unprivileged is ublksrv 1.8’s flag for UNPRIVILEGED_DEV', () => {
   assert.throws(() => parseAddArgs(['-t', 'null', '--unprivileged=1'], {}), UserError);
 });
 
-test('add: --usercopy is ublksrv’s flag for USER_COPY', () => {
-  assert.equal(parseAddArgs(['-t', 'null', '--usercopy'], {}).userCopy, true);
-  assert.equal(parseAddArgs(['-t', 'null'], {}).userCopy, false);
-  assert.equal(parseAddArgs(['-t', 'null', '-z'], {}).manualZeroCopy, true);
-  assert.equal(parseAddArgs(['-t', 'null', '--zerocopy'], {}).manualZeroCopy, true);
+test('add: the data-path flags: ublksrv’s --usercopy and -z, kublk’s --auto_zc, --manual_zc', () => {
+  const dataPath = (...flags: string[]) => parseAddArgs(['-t', 'null', ...flags], {}).dataPath;
+  assert.equal(dataPath(), 'auto');
+  assert.equal(dataPath('--usercopy'), 'user-copy');
+  assert.equal(dataPath('-z'), 'zero-copy');
+  assert.equal(dataPath('--zerocopy'), 'zero-copy');
+  assert.equal(dataPath('--auto_zc'), 'auto-zero-copy');
+  assert.equal(dataPath('--manual_zc'), 'manual-zero-copy');
+  assert.equal(dataPath('--no_auto_zc'), 'copy');
+  assert.equal(dataPath('--no_auto_zc', '-z'), 'zero-copy', 'another mode wins over --no_auto_zc');
+  assert.equal(dataPath('--no_auto_zc', '--usercopy'), 'user-copy');
+  assert.throws(
+    () => dataPath('--usercopy', '-z'),
+    /^UserError: --usercopy and --zerocopy exclude each other: choose one data path$/,
+  );
 });
 
 test('add: -b/--batch-io is ublksrv’s flag for BATCH_IO', () => {

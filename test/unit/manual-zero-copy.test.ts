@@ -16,6 +16,7 @@ import {
 import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import { IOSQE_CQE_SKIP_SUCCESS, IOSQE_IO_HARDLINK, IOSQE_IO_LINK } from '../../src/uring/index.js';
 import { StandInDescriptors, StandInRing, type PreparedIo } from './support/stand-ins.js';
+import { dataPathOf } from '../../src/ublk/device/data-path.js';
 
 const { ECANCELED, EINVAL, EIO } = constants.errno;
 const CHAR_FD = 42;
@@ -32,7 +33,7 @@ function manualTags() {
       depth: 4,
       bufferBytes: 65536,
       encodedOpcodes: true,
-      manualZeroCopy: true,
+      dataPath: dataPathOf('manual-zero-copy'),
       charFd: CHAR_FD,
     },
     descs,

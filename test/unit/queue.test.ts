@@ -23,6 +23,7 @@ import {
   type PreparedIo,
   type Request,
 } from './support/stand-ins.js';
+import { dataPathOf } from '../../src/ublk/device/data-path.js';
 
 const { EIO, ENOSPC, ENOENT, EFAULT, EINVAL, EOPNOTSUPP } = constants.errno;
 const DEPTH = 4;
@@ -60,7 +61,7 @@ function queueWith(
       bufferBytes: BUFFER_BYTES,
       charFd: 99,
       encodedOpcodes: options.encodedOpcodes ?? false,
-      autoBufReg: options.autoBufReg,
+      dataPath: dataPathOf(options.autoBufReg ? 'auto-zero-copy' : 'copy'),
     },
     resources,
   );
@@ -393,7 +394,13 @@ test('a failing io_uring_enter fails the queue thread with its errno, not a Rang
 test('TagStates on its own: a refused FETCH throws where the completion is handled', () => {
   const sent: number[] = [];
   const tags = new TagStates(
-    { queueId: 0, depth: 1, bufferBytes: 4096, encodedOpcodes: false },
+    {
+      queueId: 0,
+      depth: 1,
+      bufferBytes: 4096,
+      encodedOpcodes: false,
+      dataPath: dataPathOf('copy'),
+    },
     new StandInDescriptors(),
     { bytes: new Uint8Array(4096), address: 0 },
     { sendIoCmd: (cmdOp) => void sent.push(cmdOp) },
@@ -414,7 +421,13 @@ test('TagStates after an ABORT (quiesce): a tag whose request is committed is ou
   const sent: number[] = [];
   let finishRead!: () => void;
   const tags = new TagStates(
-    { queueId: 0, depth: 2, bufferBytes: 4096, encodedOpcodes: false },
+    {
+      queueId: 0,
+      depth: 2,
+      bufferBytes: 4096,
+      encodedOpcodes: false,
+      dataPath: dataPathOf('copy'),
+    },
     new StandInDescriptors(),
     { bytes: new Uint8Array(2 * 4096), address: 0 },
     { sendIoCmd: (cmdOp) => void sent.push(cmdOp) },
@@ -449,7 +462,7 @@ function forwardingTags(
       depth: DEPTH,
       bufferBytes: BUFFER_BYTES,
       encodedOpcodes: false,
-      autoBufReg: options.autoBufReg,
+      dataPath: dataPathOf(options.autoBufReg ? 'auto-zero-copy' : 'copy'),
     },
     descs,
     options.buffer ?? {

@@ -25,6 +25,7 @@ import {
   type PreparedIo,
   type Request,
 } from './support/stand-ins.js';
+import { dataPathOf } from '../../src/ublk/device/data-path.js';
 
 const { ENOSPC } = constants.errno;
 const DEPTH = 4;
@@ -57,7 +58,7 @@ function hookedTags(handlers: QueueHandlers, options: { autoBufReg?: boolean } =
       depth: DEPTH,
       bufferBytes: BUFFER_BYTES,
       encodedOpcodes: false,
-      autoBufReg: options.autoBufReg,
+      dataPath: dataPathOf(options.autoBufReg ? 'auto-zero-copy' : 'copy'),
     },
     descs,
     { bytes: new Uint8Array(options.autoBufReg ? 0 : DEPTH * BUFFER_BYTES), address: 0x10000 },
@@ -175,6 +176,7 @@ test('the queue routes a delay TIMEOUT completion to its tag', async () => {
       bufferBytes: BUFFER_BYTES,
       charFd: 99,
       encodedOpcodes: false,
+      dataPath: dataPathOf('copy'),
     },
     resources,
   );

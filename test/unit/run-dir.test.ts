@@ -31,6 +31,7 @@ const record: DeviceRecord = {
     type: 'null',
     devId: 7,
     debugMask: 0,
+    dataPath: 'auto',
     uringComp: false,
     needGetData: false,
     userRecovery: false,

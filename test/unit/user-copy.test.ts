@@ -45,6 +45,7 @@ import {
   standInResources,
   type PreparedIo,
 } from './support/stand-ins.js';
+import { dataPathOf } from '../../src/ublk/device/data-path.js';
 
 const { EBADF } = constants.errno;
 const CHAR_FD = 42;
@@ -171,7 +172,7 @@ function userCopyTags(
       depth,
       bufferBytes: 256 * 1024,
       encodedOpcodes: false,
-      userCopy: true,
+      dataPath: dataPathOf('user-copy'),
       charFd: char.fd,
     },
     descs,
@@ -291,7 +292,10 @@ test('user copy: a FLUSH needs no buffer', () => {
 });
 
 test('user copy and manual zero copy: FETCH gives the kernel no buffer address', async () => {
-  for (const mode of [{ userCopy: true }, { manualZeroCopy: true }]) {
+  for (const mode of [
+    { dataPath: dataPathOf('user-copy') },
+    { dataPath: dataPathOf('manual-zero-copy') },
+  ]) {
     const ring = new StandInRing();
     const descs = new StandInDescriptors();
     const queue = new Queue(

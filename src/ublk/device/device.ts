@@ -5,86 +5,33 @@ import { UserError } from '../../errors.js';
 import { ownFdOnDevice, processExists, processRunning } from '../../processes.js';
 import { close, constants as sysConstants, isErrnoError, open } from '../../sys.js';
 import { loadTarget, resolveTargetSource } from '../target/loader.js';
-import {
-  SECTOR,
-  type Capabilities,
-  type TargetArgs,
-  type TargetSetup,
-} from '../target/contract.js';
+import { SECTOR, type Capabilities, type TargetSetup } from '../target/contract.js';
 import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from '../ublk-cmd.js';
 import { isControlError, type Control, type DevInfo } from '../control/control.js';
 import { explainControlError, openControl } from '../control/control-errors.js';
-import {
-  describeFeature,
-  flagsOf,
-  hasFlag,
-  kernelFeatures,
-  missingFeature,
-} from '../control/feature-flags.js';
+import { describeFeature, flagsOf, hasFlag, kernelFeatures } from '../control/feature-flags.js';
 import { resizeDevice } from '../control/device-commands.js';
 import { setIoScheduler } from './io-scheduler.js';
 import { paramsFor } from '../control/params.js';
 import type { QueueWorkerData, QueueWorkerMessage } from '../queue/queue-worker.js';
+import {
+  dataPathOfFlags,
+  missingOptionFeature,
+  refuseExclusions,
+  resolveDataPath,
+  type DataPathRequest,
+  type ResolvedDataPath,
+} from './data-path.js';
+import {
+  checkDeviceOptions,
+  checkRecoverOptions,
+  type AnyDeviceOptions,
+  type DeviceOptions,
+  type RecoverOptions,
+} from './options.js';
 
-export interface DeviceOptions {
-  /** A built-in target name (null, loop, mem) or the path of a target module. */
-  target: string;
-  /** The target's arguments, as `ublk add` would pass its options. */
-  args?: TargetArgs;
-  /** Device id; the kernel picks one when omitted. */
-  id?: number;
-  queues?: number;
-  depth?: number;
-  maxIoBufBytes?: number;
-  /** Extra UBLK_F flags to ask for (recovery...); only what the kernel grants is used. */
-  flags?: number;
-  /**
-   * Zero copy (UBLK_F_AUTO_BUF_REG): true requires it (refused where the target or the kernel
-   * cannot), false never uses it; by default it is used where the target declares zeroCopy, the
-   * kernel reports AUTO_BUF_REG in GET_FEATURES, and neither NEED_GET_DATA (a copy-mode flag) nor
-   * UNPRIVILEGED_DEV is asked for.
-   */
-  zeroCopy?: boolean;
-  /**
-   * User copy (UBLK_F_USER_COPY, 6.5+): no buffer per tag; the daemon copies each request's data
-   * with read/write on /dev/ublkcN through a bounce pool bounded in bytes. Excludes zero copy;
-   * refused where the kernel lacks it, and for unprivileged devices (the kernel refuses those).
-   */
-  userCopy?: boolean;
-  /**
-   * Manual zero copy (UBLK_F_SUPPORT_ZERO_COPY, 6.15+; ublksrv's -z): forwarded requests register
-   * their pages with REGISTER_IO_BUF themselves. Needs a target declaring zeroCopy; excludes the
-   * other modes; refused where the kernel lacks it.
-   */
-  manualZeroCopy?: boolean;
-  /**
-   * Batch IO (UBLK_F_BATCH_IO, 7.0+; ublksrv's -b): one PREP_IO_CMDS per queue, requests fetched
-   * by a multishot FETCH_IO_CMDS, one COMMIT_IO_CMDS per wake-up. Combines with copy mode and the
-   * other data-path modes; refused with NEED_GET_DATA (the kernel drops it) and where the kernel
-   * lacks it.
-   */
-  batchIo?: boolean;
-  /** The block layer's I/O scheduler for the device (sysfs name); default 'none'. */
-  ioScheduler?: string;
-  /** Log every request a handler fails, not only the first of each cause. */
-  logEveryFailure?: boolean;
-}
-
-export interface RecoverOptions {
-  /** The target the device was made with: a built-in name or the path of a target module. */
-  target: string;
-  /** The target's arguments, as the device was added with. */
-  args?: TargetArgs;
-  /** Accept a target that cannot keep the data of the dead daemon (mem) starting empty. */
-  startEmpty?: boolean;
-  /**
-   * How long to wait for the old daemon to be gone and the kernel to have quiesced the device
-   * (START_USER_RECOVERY answers EBUSY until then). Default 30 s.
-   */
-  waitMs?: number;
-  /** As in DeviceOptions. */
-  logEveryFailure?: boolean;
-}
+export type { AnyDeviceOptions, DeviceOptions, RecoverOptions, RecoveryOption } from './options.js';
+export type { DataPath } from './data-path.js';
 
 export interface QueueInfo {
   tid: number;
@@ -198,7 +145,10 @@ export class Device {
   }
 
   /** @internal */
-  static async create(options: DeviceOptions): Promise<Device> {
+  static async create(options: AnyDeviceOptions): Promise<Device> {
+    checkDeviceOptions(options);
+    const request = dataPathRequest(options);
+    refuseExclusions(request);
     const source = resolveTargetSource(options.target);
     const target = await loadTarget(source);
     const setup = await target.setup(options.args ?? {}, {
@@ -210,21 +160,18 @@ export class Device {
     let control: Control | undefined;
     let info: DevInfo;
     let required: number;
+    let dataPath: ResolvedDataPath;
     try {
       control = openControl();
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
-      const batch = await batchIoFlag(control, options);
-      const userCopy = await userCopyFlag(control, options);
-      const served = servedBy(target.name, setup);
-      const manual = await manualZeroCopyFlag(control, served, caps, options);
-      const zeroCopy =
-        userCopy + manual !== 0 ? 0 : await zeroCopyFlag(control, served, caps, options);
-      const devId = options.id ?? AUTO_DEV_ID;
-      const addFlags = await addDevFlags(
-        control,
-        (options.flags ?? 0) | zeroCopy | userCopy | manual | batch,
+      dataPath = resolveDataPath(
+        request,
+        { capabilities: caps, servedBy: servedBy(target.name, setup) },
+        await control.getFeatures(),
       );
+      const devId = options.id ?? AUTO_DEV_ID;
+      const addFlags = await addDevFlags(control, optionFlags(options) + dataPath.flags);
       const flags = addFlags.flags;
       required = addFlags.required;
       info = await control
@@ -238,10 +185,7 @@ export class Device {
         .catch((err: unknown) => {
           if (hasFlag(flags, UBLK_F.UNPRIVILEGED_DEV) && isControlError(err, 'EPERM')) {
             // Before 6.3 every control command needs CAP_SYS_ADMIN.
-            throw missingFeature(
-              'an unprivileged device (--unprivileged)',
-              UBLK_F.UNPRIVILEGED_DEV,
-            );
+            throw missingOptionFeature('unprivileged', UBLK_F.UNPRIVILEGED_DEV);
           }
           throw explainControlError(err, devId);
         });
@@ -252,7 +196,7 @@ export class Device {
     }
     const added = info;
     const held: Held = { control, setup, charFd: -1, threads: [] };
-    const started = await startServing(held, added, source, options, {
+    const started = await startServing(held, added, source, dataPath, options, {
       configure: async (ctl) => {
         refuseMissingFlags(required, added.flags);
         const params = paramsFor(setup.size, caps, added.maxIoBufBytes, sysConstants.PAGE_SIZE);
@@ -276,6 +220,7 @@ export class Device {
    * the target must come back with the same size.
    */
   static async recover(devId: number, options: RecoverOptions): Promise<Device> {
+    checkRecoverOptions(options);
     const source = resolveTargetSource(options.target);
     const target = await loadTarget(source);
     const control = openControl();
@@ -308,7 +253,9 @@ export class Device {
       throw err;
     }
     const held: Held = { control, setup, charFd: -1, threads: [] };
-    const started = await startServing(held, info, source, options, {
+    // As the kernel granted it when the device was added.
+    const dataPath = dataPathOfFlags(info.flags);
+    const started = await startServing(held, info, source, dataPath, options, {
       start: (ctl) => ctl.endUserRecovery(devId, process.pid),
       // The device and its data stay for another try or `del`.
       deleteOnFailure: false,
@@ -325,6 +272,8 @@ export class Device {
 
 /** Creates and starts a ublk device served by this process. */
 export function createDevice(options: DeviceOptions): Promise<Device> {
+  // The types refuse what excludes each other; a JavaScript caller gets the same refusals when
+  // the device is made.
   return Device.create(options);
 }
 
@@ -352,121 +301,32 @@ function servedBy(targetName: string, setup: TargetSetup): string {
     : `target ${targetName}`;
 }
 
-/**
- * UBLK_F_AUTO_BUF_REG or 0, as DeviceOptions.zeroCopy asks. Zero copy needs a target whose
- * handlers never touch the data, and a kernel that reports the feature (GET_FEATURES; 6.1 has no
- * GET_FEATURES at all).
- */
-async function zeroCopyFlag(
-  control: Control,
-  servedBy: string,
-  caps: Capabilities,
-  options: DeviceOptions,
-): Promise<number> {
-  if (options.zeroCopy === false) return 0;
-  const required = options.zeroCopy === true;
-  // The default leaves out devices asking for a copy-mode flag, and unprivileged ones (zero copy
-  // lends a request's pages to the server, which the kernel may refuse an untrusted one).
-  const copyOrUntrusted = UBLK_F.NEED_GET_DATA | UBLK_F.UNPRIVILEGED_DEV;
-  if (!required && ((options.flags ?? 0) & copyOrUntrusted) !== 0) return 0;
-  if (caps.zeroCopy !== true && caps.zeroCopy !== 'handlers') {
-    if (!required) return 0;
-    throw new UserError(
-      `${servedBy} handles request data in JavaScript, so it cannot use zero copy (--auto_zc): that needs a target declaring zeroCopy (loop, mem, null; nbd unless Node does its TLS records)`,
-    );
-  }
-  // Handlers that move the data as ring IO pay a round trip per move, a copy did it in one for
-  // many requests (nbd on 7.3: 0.36x the copy's 4k randread IOPS, 0.99x on 64k seqread): only when asked.
-  if (caps.zeroCopy === 'handlers' && !required) return 0;
-  if (hasFlag((await control.getFeatures()) ?? 0, UBLK_F.AUTO_BUF_REG)) return UBLK_F.AUTO_BUF_REG;
-  if (!required) return 0;
-  throw missingFeature('zero copy (--auto_zc)', UBLK_F.AUTO_BUF_REG);
+/** What the data path's resolution needs of the options. */
+function dataPathRequest(options: AnyDeviceOptions): DataPathRequest {
+  return {
+    dataPath: options.dataPath ?? 'auto',
+    batch: options.batch === true,
+    needGetData: options.needGetData === true,
+    unprivileged: options.unprivileged === true,
+    recovery: options.recovery !== undefined && options.recovery !== false,
+  };
 }
 
-/**
- * UBLK_F_BATCH_IO or 0, as DeviceOptions.batchIo asks: refused with NEED_GET_DATA, which the kernel
- * silently drops from a batch device, and where GET_FEATURES lacks it (6.1 has no GET_FEATURES).
- */
-async function batchIoFlag(control: Control, options: DeviceOptions): Promise<number> {
-  if (options.batchIo !== true) return 0;
-  if (hasFlag(options.flags ?? 0, UBLK_F.NEED_GET_DATA)) {
-    throw new UserError('batch IO (-b) and -g 1 (need_get_data) exclude each other: drop -g');
-  }
-  if (!hasFlag((await control.getFeatures()) ?? 0, UBLK_F.BATCH_IO)) {
-    throw missingFeature('batch IO (-b)', UBLK_F.BATCH_IO);
-  }
-  return UBLK_F.BATCH_IO;
+/** The UBLK_F flags of the options beside the data path's. */
+function optionFlags(options: AnyDeviceOptions): number {
+  const recovery = options.recovery;
+  const reissue = typeof recovery === 'object' && recovery.reissue === true;
+  const failIo = typeof recovery === 'object' && recovery.failIo === true;
+  let flags = 0;
+  if (options.completeInTask === true) flags += UBLK_F.URING_CMD_COMP_IN_TASK;
+  if (options.needGetData === true) flags += UBLK_F.NEED_GET_DATA;
+  if (recovery !== undefined && recovery !== false) flags += UBLK_F.USER_RECOVERY;
+  if (reissue) flags += UBLK_F.USER_RECOVERY_REISSUE;
+  if (failIo) flags += UBLK_F.USER_RECOVERY_FAIL_IO;
+  if (options.unprivileged === true) flags += UBLK_F.UNPRIVILEGED_DEV;
+  if (options.partitionScan === false) flags += UBLK_F.NO_AUTO_PART_SCAN;
+  return flags;
 }
-
-/**
- * UBLK_F_USER_COPY or 0, as DeviceOptions.userCopy asks: refused where the kernel lacks it (asked
- * of GET_FEATURES, which came in the same release, 6.5: a kernel without it has no user copy either),
- * with zero copy, with
- * NEED_GET_DATA (a copy-mode flag the kernel drops under user copy) and for an unprivileged device
- * (ADD_DEV refuses it, EINVAL, through 7.3).
- */
-async function userCopyFlag(control: Control, options: DeviceOptions): Promise<number> {
-  if (options.userCopy !== true) return 0;
-  if (options.zeroCopy === true) {
-    throw new UserError('--usercopy and --auto_zc exclude each other: choose one data path');
-  }
-  const flags = options.flags ?? 0;
-  if (hasFlag(flags, UBLK_F.NEED_GET_DATA)) {
-    throw new UserError('--usercopy and -g 1 (need_get_data) exclude each other: drop -g');
-  }
-  if (hasFlag(flags, UBLK_F.UNPRIVILEGED_DEV)) {
-    throw new UserError(
-      'an unprivileged device cannot use user copy (--usercopy): the kernel allows it to root only',
-    );
-  }
-  if (!hasFlag((await control.getFeatures()) ?? 0, UBLK_F.USER_COPY)) {
-    throw missingFeature('user copy (--usercopy)', UBLK_F.USER_COPY);
-  }
-  return UBLK_F.USER_COPY;
-}
-
-/**
- * UBLK_F_SUPPORT_ZERO_COPY or 0, as DeviceOptions.manualZeroCopy asks: refused for a target that
- * touches data in JavaScript, with another data-path mode or a copy-mode flag, for an unprivileged
- * device (ADD_DEV refuses it), and where GET_FEATURES lacks it.
- */
-async function manualZeroCopyFlag(
-  control: Control,
-  servedBy: string,
-  caps: Capabilities,
-  options: DeviceOptions,
-): Promise<number> {
-  if (options.manualZeroCopy !== true) return 0;
-  if (options.zeroCopy === true || options.userCopy === true) {
-    throw new UserError('--zerocopy excludes --auto_zc and --usercopy: choose one data path');
-  }
-  const flags = options.flags ?? 0;
-  if (hasFlag(flags, UBLK_F.NEED_GET_DATA)) {
-    throw new UserError('--zerocopy and -g 1 (need_get_data) exclude each other: drop -g');
-  }
-  if (hasFlag(flags, UBLK_F.UNPRIVILEGED_DEV)) {
-    throw new UserError(
-      'an unprivileged device cannot use zero copy (--zerocopy): the kernel allows it to root only',
-    );
-  }
-  if (caps.zeroCopy === 'handlers') {
-    throw new UserError(
-      `${servedBy} moves request data itself, which needs the kernel to lend it the pages: use --auto_zc, not --zerocopy`,
-    );
-  }
-  if (caps.zeroCopy !== true) {
-    throw new UserError(
-      `${servedBy} handles request data in JavaScript, so it cannot use zero copy (--zerocopy): that needs a target declaring zeroCopy (loop, mem, null)`,
-    );
-  }
-  if (!hasFlag((await control.getFeatures()) ?? 0, UBLK_F.SUPPORT_ZERO_COPY)) {
-    throw missingFeature('zero copy (--zerocopy)', UBLK_F.SUPPORT_ZERO_COPY);
-  }
-  return UBLK_F.SUPPORT_ZERO_COPY;
-}
-
-const RECOVERY_FLAGS =
-  UBLK_F.USER_RECOVERY | UBLK_F.USER_RECOVERY_REISSUE | UBLK_F.USER_RECOVERY_FAIL_IO;
 
 /**
  * The flags to send with ADD_DEV, and those the kernel must grant, refusing what cannot work
@@ -477,8 +337,7 @@ const RECOVERY_FLAGS =
  *   kernel without GET_FEATURES has no QUIESCE.
  * - UNPRIVILEGED_DEV: the kernel drops it for a caller with CAP_SYS_ADMIN (the device is then an
  *   ordinary one), so for root whether the kernel has it is asked of GET_FEATURES; for anyone
- *   else ADD_DEV itself answers (EPERM before 6.3). The kernel also silently drops recovery from
- *   an unprivileged device, which is refused here in words.
+ *   else ADD_DEV itself answers (EPERM before 6.3).
  */
 async function addDevFlags(
   control: Control,
@@ -490,17 +349,11 @@ async function addDevFlags(
     const features = await control.getFeatures();
     if (features !== undefined && hasFlag(features, UBLK_F.QUIESCE)) flags += UBLK_F.QUIESCE;
   }
-  if (hasFlag(asked, UBLK_F.UNPRIVILEGED_DEV)) {
-    if (process.getuid?.() === 0) {
-      if (!hasFlag(await kernelFeatures(control), UBLK_F.UNPRIVILEGED_DEV)) {
-        throw missingFeature('an unprivileged device (--unprivileged)', UBLK_F.UNPRIVILEGED_DEV);
-      }
-      required -= UBLK_F.UNPRIVILEGED_DEV;
-    } else if ((asked & RECOVERY_FLAGS) !== 0) {
-      throw new UserError(
-        'an unprivileged device cannot be recovered (the kernel allows recovery to root only): drop -r, -i and -e',
-      );
+  if (hasFlag(asked, UBLK_F.UNPRIVILEGED_DEV) && process.getuid?.() === 0) {
+    if (!hasFlag(await kernelFeatures(control), UBLK_F.UNPRIVILEGED_DEV)) {
+      throw missingOptionFeature('unprivileged', UBLK_F.UNPRIVILEGED_DEV);
     }
+    required -= UBLK_F.UNPRIVILEGED_DEV;
   }
   return { flags, required };
 }
@@ -640,13 +493,14 @@ async function startServing(
   held: Held,
   info: DevInfo,
   targetSource: string,
+  dataPath: ResolvedDataPath,
   options: { logEveryFailure?: boolean },
   steps: StartSteps,
 ): Promise<{ info: DevInfo; queues: QueueInfo[] }> {
   try {
     held.charFd = await openCharDevice(info.devId);
     await steps.configure?.(held.control);
-    const queues = await startQueues(held, info, targetSource, options);
+    const queues = await startQueues(held, info, targetSource, dataPath, options);
     await steps.start(held.control);
     return { info: await held.control.getDevInfo(info.devId), queues };
   } catch (err) {
@@ -678,6 +532,7 @@ async function startQueues(
   { control, charFd, setup, threads }: Held,
   info: DevInfo,
   targetSource: string,
+  dataPath: ResolvedDataPath,
   { logEveryFailure }: { logEveryFailure?: boolean },
 ): Promise<QueueInfo[]> {
   const ready: Promise<QueueInfo>[] = [];
@@ -690,10 +545,7 @@ async function startQueues(
       bufferBytes: info.maxIoBufBytes,
       charFd,
       encodedOpcodes: (info.flags & UBLK_F.CMD_IOCTL_ENCODE) !== 0,
-      autoBufReg: (info.flags & UBLK_F.AUTO_BUF_REG) !== 0,
-      userCopy: (info.flags & UBLK_F.USER_COPY) !== 0,
-      manualZeroCopy: (info.flags & UBLK_F.SUPPORT_ZERO_COPY) !== 0,
-      batchIo: (info.flags & UBLK_F.BATCH_IO) !== 0,
+      dataPath,
       targetSource,
       shared: setup.shared,
       capabilities: setup.capabilities ?? {},

@@ -15,6 +15,7 @@ import {
 } from '../../uring/index.js';
 import { UBLK_IO_OP, UBLK_U_IO, writeIoCmd } from '../ublk-cmd.js';
 import type { RingForward } from '../target/contract.js';
+import type { DataPathMode } from '../device/data-path.js';
 
 const { EIO, ECANCELED } = osConstants.errno;
 
@@ -69,18 +70,18 @@ export interface ForwardedIoConfig {
    */
   linkedCommit?: LinkedCommit;
   /**
-   * UBLK_F_AUTO_BUF_REG: the kernel registered the request's own pages at index `tag` of the
-   * ring's buffer table, so reads and writes are READ_FIXED/WRITE_FIXED at offsets within it.
+   * The device's data path. auto-zero-copy: the kernel registered the request's own pages at index
+   * `tag` of the ring's buffer table, so reads and writes are READ_FIXED/WRITE_FIXED at offsets
+   * within it. manual-zero-copy: each READ_FIXED/WRITE_FIXED is the middle of a chain submitted at
+   * once, as kublk does: REGISTER_IO_BUF of the request's pages at index `tag` on /dev/ublkcN
+   * (`charFd`), linked to the IO, hard-linked to UNREGISTER_IO_BUF (which runs whatever the IO's
+   * result). The request goes on once both the IO's and the unregister's CQEs came: usually in one
+   * wake-up, where unregistering from the IO's CQE took one more.
    */
-  autoBufReg: boolean;
-  /**
-   * UBLK_F_SUPPORT_ZERO_COPY (manual zero copy): each READ_FIXED/WRITE_FIXED is the middle of a
-   * chain submitted at once, as kublk does: REGISTER_IO_BUF of the request's pages at index `tag`
-   * on /dev/ublkcN (`charFd`), linked to the IO, hard-linked to UNREGISTER_IO_BUF (which runs
-   * whatever the IO's result). The request goes on once both the IO's and the unregister's CQEs
-   * came: usually in one wake-up, where unregistering from the IO's CQE took one more.
-   */
-  manualZeroCopy?: { charFd: number; queueId: number };
+  mode: DataPathMode;
+  /** /dev/ublkcN and the queue, for manual zero copy's commands. */
+  charFd?: number;
+  queueId?: number;
 }
 
 /**
@@ -239,7 +240,7 @@ export class ForwardedIo {
    */
   private linkable(tag: number, stage: number, forward: RingForward): boolean {
     const linkedCommit = this.config.linkedCommit;
-    if (linkedCommit === undefined || this.config.manualZeroCopy !== undefined) return false;
+    if (linkedCommit === undefined || this.config.mode === 'manual-zero-copy') return false;
     if (this.inFlight !== 0) return false;
     const oneIo =
       stage === STAGE_READ ||
@@ -260,7 +261,8 @@ export class ForwardedIo {
    * the IOPS, randwrite QD32 1.68x and 1.34x, randread QD1 mean latency 0.58x and 0.55x.
    */
   private onThread(fd: number): boolean {
-    if (this.config.autoBufReg || this.config.manualZeroCopy !== undefined) return false;
+    const mode = this.config.mode;
+    if (mode === 'auto-zero-copy' || mode === 'manual-zero-copy') return false;
     let here = this.onThreadFds.get(fd);
     if (here === undefined) {
       here = inMemoryFile(fd);
@@ -366,13 +368,13 @@ export class ForwardedIo {
 
   /** A REGISTER_IO_BUF or UNREGISTER_IO_BUF of the tag's request at buffer index `tag`. */
   private prepareCommand(tag: number, cmdOp: number, userData: number, sqeFlags: number): void {
-    const zc = this.config.manualZeroCopy!;
-    let cmd = this.ring.sq.prepUringCmd(zc.charFd, cmdOp, userData, 0, sqeFlags);
+    const charFd = this.config.charFd!;
+    let cmd = this.ring.sq.prepUringCmd(charFd, cmdOp, userData, 0, sqeFlags);
     while (!cmd) {
       this.ring.makeRoom();
-      cmd = this.ring.sq.prepUringCmd(zc.charFd, cmdOp, userData, 0, sqeFlags);
+      cmd = this.ring.sq.prepUringCmd(charFd, cmdOp, userData, 0, sqeFlags);
     }
-    writeIoCmd(cmd, 0, zc.queueId, tag, 0, tag);
+    writeIoCmd(cmd, 0, this.config.queueId!, tag, 0, tag);
   }
 
   private finish(tag: number, result: number, failedCall?: string): void {
@@ -402,7 +404,7 @@ export class ForwardedIo {
     const reading = stage === STAGE_READ || stage === STAGE_READ_ZEROES;
     const source = stage === STAGE_READ_ZEROES ? this.devZero() : fd;
     const offset = stage === STAGE_READ_ZEROES ? 0 : this.fileOffset[tag] + done;
-    if (this.config.manualZeroCopy !== undefined) {
+    if (this.config.mode === 'manual-zero-copy') {
       // One chain, in one submission: room for all three.
       if (sq.spaceLeft() < 3) this.ring.makeRoom();
       const flags = IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
@@ -413,7 +415,7 @@ export class ForwardedIo {
       this.chainCqes[tag] = 2;
       return;
     }
-    if (this.config.autoBufReg) {
+    if (this.config.mode === 'auto-zero-copy') {
       // The registered buffer is the request's pages, addressed from 0.
       while (
         !(reading

@@ -66,11 +66,11 @@ export interface QueueResources {
   descs: IoDescriptors;
   /**
    * Page-aligned memory the kernel copies requests to and from, and its address; empty with zero
-   * copy (autoBufReg), where the kernel lends the requests' own pages; with user copy, the bounce
+   * copy, where the kernel lends the requests' own pages; with user copy, the bounce
    * pool the daemon copies requests through.
    */
   buffer: { bytes: Uint8Array; address: number };
-  /** Batch IO (QueueConfig.batchIo): the fetch buffers, their buffer rings, the element buffers. */
+  /** Batch IO (QueueConfig.dataPath.batch): the fetch buffers, their buffer rings, the element buffers. */
   batch?: BatchMemory;
   /** Unmaps the descriptors and frees the buffer, after the ring is closed. */
   release(): void;
@@ -167,19 +167,20 @@ export class Queue implements IoCommandSink {
     let buffer: IoBuffer | undefined;
     let batch: ReturnType<typeof openBatchMemory> | undefined;
     try {
-      if (config.autoBufReg || config.manualZeroCopy) {
+      const { mode, batch: batched } = config.dataPath;
+      if (mode === 'auto-zero-copy' || mode === 'manual-zero-copy') {
         // Zero copy: each request's pages are registered at its tag's index of this table (by
         // the kernel, or by the forwarded request's REGISTER_IO_BUF).
         const res = ring.registerSparseBuffers(depth);
         if (res < 0) throw errnoError('io_uring_register(BUFFERS2, sparse)', -res);
-      } else if (config.userCopy) {
+      } else if (mode === 'user-copy') {
         // No buffer per tag: a pool bounded in bytes, which requests copy through.
         buffer = IoBuffer.allocate(bouncePoolBytes(depth, bufferBytes));
       } else {
         buffer = IoBuffer.allocate(depth * bufferBytes);
       }
-      if (config.batchIo) {
-        batch = openBatchMemory(ring, depth, batchElemBytes(copyMode(config)), page);
+      if (batched) {
+        batch = openBatchMemory(ring, depth, batchElemBytes(mode === 'copy'), page);
       }
     } catch (err) {
       munmap(descMapping);
@@ -223,7 +224,7 @@ export class Queue implements IoCommandSink {
       this.failures,
       forwardRing,
     );
-    this.batch = config.batchIo ? this.openBatch(resources) : undefined;
+    this.batch = config.dataPath.batch ? this.openBatch(resources) : undefined;
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     const sq = this.ring.sq;
     const raw = {
@@ -310,8 +311,8 @@ export class Queue implements IoCommandSink {
     // Zero copy: the SQE's addr is struct ublk_auto_buf_reg, {index: tag, flags: 0}, and the
     // command carries no buffer. No UBLK_AUTO_BUF_REG_FALLBACK: a request whose pages the kernel
     // cannot register (never with one table slot per tag) is failed by the kernel itself.
-    const autoBufReg = this.config.autoBufReg === true;
-    const sqeAddr = autoBufReg ? tag : 0;
+    const { mode } = this.config.dataPath;
+    const sqeAddr = mode === 'auto-zero-copy' ? tag : 0;
     const userData = linked ? LINKED_COMMIT_BASE + tag : tag;
     let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     while (!cmd) {
@@ -319,9 +320,8 @@ export class Queue implements IoCommandSink {
       cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     }
     // With user copy the kernel maps no buffer either: the command's addr is 0.
-    const address = copyMode(this.config)
-      ? this.resources.buffer.address + tag * this.config.bufferBytes
-      : 0;
+    const address =
+      mode === 'copy' ? this.resources.buffer.address + tag * this.config.bufferBytes : 0;
     writeIoCmd(cmd, 0, this.config.queueId, tag, result, address);
     this.unpark();
   }
@@ -389,10 +389,11 @@ export class Queue implements IoCommandSink {
         queueId: config.queueId,
         depth: config.depth,
         charFd: config.charFd,
-        copyBuffer: copyMode(config)
-          ? { address: resources.buffer.address, bytesPerTag: config.bufferBytes }
-          : undefined,
-        autoBufReg: config.autoBufReg === true,
+        copyBuffer:
+          config.dataPath.mode === 'copy'
+            ? { address: resources.buffer.address, bytesPerTag: config.bufferBytes }
+            : undefined,
+        autoBufReg: config.dataPath.mode === 'auto-zero-copy',
       },
       resources.batch,
       {
@@ -497,11 +498,6 @@ export class Queue implements IoCommandSink {
       this.resolveDone();
     }
   }
-}
-
-/** Whether the kernel copies requests to and from a buffer per tag (no zero copy, no user copy). */
-function copyMode(config: TagStatesConfig): boolean {
-  return !(config.autoBufReg || config.userCopy || config.manualZeroCopy);
 }
 
 /** As an uncaught exception: the queue thread fails (see TagStates.complete). */

@@ -19,6 +19,7 @@ import {
 import { HookRunner, ROUTE_BELOW, ROUTE_HANDLERS, type HookRing } from './request-hooks.js';
 import { SECTOR, type IoResult, type QueueHandlers } from '../target/contract.js';
 import { BOUNCE_CHUNK, BouncePool, userCopyOffset } from './user-copy.js';
+import type { ResolvedDataPath } from '../device/data-path.js';
 
 const { EINVAL, EIO, EOPNOTSUPP } = constants.errno;
 
@@ -38,30 +39,10 @@ export interface TagStatesConfig {
   bufferBytes: number;
   /** The device was granted UBLK_F_CMD_IOCTL_ENCODE: IO commands use encoded opcodes. */
   encodedOpcodes: boolean;
-  /**
-   * The device was granted UBLK_F_AUTO_BUF_REG (zero copy): the queue has no buffers; the kernel
-   * registers each request's pages in the ring's buffer table at the tag's index.
-   */
-  autoBufReg?: boolean;
-  /**
-   * The device was granted UBLK_F_USER_COPY: the buffer is a bounce pool (see user-copy.ts), and
-   * a request's data is copied between it and the request with pread/pwrite on `charFd` at the
-   * request's position there (see copy).
-   */
-  userCopy?: boolean;
-  /**
-   * The device was granted UBLK_F_SUPPORT_ZERO_COPY (manual zero copy): no buffers either; each
-   * forwarded READ/WRITE registers its request's pages at the tag's index itself (forwarded-io.ts).
-   */
-  manualZeroCopy?: boolean;
-  /** /dev/ublkcN; user copy reads and writes it. */
+  /** How request data travels (resolved by the main thread, data-path.ts). */
+  dataPath: ResolvedDataPath;
+  /** /dev/ublkcN; user copy reads and writes it, manual zero copy registers buffers on it. */
   charFd?: number;
-  /**
-   * The device was granted UBLK_F_BATCH_IO: the scheduler turns the fetches and commits asked of
-   * it into PREP_IO_CMDS and COMMIT_IO_CMDS (batch-io.ts), and requests arrive through
-   * FETCH_IO_CMDS.
-   */
-  batchIo?: boolean;
 }
 
 /** What a user-copy request's copy on /dev/ublkcN is, per tag. */
@@ -143,15 +124,15 @@ export class TagStates {
       {
         depth,
         linkedCommit: this.linkedCommit,
-        autoBufReg: config.autoBufReg === true,
-        manualZeroCopy: config.manualZeroCopy
-          ? { charFd: config.charFd!, queueId: config.queueId }
-          : undefined,
+        mode: config.dataPath.mode,
+        charFd: config.charFd,
+        queueId: config.queueId,
       },
       ring,
       this.onForwardedDone,
     );
-    this.pool = config.userCopy ? new BouncePool(buffer.bytes.length, depth) : undefined;
+    const { mode } = config.dataPath;
+    this.pool = mode === 'user-copy' ? new BouncePool(buffer.bytes.length, depth) : undefined;
     this.bounceChunk = new Int32Array(depth).fill(-1);
     this.bounceChunks = new Uint16Array(depth);
     this.bounceViews = new Array<Uint8Array | undefined>(this.pool?.chunks ?? 0);
@@ -167,13 +148,14 @@ export class TagStates {
           getData: UBLK_IO.NEED_GET_DATA,
         };
     this.views = Array.from({ length: depth }, (_, tag) =>
-      config.autoBufReg || config.userCopy || config.manualZeroCopy
-        ? NO_BUFFER
-        : this.buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes),
+      mode === 'copy'
+        ? this.buffer.subarray(tag * bufferBytes, (tag + 1) * bufferBytes)
+        : NO_BUFFER,
     );
-    this.lent = config.autoBufReg
-      ? Array.from({ length: depth }, (_, tag) => ({ index: tag, length: 0 }))
-      : undefined;
+    this.lent =
+      mode === 'auto-zero-copy'
+        ? Array.from({ length: depth }, (_, tag) => ({ index: tag, length: 0 }))
+        : undefined;
     this.tagFinished = new Uint8Array(depth);
     this.tagOp = new Uint8Array(depth);
     this.tagOffset = new Float64Array(depth);
@@ -259,7 +241,7 @@ export class TagStates {
       !this.aborting &&
       this.bounceChunk[tag] < 0 &&
       this.hooks === undefined &&
-      this.config.batchIo !== true,
+      !this.config.dataPath.batch,
     send: (tag, result) => {
       this.linkedResult[tag] = result;
       this.sink.sendIoCmd(this.ops.commit, tag, result, true);

@@ -1,0 +1,57 @@
+import { DEBUG_EVERY_FAILURE } from '../ublk/queue/failure-log.js';
+import {
+  isDeviceOptionError,
+  type OptionTerm,
+  type OptionWords,
+} from '../ublk/device/data-path.js';
+import type { AnyDeviceOptions } from '../ublk/device/device.js';
+import { UserError } from '../errors.js';
+import type { AddOptions } from './args.js';
+
+/** The device options `ublk add` asks for. */
+export function deviceOptionsOf(o: AddOptions, targetSource: string): AnyDeviceOptions {
+  return {
+    target: targetSource,
+    args: o.targetArgs,
+    id: o.devId < 0 ? undefined : o.devId,
+    queues: o.queues,
+    depth: o.depth,
+    maxIoBufBytes: o.maxIoBufBytes,
+    dataPath: o.dataPath,
+    batch: o.batchIo === true,
+    // As in ublksrv, reissue and fail-io imply recovery.
+    recovery:
+      o.userRecoveryReissue || o.userRecoveryFailIo
+        ? { reissue: o.userRecoveryReissue, failIo: o.userRecoveryFailIo }
+        : o.userRecovery,
+    unprivileged: o.unprivileged,
+    needGetData: o.needGetData,
+    completeInTask: o.uringComp,
+    partitionScan: !o.noAutoPartScan,
+    logEveryFailure: (o.debugMask & DEBUG_EVERY_FAILURE) !== 0,
+  };
+}
+
+/** The options as `ublk add`'s flags. */
+const FLAG_NAMES: Readonly<Record<OptionTerm, string>> = {
+  "dataPath 'auto'": 'the default data path',
+  "dataPath 'copy'": '--no_auto_zc',
+  "dataPath 'user-copy'": '--usercopy',
+  "dataPath 'zero-copy'": '--zerocopy',
+  "dataPath 'auto-zero-copy'": '--auto_zc',
+  "dataPath 'manual-zero-copy'": '--manual_zc',
+  batch: '-b',
+  needGetData: '-g 1',
+  unprivileged: '--unprivileged',
+  recovery: '-r 1',
+};
+
+const CLI_WORDS: OptionWords = {
+  name: (term) => FLAG_NAMES[term],
+  exclude: (a, b) => `${a} and ${b} exclude each other`,
+};
+
+/** A refused device option in the CLI's words; any other error unchanged. */
+export function inCliWords(err: unknown): unknown {
+  return isDeviceOptionError(err) ? new UserError(err.inWords(CLI_WORDS), { cause: err }) : err;
+}
