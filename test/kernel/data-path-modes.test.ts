@@ -2,7 +2,7 @@
  * The data-path modes beside copy: auto zero copy (UBLK_F_AUTO_BUF_REG, `--auto_zc`, the default
  * where the kernel has it), where the kernel registers each request's pages in the queue ring's
  * buffer table for the daemon's READ_FIXED/WRITE_FIXED; manual zero copy
- * (UBLK_F_SUPPORT_ZERO_COPY, `-z`), where each forwarded request registers its pages with
+ * (UBLK_F_SUPPORT_ZERO_COPY, `--manual_zc`), where each forwarded request registers its pages with
  * REGISTER_IO_BUF; and user copy (UBLK_F_USER_COPY, `--usercopy`), where the daemon copies each
  * request's data with read/write on /dev/ublkcN through a bounce pool; and batch IO
  * (UBLK_F_BATCH_IO, `-b`), one PREP_IO_CMDS per queue, a multishot FETCH_IO_CMDS and one
@@ -10,13 +10,16 @@
  * what the kernel reports (`ublk features`), never on its version: where it has the mode, loop,
  * mem and (user copy) JavaScript targets keep every byte through fio's verify and kill -9 /
  * recover; where it lacks it, `add` with the mode's option is refused in one line naming the
- * first kernel that has it, and leaves nothing.
+ * first kernel that has it, and leaves nothing. `-z` is ublksrv 1.8's: auto zero copy where the
+ * kernel has it, else manual. The library refuses raw UBLK_F flags (`flags`, gone from the API)
+ * and a JavaScript-handler target asking for zero copy before anything exists.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, test } from 'node:test';
 import { UBLK_F } from '../../src/ublk/ublk-cmd.js';
+import { createDevice, isUserError, type DeviceOptions } from '../../src/index.js';
 import {
   assertNothingLeft,
   delAll,
@@ -134,7 +137,7 @@ const MODES: Mode[] = [
     name: 'auto zero copy',
     options: ['--auto_zc'],
     flag: UBLK_F.AUTO_BUF_REG,
-    refusal: /zero copy \(--auto_zc\).*AUTO_BUF_REG.*Linux 6\.16/,
+    refusal: /auto zero copy \(--auto_zc\).*AUTO_BUF_REG.*Linux 6\.16/,
     // mem's default on such a kernel (mem.test.ts).
     targets: [['loop', loopTarget('azc-verify.img')]],
     recoverable: [['loop', loopTarget('azc-reissue.img')]],
@@ -152,9 +155,9 @@ const MODES: Mode[] = [
   },
   {
     name: 'manual zero copy',
-    options: ['-z'],
+    options: ['--manual_zc'],
     flag: UBLK_F.SUPPORT_ZERO_COPY,
-    refusal: /zero copy \(--zerocopy\).*SUPPORT_ZERO_COPY.*Linux 6\.15/,
+    refusal: /manual zero copy \(--manual_zc\).*SUPPORT_ZERO_COPY.*Linux 6\.15/,
     targets: [['mem', () => ['-t', 'mem', '--size', '256M']]],
     recoverable: [['loop', loopTarget('zc-reissue.img')]],
   },
@@ -176,7 +179,7 @@ const MODES: Mode[] = [
     options: ['-b', '--auto_zc'],
     flag: UBLK_F.BATCH_IO | UBLK_F.AUTO_BUF_REG,
     refusal:
-      /batch IO \(-b\).*BATCH_IO.*Linux 7\.0|zero copy \(--auto_zc\).*AUTO_BUF_REG.*Linux 6\.16/,
+      /batch IO \(-b\).*BATCH_IO.*Linux 7\.0|auto zero copy \(--auto_zc\).*AUTO_BUF_REG.*Linux 6\.16/,
     targets: [['mem', () => ['-t', 'mem', '--size', '256M']]],
     recoverable: [['loop', loopTarget('bazc-reissue.img')]],
   },
@@ -268,7 +271,10 @@ for (const mode of MODES.filter((m) => m.flag !== UBLK_F.USER_COPY && has(m))) {
   test(`a target that computes data in JavaScript refuses ${option} in one line, nothing left`, () => {
     const r = ublk('add', '-t', RAMDISK, '--size', '16M', ...mode.options);
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr.trim(), /^[^\n]*cannot use zero copy \(--(auto_zc|zerocopy)\)[^\n]*$/);
+    assert.match(
+      r.stderr.trim(),
+      /^[^\n]*handles request data in JavaScript, so it cannot use (auto|manual) zero copy \(--(auto_zc|manual_zc)\)[^\n]*$/,
+    );
     assertNothingLeft();
   });
 }
@@ -293,8 +299,8 @@ if ((features & UBLK_F.USER_COPY) !== 0) {
   test('--usercopy with --auto_zc, with -z, with -g 1: refused in one line, nothing left', () => {
     for (const [extra, pattern] of [
       [['--auto_zc'], /--usercopy and --auto_zc exclude each other/],
-      [['-z'], /--zerocopy excludes --auto_zc and --usercopy/],
-      [['-g', '1'], /--usercopy and -g 1/],
+      [['-z'], /--usercopy and --zerocopy exclude each other/],
+      [['-g', '1'], /--usercopy and -g 1 exclude each other/],
     ] as const) {
       const r = ublk('add', '-t', 'null', '--usercopy', ...extra);
       assert.notEqual(r.status, 0);
@@ -311,6 +317,82 @@ test('-b with -g 1: refused in one line (the kernel drops NEED_GET_DATA from a b
   assert.notEqual(r.status, 0);
   const message = r.stderr.trim();
   assert.ok(!message.includes('\n'), `one line: ${message}`);
-  assert.match(message, /batch IO \(-b\) and -g 1 \(need_get_data\) exclude each other/);
+  assert.match(message, /^ublk: -b and -g 1 exclude each other: [^\n]*NEED_GET_DATA/);
+  assertNothingLeft();
+});
+
+/** What a device leaves in the kernel: /sys/class/ublk-char entries and /dev/ublkc nodes. */
+function ublkChars(): string[] {
+  const sys = existsSync('/sys/class/ublk-char') ? readdirSync('/sys/class/ublk-char') : [];
+  return [...sys, ...readdirSync('/dev').filter((n) => /^ublkc\d+$/.test(n))].sort();
+}
+
+/** createDevice refused: one line, a UserError, and nothing new in the kernel. */
+async function refusedInProcess(options: unknown, pattern: RegExp): Promise<void> {
+  const before = ublkChars();
+  await assert.rejects(createDevice(options as DeviceOptions), (err: unknown) => {
+    assert.ok(isUserError(err), `a UserError: ${String(err)}`);
+    assert.equal(err.code, 'UBLK_ERR_USER');
+    assert.ok(!err.message.includes('\n'), `one line: ${err.message}`);
+    assert.match(err.message, pattern);
+    return true;
+  });
+  assert.deepEqual(ublkChars(), before, 'no new /sys/class/ublk-char entry or /dev/ublkcN');
+}
+
+test('createDevice with a raw data-path flag (flags, not in the API) for a JavaScript target: refused in one line, nothing made', async () => {
+  for (const flag of [
+    UBLK_F.AUTO_BUF_REG,
+    UBLK_F.SUPPORT_ZERO_COPY,
+    UBLK_F.USER_COPY,
+    UBLK_F.BATCH_IO,
+  ]) {
+    await refusedInProcess(
+      { target: RAMDISK, args: { size: '16M' }, flags: flag },
+      /^createDevice: unknown option 'flags'/,
+    );
+  }
+  assertNothingLeft();
+});
+
+test("createDevice of a JavaScript target with dataPath 'auto-zero-copy' or 'manual-zero-copy': refused naming the reason, nothing made", async () => {
+  for (const dataPath of ['auto-zero-copy', 'manual-zero-copy', 'zero-copy']) {
+    await refusedInProcess(
+      { target: RAMDISK, args: { size: '16M' }, dataPath },
+      new RegExp(
+        `handles request data in JavaScript, so it cannot use [a-z ]*zero copy \\(dataPath '${dataPath}'\\)`,
+      ),
+    );
+  }
+  // Before the target or the kernel is asked: options that exclude each other.
+  await refusedInProcess(
+    { target: RAMDISK, args: { size: '16M' }, dataPath: 'user-copy', needGetData: true },
+    /^dataPath 'user-copy' excludes needGetData/,
+  );
+  assertNothingLeft();
+});
+
+test('-z (ublksrv 1.8): auto zero copy where the kernel has AUTO_BUF_REG, else manual zero copy, else refused', async () => {
+  const file = backingFile('z.img', 64 * MiB);
+  const args = ['-t', 'loop', '-f', file, '-z'];
+  if ((features & (UBLK_F.AUTO_BUF_REG | UBLK_F.SUPPORT_ZERO_COPY)) === 0) {
+    const r = ublk('add', ...args);
+    assert.notEqual(r.status, 0);
+    assert.match(
+      r.stderr.trim(),
+      /^ublk: zero copy \(--zerocopy\) needs UBLK_F_SUPPORT_ZERO_COPY \(Linux 6\.15\+\), which this kernel's ublk driver lacks$/,
+    );
+    assertNothingLeft();
+    return;
+  }
+  const expected =
+    (features & UBLK_F.AUTO_BUF_REG) !== 0 ? UBLK_F.AUTO_BUF_REG : UBLK_F.SUPPORT_ZERO_COPY;
+  await withDevice(args, (_id, dev, added) => {
+    const zc = added.flags & (UBLK_F.AUTO_BUF_REG | UBLK_F.SUPPORT_ZERO_COPY);
+    assert.equal(zc, expected);
+    const bytes = Buffer.alloc(3 * added.block_size, 0x6b);
+    writeAt(dev, 5 * added.block_size, bytes);
+    assert.deepEqual(readAt(dev, 5 * added.block_size, bytes.length), bytes);
+  });
   assertNothingLeft();
 });
