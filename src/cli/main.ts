@@ -32,9 +32,10 @@ const USAGE = `ublk add -t TYPE
 \t-u URING_COMP -g NEED_GET_DATA -r USER_RECOVERY
 \t-i USER_RECOVERY_REISSUE -e USER_RECOVERY_FAIL_IO
 \t--max_io_buf_bytes BYTES --foreground
-\t--auto_zc | --no_auto_zc (zero copy: by default where the kernel has it, Linux 6.16+,\n\t\tfor loop, mem and null)
+\t--auto_zc | --no_auto_zc (auto zero copy, AUTO_BUF_REG: by default where the kernel has it,\n\t\tLinux 6.16+, for loop, mem and null; --no_auto_zc alone copies)
 \t--usercopy (user copy: read/write on /dev/ublkcN, no buffer per tag, Linux 6.5+)
-\t-z | --zerocopy (zero copy by REGISTER_IO_BUF per request, Linux 6.15+, for loop, mem and null)
+\t--manual_zc (zero copy by REGISTER_IO_BUF per request, Linux 6.15+, for loop, mem and null)
+\t-z | --zerocopy (zero copy: --auto_zc where the kernel has it, else --manual_zc)
 \t-b | --batch-io (batched fetch and commit commands, Linux 7.0+; with copy or any mode above)
 \t--filter FILTER ... (repeatable; the first given wraps the others, as in nbdkit)
 \tTYPE: null, loop, mem, nbd, or the path of a target module (./my-target.js)
