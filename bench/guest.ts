@@ -70,9 +70,11 @@ const MODES: {
     targets: ['loop'],
   },
   {
-    name: 'zero_copy',
+    // Manual buffer registration: kublk's -z. Ours is --manual_zc (our -z is ublksrv's, which
+    // picks automatic registration where the kernel has it); a build before --manual_zc had -z.
+    name: 'manual_zc',
     feature: UBLK_F.SUPPORT_ZERO_COPY,
-    ours: ['-z'],
+    ours: ['--manual_zc'],
     kublk: ['-z'],
     targets: ['loop'],
   },
@@ -115,9 +117,12 @@ const kernelsAfter = Number(option('--kernels-after') ?? 0);
  */
 const plan = { totalSec: 0, doneSec: 0, runs: 0, doneRuns: 0 };
 
+/** What adding, filling and deleting a device costs, about, in the emulated VM. */
+const SETUP_SEC = 4;
+
 /** Adds a phase to the plan: `devices` each run every workload every round, daemons warm up first. */
 function planPhase(devices: number, daemons: number, workloads: number): void {
-  plan.totalSec += daemons * 1 + devices * workloads * ROUNDS * runtimeSec;
+  plan.totalSec += daemons * (1 + SETUP_SEC) + devices * workloads * ROUNDS * runtimeSec;
   plan.runs += devices * workloads * ROUNDS;
 }
 
@@ -128,9 +133,9 @@ function minutes(sec: number): string {
 function eta(): string {
   if (plan.totalSec === 0) return '';
   const elapsed = (Date.now() - benchStart) / 1000;
-  // Before the first run, the fio seconds plus a third for set-up, as full runs have taken.
+  // Before the first run, the planned seconds and a fifth more for the rest of the set-up.
   const thisKernel =
-    plan.doneSec > 0 ? (elapsed * plan.totalSec) / plan.doneSec : plan.totalSec * 1.33 + elapsed;
+    plan.doneSec > 0 ? (elapsed * plan.totalSec) / plan.doneSec : plan.totalSec * 1.2 + elapsed;
   const left = Math.max(0, thisKernel - elapsed);
   const all = kernelsAfter > 0 ? `, ~${minutes(left + kernelsAfter * thisKernel)} in all` : '';
   return ` [run ${plan.doneRuns}/${plan.runs}, ~${minutes(left)} left on this kernel${all}]`;
@@ -283,7 +288,7 @@ function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]):
   for (const d of devices.filter((d) => d.pid)) {
     progress(`warming up ${d.name}`);
     fio(d, workloads[0].args, 1);
-    plan.doneSec += 1;
+    plan.doneSec += 1 + SETUP_SEC;
   }
   for (let round = 1; round <= ROUNDS; round++) {
     for (const w of workloads) {
@@ -450,6 +455,10 @@ function main(): BenchReport {
   const cleanups: (() => void)[] = [];
   const c = kublkRuns();
   const features = kernelFeatures(OURS);
+  const help = spawnSync(OURS[0], [...OURS.slice(1), 'help'], { encoding: 'utf8' });
+  if (!/--manual_zc/.test(`${help.stdout}${help.stderr}`)) {
+    MODES.find((m) => m.name === 'manual_zc')!.ours = ['-z'];
+  }
   planAll(features, c);
   progress(`${plan.runs} fio runs of ${runtimeSec} s planned, ${ROUNDS} round(s)`);
   try {

@@ -119,7 +119,13 @@ export function renderChart(run: BenchRun): string {
     y += 18;
     const panels = [labelW, labelW + panelW + 20];
     text(panels[0], y, 'against the kernel (null_blk, loop, nbd)', ' class="head"');
-    text(panels[1], y, 'against kublk in the same mode', ' class="head"');
+    const hasC = rows.some((r) => r.vsC.length > 0);
+    text(
+      panels[1],
+      y,
+      hasC ? 'against kublk in the same mode' : 'against kublk: it does not run on this kernel',
+      ' class="head"',
+    );
     y += 8;
     const top = y;
     for (const [i, row] of rows.entries()) {
@@ -134,6 +140,9 @@ export function renderChart(run: BenchRun): string {
         row.device.replace(/^ublk-ts /, ''),
         ' class="row" text-anchor="end"',
       );
+      if (hasC && row.vsC.length === 0) {
+        text(panels[1], y + h / 2 + 4, 'no kublk counterpart', ' class="note"');
+      }
       for (const [p, bars] of [row.vsKernel, row.vsC].entries()) {
         for (const [j, b] of bars.entries()) {
           const by = y + 4 + j * (bar + 1);
@@ -147,7 +156,7 @@ export function renderChart(run: BenchRun): string {
       y += h;
     }
     // The scale: a line every 0.5, the one at 1 (as fast) darker.
-    for (const x0 of panels) {
+    for (const x0 of hasC ? panels : panels.slice(0, 1)) {
       for (let v = 0; v <= max + 1e-9; v += 0.5) {
         const x = x0 + scale(v);
         const one = Math.abs(v - 1) < 1e-9;
