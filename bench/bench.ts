@@ -15,7 +15,7 @@ import { REPO_ROOT } from '../scripts/lib/common.js';
 import { prepareVm } from '../scripts/lib/vm-prepare.js';
 import { guestEnv, runInVm, vmSettingsFromEnv } from '../scripts/lib/vm-run.js';
 import { buildKublk } from './kublk.js';
-import { writeRun } from './report.js';
+import { gitCommit, writeRun } from './report.js';
 import { formatTable, type BenchReport } from './workloads.js';
 
 const MARKER = '@@bench-report@@ ';
@@ -67,6 +67,8 @@ async function runOn(kernel: string | undefined, kernelsAfter: number): Promise<
 }
 
 async function main(): Promise<number> {
+  // The code that runs is the checkout as it is now, whatever is committed while it runs.
+  const commit = gitCommit(REPO_ROOT);
   const onHost = existsSync('/dev/ublk-control') && process.getuid?.() === 0;
   const reports: BenchReport[] = [];
   let status = 0;
@@ -89,7 +91,7 @@ async function main(): Promise<number> {
   }
   if (reports.length === 0) return status || 1;
   console.log(reports.map(formatTable).join('\n'));
-  for (const f of writeRun(REPO_ROOT, reports))
+  for (const f of writeRun(REPO_ROOT, reports, commit))
     console.log(`bench: wrote ${relative(REPO_ROOT, f)}`);
   return status;
 }

@@ -243,7 +243,8 @@ export function renderResults(run: BenchRun, jsonPath: string): string {
   return out.join('\n');
 }
 
-function gitCommit(root: string): string {
+/** The checkout's commit (`-dirty` with changes not committed), as the bench starts. */
+export function gitCommit(root: string): string {
   const r = spawnSync('git', ['describe', '--always', '--dirty', '--abbrev=10'], {
     cwd: root,
     encoding: 'utf8',
@@ -252,13 +253,18 @@ function gitCommit(root: string): string {
 }
 
 /** Writes the run's files and regenerates the docs from it; returns the paths written. */
-export function writeRun(root: string, reports: BenchReport[], now = new Date()): string[] {
+export function writeRun(
+  root: string,
+  reports: BenchReport[],
+  commit = gitCommit(root),
+  now = new Date(),
+): string[] {
   const run: BenchRun = {
     date: now
       .toISOString()
       .replace(/:\d\d\.\d+Z$/, ' UTC')
       .replace('T', ' '),
-    commit: gitCommit(root),
+    commit,
     reports,
   };
   const dir = join(root, 'bench-results');
