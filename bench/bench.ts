@@ -1,6 +1,6 @@
 /**
- * `npm run bench [-- --quick] [-- --peer PATH] [-- --kernel 6.1,7.3]`: fio against kernel
- * baselines, the kernel's own C server (kublk, where the kernel's source has it and the kernel
+ * `npm run bench [-- --quick] [-- --peer PATH] [-- --kernel 6.1,7.3] [-- --no-docs]`: fio
+ * against kernel baselines, the kernel's own C server (kublk, where the kernel's source has it and the kernel
  * runs it) and our targets, in one VM session per kernel (or on the host when it has ublk), with
  * each of our numbers as a ratio to its kernel baseline and to the C server in the same mode from
  * the same run. Writes the run to bench-results/<stamp>.json and .md and regenerates
@@ -20,6 +20,9 @@ import { formatTable, type BenchReport } from './workloads.js';
 
 const MARKER = '@@bench-report@@ ';
 const args = process.argv.slice(2).filter((a) => a !== '--');
+/** --no-docs: keep docs/performance-results.md and the chart as they are (a partial or A/B run). */
+const docs = !args.includes('--no-docs');
+if (!docs) args.splice(args.indexOf('--no-docs'), 1);
 // `npm run bench --quick` hands --quick to npm, which passes it on as npm_config_quick.
 if (process.env.npm_config_quick && !args.includes('--quick')) args.push('--quick');
 if (process.env.npm_config_peer && !args.includes('--peer')) {
@@ -91,7 +94,7 @@ async function main(): Promise<number> {
   }
   if (reports.length === 0) return status || 1;
   console.log(reports.map(formatTable).join('\n'));
-  for (const f of writeRun(REPO_ROOT, reports, commit))
+  for (const f of writeRun(REPO_ROOT, reports, commit, docs))
     console.log(`bench: wrote ${relative(REPO_ROOT, f)}`);
   return status;
 }

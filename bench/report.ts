@@ -257,6 +257,7 @@ export function writeRun(
   root: string,
   reports: BenchReport[],
   commit = gitCommit(root),
+  docs = true,
   now = new Date(),
 ): string[] {
   const run: BenchRun = {
@@ -277,7 +278,7 @@ export function writeRun(
     md,
     `# Bench run ${run.date}, commit ${run.commit}\n\n` + reports.map(formatTable).join('\n'),
   );
-  return [json, md, ...writeDocs(root, run, json)];
+  return [json, md, ...(docs ? writeDocs(root, run, json) : [])];
 }
 
 /** docs/performance-results.md and docs/performance.svg from one run. */
