@@ -1,10 +1,10 @@
 /**
  * `npm run bench [-- --quick] [-- --peer PATH] [-- --kernel 6.1,7.3] [-- --no-docs]`: fio
- * against kernel baselines, the kernel's own C server (kublk, where the kernel's source has it and the kernel
- * runs it) and our targets, in one VM session per kernel (or on the host when it has ublk), with
- * each of our numbers as a ratio to its kernel baseline and to the C server in the same mode from
- * the same run. Writes the run to bench-results/<stamp>.json and .md and regenerates
- * docs/performance-results.md and docs/performance.svg from it (bench/report.ts).
+ * against kernel baselines, the kernel's own C server (kublk, where the kernel's source has it
+ * and the kernel runs it) and our targets, in one VM session per kernel (or on the host when it
+ * has ublk), with each of our numbers as a ratio to its kernel baseline and to the C server in
+ * the same mode from the same run. Writes the run to bench-results/<stamp>.json and .md and
+ * regenerates docs/performance-results.md and docs/performance.svg from it (bench/report.ts).
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
