@@ -2,7 +2,7 @@
  * Two builds on one workload, alternating in one VM session, for a design decision:
  *
  *   node dist/bench/ab.js --a CHECKOUT_A --b CHECKOUT_B [--kernel 7.3] [--pairs 4]
- *        [--workload '4k randread QD32'] [--seconds 4] -- <ublk add arguments, e.g. -t loop --auto_zc>
+ *        [--workload '4k randread QD32'] [--seconds 4] -- <ublk add arguments: -t loop --auto_zc>
  *
  * Each pair runs both builds, A first in odd pairs and B first in even ones (the second device of
  * a pair has been seen to run slower), each on a device of its own added, warmed up, measured and

@@ -120,7 +120,7 @@ const plan = { totalSec: 0, doneSec: 0, runs: 0, doneRuns: 0 };
 /** What adding, filling and deleting a device costs, about, in the emulated VM. */
 const SETUP_SEC = 4;
 
-/** Adds a phase to the plan: `devices` each run every workload every round, daemons warm up first. */
+/** Adds a phase to the plan: each device runs every workload every round, daemons warm up first. */
 function planPhase(devices: number, daemons: number, workloads: number): void {
   plan.totalSec += daemons * (1 + SETUP_SEC) + devices * workloads * ROUNDS * runtimeSec;
   plan.runs += devices * workloads * ROUNDS;

@@ -101,8 +101,8 @@ const IDLE_WAIT_MS = 1000;
 /**
  * A busy queue leaves its kernel-wait loop for a turn of the thread's event loop (its timers and
  * messages) once this long has passed, checked every TURN_CHECK_BATCHES batches; with handlers
- * pending, at every check. A turn delays the request it interrupts: see docs/performance.md#decisions,
- * "Event loop turn every 100 ms".
+ * pending, at every check. A turn delays the request it interrupts: see
+ * docs/performance.md#decisions, "Event loop turn every 100 ms".
  */
 const TURN_INTERVAL_MS = 100;
 const TURN_CHECK_BATCHES = 64;
