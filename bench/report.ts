@@ -56,6 +56,12 @@ export function chartRows(report: BenchReport): ChartRow[] {
   return [...rows.values()];
 }
 
+/** Two decimals, three below 0.1 (so that a small ratio does not read as 0.00). */
+function ratioText(ratio: number | undefined): string {
+  if (ratio === undefined) return '-';
+  return ratio.toFixed(ratio < 0.095 ? 3 : 2);
+}
+
 const COLORS = ['#4e79a7', '#f28e2b', '#e15759', '#76b7b2', '#59a14f', '#b07aa1'];
 const colorOf = (workload: string) =>
   COLORS[
@@ -148,9 +154,9 @@ export function renderChart(run: BenchRun): string {
           const by = y + 4 + j * (bar + 1);
           const w = scale(b.ratio);
           out.push(
-            `<rect x="${panels[p]}" y="${by}" width="${w.toFixed(1)}" height="${bar}" fill="${colorOf(b.workload)}"><title>${esc(`${row.device}, ${b.workload}: ${b.ratio.toFixed(2)}`)}</title></rect>`,
+            `<rect x="${panels[p]}" y="${by}" width="${w.toFixed(1)}" height="${bar}" fill="${colorOf(b.workload)}"><title>${esc(`${row.device}, ${b.workload}: ${ratioText(b.ratio)}`)}</title></rect>`,
           );
-          text(panels[p] + w + 3, by + bar - 0.5, b.ratio.toFixed(2), ' class="value"');
+          text(panels[p] + w + 3, by + bar - 0.5, ratioText(b.ratio), ' class="value"');
         }
       }
       y += h;
@@ -180,7 +186,7 @@ export function renderChart(run: BenchRun): string {
 }
 
 const cell = (bars: Bar[], workload: string) =>
-  bars.find((b) => b.workload === workload)?.ratio.toFixed(2) ?? '-';
+  ratioText(bars.find((b) => b.workload === workload)?.ratio);
 
 /** One table per kernel: our devices against the kernel and against kublk, every workload. */
 export function ratioTable(report: BenchReport): string {
@@ -188,14 +194,14 @@ export function ratioTable(report: BenchReport): string {
   const workloads = WORKLOADS.filter((w) =>
     rows.some((r) => [...r.vsKernel, ...r.vsC].some((b) => b.workload === w.name)),
   );
+  const hasC = rows.some((r) => r.vsC.length > 0);
   const head = ['device', ...workloads.map((w) => (w.latency ? `${w.name} (latency)` : w.name))];
+  const both = (r: ChartRow, w: string) =>
+    hasC ? `${cell(r.vsKernel, w)} / ${cell(r.vsC, w)}` : cell(r.vsKernel, w);
   const lines = [
     `| ${head.join(' | ')} |`,
     `|${head.map(() => '---').join('|')}|`,
-    ...rows.map(
-      (r) =>
-        `| ${r.device} | ${workloads.map((w) => `${cell(r.vsKernel, w.name)} / ${cell(r.vsC, w.name)}`).join(' | ')} |`,
-    ),
+    ...rows.map((r) => `| ${r.device} | ${workloads.map((w) => both(r, w.name)).join(' | ')} |`),
   ];
   return lines.join('\n');
 }
@@ -224,12 +230,17 @@ export function renderResults(run: BenchRun, jsonPath: string): string {
     '',
   ];
   for (const report of run.reports) {
+    const hasC = chartRows(report).some((r) => r.vsC.length > 0);
+    const what = hasC
+      ? "**against the kernel's device / against kublk in the same mode** (kublk has no mem " +
+        'or nbd target)'
+      : "**against the kernel's device** (kublk does not run on this kernel)";
+    const how = describe(report);
     out.push(
       `## Linux ${report.kernel}`,
       '',
-      `Ratios, higher is better (1.00 = as fast): **against the kernel's device / against kublk ` +
-        'in the same mode**; latency is theirs over ours. "-" where there is nothing to compare ' +
-        `with (kublk does not run on Linux 6.1, and has no mem target). ${describe(report)}.`,
+      `Ratios, higher is better (1.00 = as fast), ${what}; for latency, theirs over ours; "-" ` +
+        `where there is nothing to compare with. ${how[0].toUpperCase()}${how.slice(1)}.`,
       '',
       ratioTable(report),
       '',
