@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { release } from 'node:os';
+import { loadavg, release } from 'node:os';
 import { join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
 import { REPO_ROOT } from '../scripts/lib/common.js';
@@ -72,6 +72,7 @@ async function runOn(kernel: string | undefined, kernelsAfter: number): Promise<
 async function main(): Promise<number> {
   // The code that runs is the checkout as it is now, whatever is committed while it runs.
   const commit = gitCommit(REPO_ROOT);
+  const loadAtStart = loadavg()[0];
   const onHost = existsSync('/dev/ublk-control') && process.getuid?.() === 0;
   const reports: BenchReport[] = [];
   let status = 0;
@@ -94,7 +95,11 @@ async function main(): Promise<number> {
   }
   if (reports.length === 0) return status || 1;
   console.log(reports.map(formatTable).join('\n'));
-  for (const f of writeRun(REPO_ROOT, reports, commit, docs))
+  for (const f of writeRun(REPO_ROOT, reports, {
+    commit,
+    docs,
+    hostLoad: [loadAtStart, loadavg()[0]],
+  }))
     console.log(`bench: wrote ${relative(REPO_ROOT, f)}`);
   return status;
 }

@@ -16,6 +16,8 @@ import { formatTable, summarize, WORKLOADS, type BenchReport, type Summary } fro
 export interface BenchRun {
   date: string;
   commit: string;
+  /** The host's 1-minute load average as the run started and ended: how busy the machine was. */
+  hostLoad?: [number, number];
   reports: BenchReport[];
 }
 
@@ -215,7 +217,12 @@ export function renderResults(run: BenchRun, jsonPath: string): string {
     '',
     '# Benchmark results',
     '',
-    `The latest \`npm run bench\`: ${run.date}, commit \`${run.commit}\`, Linux ${kernels}. ` +
+    `The latest \`npm run bench\`: ${run.date}, commit \`${run.commit}\`, Linux ${kernels}` +
+      (run.hostLoad
+        ? `, the host's load average ${run.hostLoad[0].toFixed(1)} at the start and ` +
+          `${run.hostLoad[1].toFixed(1)} at the end (2 cores)`
+        : '') +
+      '. ' +
       `Every fio run: [${jsonPath}](${jsonPath}). How the bench works and how to read it: ` +
       '[performance.md](performance.md).',
     '',
@@ -267,11 +274,15 @@ export function gitCommit(root: string): string {
 export function writeRun(
   root: string,
   reports: BenchReport[],
-  commit = gitCommit(root),
-  docs = true,
+  {
+    commit = gitCommit(root),
+    docs = true,
+    hostLoad = undefined as [number, number] | undefined,
+  } = {},
   now = new Date(),
 ): string[] {
   const run: BenchRun = {
+    hostLoad,
     date: now
       .toISOString()
       .replace(/:\d\d\.\d+Z$/, ' UTC')
