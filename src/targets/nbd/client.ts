@@ -383,7 +383,7 @@ export class NbdClient {
   private async receiveLoop(session: Session): Promise<void> {
     try {
       while (session.inFlight.size > 0 && !session.broken) {
-        // A RECV brings several replies at once (7.4 per RECV at 4k randread QD32 in the VM): the
+        // A RECV brings several replies at once under load: the
         // ones staged whole are parsed without an await, a promise or a microtask hop each.
         const wanted = this.wantedBytes(session);
         // Until a reply's magic is staged, how many bytes it has is a guess (see wantedBytes).
