@@ -149,7 +149,7 @@ function progress(message: string): void {
 
 /**
  * A quick run keeps every mode on loop, null in copy mode only, and neither mem nor TLS: it
- * has to fit both kernels in 10 minutes (with every row it took 11).
+ * keeps both kernels to a check of some minutes.
  */
 function targetsOf(mode: (typeof MODES)[number]): (typeof mode)['targets'] {
   if (!quick) return mode.targets;
