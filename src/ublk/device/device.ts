@@ -376,7 +376,7 @@ async function zeroCopyFlag(
     );
   }
   // Handlers that move the data as ring IO pay a round trip per move, a copy did it in one for
-  // many requests (nbd on 7.3: 0.36x the copy's 4k randread IOPS, 0.99x on 64k seqread): only when asked.
+  // many requests (docs/performance.md#decisions, "nbd zero copy only when asked"): on request.
   if (caps.zeroCopy === 'handlers' && !required) return 0;
   if (hasFlag((await control.getFeatures()) ?? 0, UBLK_F.AUTO_BUF_REG)) return UBLK_F.AUTO_BUF_REG;
   if (!required) return 0;

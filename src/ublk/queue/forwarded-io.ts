@@ -37,10 +37,8 @@ const STAGE_DISCARD = 7;
 
 /**
  * The largest read or write of a file in memory done on this thread (see `onThread`); a longer
- * copy is left to io-wq, where it runs beside this thread's work on another CPU. Loop over tmpfs
- * in copy mode on 7.3, one VM session, on the thread against ring IO, fio QD32: 16 KiB randread
- * 1.16x and 1.25x the IOPS (two rounds), randwrite 1.10x and 1.44x; 32 KiB randread 0.93x and
- * 0.86x; 64 KiB sequential reads at QD8 0.77x.
+ * copy is left to io-wq, where it runs beside this thread's work on another CPU. See
+ * docs/performance.md#decisions, "Short IO of in-memory files on the queue thread".
  */
 const ON_THREAD_MAX_BYTES = 16 * 1024;
 
@@ -234,8 +232,7 @@ export class ForwardedIo {
    * IOs), manual zero copy (the registration's commands around the IO), or a sync someone must
    * hear of (onSync, from the CQE). Only while no other forwarded IO is in flight: then the
    * thread would wake for this IO alone, while under load it wakes for others anyway and sends
-   * many commits in one enter. Measured on 7.3 (loop, auto zero copy, alternating builds, five
-   * rounds): linking every request cut QD1 mean latency to 0.91x but 4k randread QD32 to 0.88x.
+   * many commits in one enter (docs/performance.md#decisions, "Commit linked behind a lone IO").
    */
   private linkable(tag: number, stage: number, forward: RingForward): boolean {
     const linkedCommit = this.config.linkedCommit;
@@ -255,9 +252,7 @@ export class ForwardedIo {
    * data in our memory (copy mode, user copy). Those files have no FMODE_NOWAIT, so io_uring hands
    * each read or write of them to an io-wq worker, which makes the same copy one thread switch
    * later, and this thread wakes once more for its CQE; nothing in them waits for a device. kublk's
-   * user copy reads /dev/ublkcN with pread for the same reason. Loop over tmpfs in copy mode on
-   * 7.3, one VM session alternating with ring IO, two rounds: fio 4k randread QD32 1.40x and 1.43x
-   * the IOPS, randwrite QD32 1.68x and 1.34x, randread QD1 mean latency 0.58x and 0.55x.
+   * user copy reads /dev/ublkcN with pread for the same reason (docs/performance.md#decisions).
    */
   private onThread(fd: number): boolean {
     if (this.config.autoBufReg || this.config.manualZeroCopy !== undefined) return false;

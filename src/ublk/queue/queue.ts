@@ -101,9 +101,8 @@ const IDLE_WAIT_MS = 1000;
 /**
  * A busy queue leaves its kernel-wait loop for a turn of the thread's event loop (its timers and
  * messages) once this long has passed, checked every TURN_CHECK_BATCHES batches; with handlers
- * pending, at every check. A turn costs the request it delays some hundreds of microseconds in
- * the emulated test VM: with a turn every 64 batches, fio 4k QD1 on null there had a p99 of
- * 0.88-1.03 ms; with one every 4096, 0.59-0.69.
+ * pending, at every check. A turn delays the request it interrupts: see
+ * docs/performance.md#decisions, "Event loop turn every 100 ms".
  */
 const TURN_INTERVAL_MS = 100;
 const TURN_CHECK_BATCHES = 64;
@@ -344,11 +343,11 @@ export class Queue implements IoCommandSink {
       } else {
         const timeout = tags.pendingHandlers > 0 ? BUSY_WAIT_MS : IDLE_WAIT_MS;
         // A COMMIT_IO_CMDS completes during the enter that submits it: wait for a CQE beyond
-        // those, else the enter returns at once and a second one sleeps (fio 4k QD1 on null in
-        // the VM: p99 18 ms and 0.4k IOPS that way, 8 ms and 1.0k IOPS waiting past them).
+        // those, else the enter returns at once and a second one sleeps (one more enter and pass
+        // of the loop per request).
         // Likewise a whole-buffer SEND, which a socket with room takes at once: waking for its
-        // CQE alone costs a return to JavaScript and one more enter (nbd 4k QD1 in the VM: 3.0
-        // enters per request that way, 2.0 waiting past it; strace). Such a send is of bytes the
+        // CQE alone costs a return to JavaScript and one more enter (docs/performance.md#decisions,
+        // "A SEND of whole requests does not wake the queue"). Such a send is of bytes the
         // peer answers (QueueIo.send), so the answer ends this wait, else its timeout does.
         const commits = this.batch?.inFlight ?? 0;
         const res = this.ring.submitAndWait(1 + commits + this.selfCompleting, timeout);

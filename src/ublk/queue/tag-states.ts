@@ -352,8 +352,8 @@ export class TagStates {
    * Copies `length` bytes between the tag's bounce buffer and its request: 0 or -errno. With
    * pread/pwrite on /dev/ublkcN from this thread, as kublk does, not as ring IO: the char device
    * has no FMODE_NOWAIT, so io_uring hands every read or write of it to an io-wq worker, one
-   * more thread switch and one more wake-up of this thread per request. Measured on 7.3 (loop,
-   * --usercopy, tmpfs, fio 4k randread): see the README's performance section.
+   * more thread switch and one more wake-up of this thread per request: see
+   * docs/performance.md#decisions, "User copy on the queue thread".
    */
   private copy(tag: number, stage: number, length: number): number {
     const fd = this.config.charFd!;
