@@ -84,7 +84,7 @@ export function controlProblem(argv: readonly string[], access: ControlAccess): 
   const inVm = `npm run vm -- ublk ${argv.map(shellWord).join(' ')}`;
   if (!access.controlExists) {
     const vm = access.checkout
-      ? `; or, in this repository, '${inVm}' runs it in a VM whose kernel has ublk`
+      ? `; or, in this repository, run it in a VM whose kernel has ublk: ${inVm}`
       : '';
     switch (access.driver) {
       case 'module':
@@ -97,7 +97,7 @@ export function controlProblem(argv: readonly string[], access: ControlAccess): 
           `no ${CONTROL_PATH}, and this kernel (${access.release}) has no ublk driver, so 'modprobe ublk_drv' cannot help: ` +
           `ublk needs Linux 6.0+ built with CONFIG_BLK_DEV_UBLK` +
           (access.checkout
-            ? `; in this repository, '${inVm}' runs it in a VM whose kernel has ublk`
+            ? `; in this repository, run it in a VM whose kernel has ublk: ${inVm}`
             : '')
         );
     }
@@ -106,7 +106,7 @@ export function controlProblem(argv: readonly string[], access: ControlAccess): 
   return (
     `${command} needs root (ublk control commands need CAP_SYS_ADMIN): use sudo; ` +
     `for a device of your own (add --unprivileged, Linux 6.3+), ${CONTROL_PATH} must be open to users (udev/99-ublk-dev.rules)` +
-    (access.checkout ? `; or, in this repository, '${inVm}' runs it as root in a VM` : '')
+    (access.checkout ? `; or, in this repository, run it as root in a VM: ${inVm}` : '')
   );
 }
 
