@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
-import { type Control } from '../ublk/control/control.js';
+import type { Control } from '../ublk/control/control.js';
 import { openControl } from '../ublk/control/control-errors.js';
 import { parseAdd, startDaemon } from './add.js';
 import {
