@@ -8,17 +8,13 @@ import { constants } from 'node:os';
 import { test } from 'node:test';
 import { UBLK_IO, UBLK_IO_OP, UBLK_IO_RES } from '../../src/ublk/ublk-cmd.js';
 import { FailureLog } from '../../src/ublk/queue/failure-log.js';
-import { FORWARDED_IO_BASE } from '../../src/ublk/queue/forwarded-io.js';
+import { encodeUserData, UD_FORWARDED_IO, UD_HOOK_DELAY } from '../../src/ublk/queue/user-data.js';
 import { Queue } from '../../src/ublk/queue/queue.js';
-import {
-  HOOK_DELAY_BASE,
-  ROUTE_BELOW,
-  ROUTE_HANDLERS,
-  type LayerHook,
-} from '../../src/ublk/queue/request-hooks.js';
+import { ROUTE_BELOW, ROUTE_HANDLERS, type LayerHook } from '../../src/ublk/queue/request-hooks.js';
 import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import type { QueueHandlers } from '../../src/ublk/target/contract.js';
 import {
+  forwardedCqe,
   StandInDescriptors,
   StandInRing,
   standInResources,
@@ -76,9 +72,8 @@ function hookedTags(handlers: QueueHandlers, options: { autoBufReg?: boolean } =
     tags.complete(tag, UBLK_IO_RES.OK);
     return ring.targetIo.slice(before);
   };
-  const forwardedCqe = (io: PreparedIo, res: number) =>
-    tags.forwarded.complete(io.userData - FORWARDED_IO_BASE, res);
-  return { tags, ring, sent, logged, request, forwardedCqe };
+  const forwarded = (io: PreparedIo, res: number) => forwardedCqe(tags.forwarded, io.userData, res);
+  return { tags, ring, sent, logged, request, forwardedCqe: forwarded };
 }
 
 const READ_8K = { op: UBLK_IO_OP.READ, startSector: 16, nrSectors: 16 };
@@ -132,7 +127,7 @@ test('a delay is a TIMEOUT on the ring: the hooks below and the IO come after it
   });
   const [timeout] = request(3, READ_8K);
   assert.equal(timeout.kind, 'timeout');
-  assert.equal(timeout.userData, HOOK_DELAY_BASE + 3);
+  assert.equal(timeout.userData, encodeUserData(UD_HOOK_DELAY, 3));
   assert.deepEqual(log, ['slow before read 8192+8192 tag 3']);
   assert.equal(tags.ringIoInFlight, 1, 'the queue waits for it before closing');
   delay = 0;
@@ -190,11 +185,11 @@ test('the queue routes a delay TIMEOUT completion to its tag', async () => {
   ring.complete(1, UBLK_IO_RES.OK);
   await turns();
   const timeout = ring.targetIo[ring.targetIo.length - 1];
-  assert.equal(timeout.userData, HOOK_DELAY_BASE + 1);
+  assert.equal(timeout.userData, encodeUserData(UD_HOOK_DELAY, 1));
   ring.complete(timeout.userData, -constants.errno.ETIME);
   await turns();
   const read = ring.targetIo[ring.targetIo.length - 1];
-  assert.equal(read.userData, FORWARDED_IO_BASE + 1);
+  assert.equal(read.userData, encodeUserData(UD_FORWARDED_IO, 1));
   ring.complete(read.userData, 8192);
   await turns();
   assert.deepEqual(ring.sent().at(-1), {

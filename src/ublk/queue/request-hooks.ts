@@ -10,6 +10,7 @@ import type { SubmissionQueue } from '../../uring/index.js';
 import { KERNEL_TIMESPEC } from '../../uring/abi.js';
 import { writeU64 } from '../../uring/u64.js';
 import { UBLK_IO_OP } from '../ublk-cmd.js';
+import { encodeUserData, UD_HOOK_DELAY } from './user-data.js';
 
 /** Request kinds as hooks see them (the filters' option names). */
 export type RequestKind = 'read' | 'write' | 'flush' | 'discard' | 'write_zeroes';
@@ -54,9 +55,6 @@ export type RequestHooks = Partial<Record<RequestKind, readonly LayerHook[]>>;
 /** RequestHook.route: on to the layer below, or to the filter's own handlers. */
 export const ROUTE_BELOW = -1;
 export const ROUTE_HANDLERS = -2;
-
-/** user_data of a delayed request's TIMEOUT: this plus its tag. */
-export const HOOK_DELAY_BASE = 2 ** 42;
 
 /** Each ublk op's kind, indexed by UBLK_IO_OP. */
 const KIND_OF: (RequestKind | undefined)[] = [];
@@ -225,7 +223,8 @@ export class HookRunner {
     writeU64(this.timespecs, words + KERNEL_TIMESPEC.tvSec / 4, Math.floor(nanos / 1e9));
     writeU64(this.timespecs, words + KERNEL_TIMESPEC.tvNsec / 4, nanos % 1e9);
     const address = this.timespecsAddress + tag * KERNEL_TIMESPEC.size;
-    while (!this.ring.sq.prepTimeout(address, HOOK_DELAY_BASE + tag)) this.ring.makeRoom();
+    const userData = encodeUserData(UD_HOOK_DELAY, tag);
+    while (!this.ring.sq.prepTimeout(address, userData)) this.ring.makeRoom();
     this.inFlight++;
   }
 
