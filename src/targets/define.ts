@@ -35,7 +35,18 @@ export {
   type FilterSetup,
   type NextHandlers,
 } from '../ublk/target/filter.js';
-export type { RequestHook, RequestKind } from '../ublk/queue/request-hooks.js';
+export {
+  HOOK_PASS,
+  hookDelay,
+  hookFail,
+  ROUTE_BELOW,
+  ROUTE_HANDLERS,
+  routeToFile,
+  type HookRoute,
+  type HookVerdict,
+  type RequestHook,
+  type RequestKind,
+} from '../ublk/queue/request-hooks.js';
 export { parseSize } from './size.js';
 export { UserError } from '../errors.js';
 

@@ -1,5 +1,6 @@
 import { errnoError, UserError } from '../../errors.js';
 import { defineFilter, type FilterHandlers } from '../../ublk/target/filter.js';
+import { HOOK_PASS, hookFail } from '../../ublk/queue/request-hooks.js';
 import { parseErrno, parseOps, parseRange, parseRate, type Op } from './options.js';
 
 /**
@@ -82,12 +83,13 @@ export default defineFilter({
       }
     };
     const { ops, errno } = plan;
+    const failed = hookFail(errno);
     const own: FilterHandlers = {
       hook: {
         before: (kind, offset, length) =>
           ops.includes(kind) && fails(plan, kind, offset, length, plan.rate < 1 ? Math.random() : 0)
-            ? -errno
-            : 0,
+            ? failed
+            : HOOK_PASS,
       },
     };
     for (const op of plan.ops) {
