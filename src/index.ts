@@ -72,3 +72,5 @@ export {
   type ErrnoError,
   type UserErrorCode,
 } from './errors.js';
+/** What a ublk control command the kernel refused throws (ADD_DEV's EEXIST...). */
+export { ControlError, isControlError } from './ublk/control/control.js';
