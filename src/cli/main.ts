@@ -1,13 +1,8 @@
 #!/usr/bin/env node
 import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
-import {
-  BUILT_IN_FILTERS,
-  loadFilter,
-  loadTarget,
-  resolveFilterSource,
-  resolveTargetSource,
-} from '../ublk/target/loader.js';
+import { loadFilter, loadTarget } from '../ublk/target/loader.js';
+import { BUILT_IN_FILTERS, filterSource, targetSource } from '../targets/registry.js';
 import type { TargetOptionSpecs } from '../ublk/target/contract.js';
 import { CONTROL_PATH, type Control } from '../ublk/control/control.js';
 import { openControl } from '../ublk/control/control-errors.js';
@@ -97,14 +92,14 @@ async function helpCommand(argv: string[]): Promise<string> {
   if ((typeAt < 0 || typeAt + 1 >= argv.length) && filters.length === 0) return USAGE;
   const lines: string[] = [];
   if (typeAt >= 0 && typeAt + 1 < argv.length) {
-    const target = await loadTarget(resolveTargetSource(argv[typeAt + 1]));
+    const target = await loadTarget(targetSource(argv[typeAt + 1]));
     lines.push(
       `ublk add -t ${argv[typeAt + 1]} (target ${target.name})`,
       ...optionLines(target.options ?? {}),
     );
   }
   for (const name of filters) {
-    const filter = await loadFilter(resolveFilterSource(name));
+    const filter = await loadFilter(filterSource(name));
     lines.push(
       `ublk add --filter ${name} (filter ${filter.name})`,
       ...optionLines(filter.options ?? {}),
