@@ -13,23 +13,21 @@ import {
 } from '../ublk/target/loader.js';
 import { UserError } from '../errors.js';
 
-const url = (path: string) => new URL(path, import.meta.url).href;
-
-/** Each built-in target's module URL, by name. */
+/** Each built-in target's module URL, by name (spelt out: the layering test reads them). */
 export const BUILT_IN_TARGETS: Readonly<Record<string, string>> = {
-  null: url('./null.js'),
-  loop: url('./loop.js'),
-  mem: url('./mem.js'),
-  nbd: url('./nbd.js'),
+  null: new URL('./null.js', import.meta.url).href,
+  loop: new URL('./loop.js', import.meta.url).href,
+  mem: new URL('./mem.js', import.meta.url).href,
+  nbd: new URL('./nbd.js', import.meta.url).href,
 };
 
 /** Each built-in filter's module URL, by name. */
 export const BUILT_IN_FILTERS: Readonly<Record<string, string>> = {
-  cow: url('./filters/cow.js'),
-  delay: url('./filters/delay.js'),
-  error: url('./filters/error.js'),
-  readonly: url('./filters/readonly.js'),
-  stats: url('./filters/stats.js'),
+  cow: new URL('./filters/cow.js', import.meta.url).href,
+  delay: new URL('./filters/delay.js', import.meta.url).href,
+  error: new URL('./filters/error.js', import.meta.url).href,
+  readonly: new URL('./filters/readonly.js', import.meta.url).href,
+  stats: new URL('./filters/stats.js', import.meta.url).href,
 };
 
 /** ublksrv's numeric target types, for `list`'s target line; user modules have none of theirs. */
