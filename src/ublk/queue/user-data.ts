@@ -4,9 +4,9 @@
  * the only one that knows the layout; everything that prepares or completes ring IO goes through
  * encodeUserData / userDataKind / userDataIndex.
  *
- * Layout: kind × 2^32 + index, every index below 2^32 and every kind below 2^21, so that a
- * user_data is an integer below 2^53 (a plain number, no BigInt) and decoding is one division and
- * one truncation, in any order of kinds. Tag commands are kind 0: their user_data is the tag.
+ * Layout: kind × 2^27 + index, every index below 2^27 and every kind below 16, so that a user_data
+ * is below 2^31: a small integer (a Smi) that V8 never boxes, no BigInt, and decoding is a shift
+ * and a mask, in any order of kinds. Tag commands are kind 0: their user_data is the tag.
  */
 
 /** A tag's ublk command (FETCH_REQ, COMMIT_AND_FETCH_REQ, NEED_GET_DATA); index: the tag. */
@@ -39,14 +39,16 @@ export type UserDataKind =
   | typeof UD_BATCH_COMMAND
   | typeof UD_BATCH_FETCH;
 
-const INDEX_SCALE = 2 ** 32;
+const INDEX_BITS = 27;
+const INDEX_SCALE = 2 ** INDEX_BITS;
+const INDEX_MASK = INDEX_SCALE - 1;
 /** A ublk tag is a u16 (struct ublksrv_io_desc's tag field and the kernel's queue depth cap). */
 const TAG_LIMIT = 2 ** 16;
 
 /** Per kind, the first index it refuses (its indexes run from 0 below it). */
 export const USER_DATA_INDEX_LIMIT: readonly number[] = [
   TAG_LIMIT, // UD_TAG_COMMAND
-  INDEX_SCALE, // UD_TARGET_IO
+  INDEX_SCALE, // UD_TARGET_IO: far more ctx.io calls than could ever be in flight
   TAG_LIMIT, // UD_FORWARDED_IO
   TAG_LIMIT, // UD_REGISTER_IO_BUF
   TAG_LIMIT, // UD_UNREGISTER_IO_BUF
@@ -66,23 +68,23 @@ export function userDataRange(kind: UserDataKind): { first: number; last: number
 
 /** The user_data of `index` of `kind`; a RangeError for an index the kind has no room for. */
 export function encodeUserData(kind: UserDataKind, index: number): number {
-  // `>>> 0` keeps only an integer from 0 to 2^32 - 1 as it is.
-  if (index >>> 0 !== index || index >= USER_DATA_INDEX_LIMIT[kind]) {
+  // `>>> 0` keeps only an integer from 0 to 2^32 - 1 as it is; an unknown kind has no limit.
+  if (index >>> 0 !== index || !(index < USER_DATA_INDEX_LIMIT[kind])) {
     throw new RangeError(`user_data index ${index} out of range for kind ${kind}`);
   }
   return kind * INDEX_SCALE + index;
 }
 
 /**
- * The kind of a CQE's user_data: one of the UD_ constants for what this module encoded, anything
- * else (USER_DATA_KINDS or more) for what it did not. The caller refuses the latter.
+ * The kind of a CQE's user_data: one of the UD_ constants for what this module encoded; for
+ * anything else below 2^32, USER_DATA_KINDS or more, which the caller refuses. (The queue's ring
+ * carries no other user_data.)
  */
 export function userDataKind(userData: number): number {
-  return Math.floor(userData / INDEX_SCALE);
+  return userData >>> INDEX_BITS;
 }
 
 /** The index of a CQE's user_data (a tag, a slot...), as userDataKind tells of what. */
 export function userDataIndex(userData: number): number {
-  // The low 32 bits: exact for any integer below 2^53.
-  return userData >>> 0;
+  return userData & INDEX_MASK;
 }
