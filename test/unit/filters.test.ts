@@ -36,7 +36,7 @@ import {
   parseOps,
   parseRange,
   parseRate,
-} from '../../src/targets/filters/options.js';
+} from '../../src/targets/filters/filter-options.js';
 
 const env = { recovering: false, startEmpty: false, queues: 1 };
 

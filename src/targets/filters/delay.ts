@@ -6,7 +6,7 @@ import {
   type HookVerdict,
   type RequestKind,
 } from '../../ublk/queue/request-hooks.js';
-import { parseDuration } from './options.js';
+import { parseDuration } from './filter-options.js';
 
 /**
  * nbdkit's delay filter: each request of a kind waits the given time before the layer below

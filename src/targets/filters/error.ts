@@ -1,7 +1,7 @@
 import { errnoError, UserError } from '../../errors.js';
 import { defineFilter, type FilterHandlers } from '../../ublk/target/filter.js';
 import { HOOK_PASS, hookFail } from '../../ublk/queue/request-hooks.js';
-import { parseErrno, parseOps, parseRange, parseRate, type Op } from './options.js';
+import { parseErrno, parseOps, parseRange, parseRate, type Op } from './filter-options.js';
 
 /**
  * nbdkit's error filter: requests of the chosen kinds fail with an errno, at a rate, or where

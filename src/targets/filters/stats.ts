@@ -3,7 +3,7 @@ import { UserError } from '../../errors.js';
 import { defineFilter, type FilterHandlers, type NextHandlers } from '../../ublk/target/filter.js';
 import { HOOK_PASS, type RequestHook } from '../../ublk/queue/request-hooks.js';
 import type { MaybePromise, IoResult } from '../../ublk/target/contract.js';
-import { OPS, type Op } from './options.js';
+import { OPS, type Op } from './filter-options.js';
 
 /**
  * nbdkit's stats filter: per request kind, the requests, bytes, failures and a latency histogram,
