@@ -5,7 +5,7 @@
  * own options come from the module (`ublk help -t TYPE`), not from this table.
  */
 import type { ParseArgsConfig } from 'node:util';
-import { BUILT_IN, BUILT_IN_FILTERS } from '../ublk/target/loader.js';
+import { BUILT_IN_FILTERS, BUILT_IN_TARGETS } from '../targets/registry.js';
 
 export interface OptionDoc {
   type: 'string' | 'boolean';
@@ -36,7 +36,7 @@ const ADD = {
     short: 't',
     value: 'TYPE',
     required: true,
-    help: `${Object.keys(BUILT_IN).join(', ')}, or the path of a target module (./my-target.js)`,
+    help: `${Object.keys(BUILT_IN_TARGETS).join(', ')}, or the path of a target module (./my-target.js)`,
   },
   number: { ...DEV_ID, help: 'the device id (default: the kernel picks one)' },
   queues: {

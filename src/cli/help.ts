@@ -4,12 +4,8 @@
  * ublksrv's layout: a synopsis line per command, then its options indented by a tab.
  */
 import type { TargetOptionSpecs } from '../ublk/target/contract.js';
-import {
-  loadFilter,
-  loadTarget,
-  resolveFilterSource,
-  resolveTargetSource,
-} from '../ublk/target/loader.js';
+import { loadFilter, loadTarget } from '../ublk/target/loader.js';
+import { filterSource, targetSource } from '../targets/registry.js';
 import { findFilters, findTargetType, strictParse } from './args.js';
 import {
   COMMANDS,
@@ -115,11 +111,11 @@ export async function targetUsage(
 ): Promise<string> {
   const lines: string[] = [];
   if (type !== undefined) {
-    const target = await loadTarget(resolveTargetSource(type));
+    const target = await loadTarget(targetSource(type));
     lines.push(`ublk add -t ${type} (target ${target.name})`, ...specLines(target.options ?? {}));
   }
   for (const name of filters) {
-    const filter = await loadFilter(resolveFilterSource(name));
+    const filter = await loadFilter(filterSource(name));
     lines.push(
       `ublk add --filter ${name} (filter ${filter.name})`,
       ...specLines(filter.options ?? {}),

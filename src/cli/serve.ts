@@ -1,7 +1,7 @@
 import { UBLK_F } from '../ublk/ublk-cmd.js';
 import { DEBUG_EVERY_FAILURE } from '../ublk/queue/failure-log.js';
 import { createDevice, recoverDevice, type Device } from '../ublk/device/device.js';
-import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../ublk/target/loader.js';
+import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../targets/registry.js';
 import { UserError } from '../errors.js';
 import type { AddOptions } from './args.js';
 import { readRecord, removeRecord, runDir, writeRecord } from './run-dir.js';

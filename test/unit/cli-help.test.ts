@@ -23,14 +23,13 @@ import {
 import { COMMANDS, type CommandName } from '../../src/cli/commands.js';
 import { controlProblem, ublkDriver, type ControlAccess } from '../../src/cli/control-access.js';
 import { commandUsage, helpCommand, targetUsage, usage } from '../../src/cli/help.js';
+import { loadFilter, loadTarget } from '../../src/ublk/target/loader.js';
 import {
-  BUILT_IN,
   BUILT_IN_FILTERS,
-  loadFilter,
-  loadTarget,
-  resolveFilterSource,
-  resolveTargetSource,
-} from '../../src/ublk/target/loader.js';
+  BUILT_IN_TARGETS,
+  filterSource,
+  targetSource,
+} from '../../src/targets/registry.js';
 
 // This file runs as dist/test/unit/cli-help.test.js.
 const CLI = fileURLToPath(new URL('../../bundle/cli/main.js', import.meta.url));
@@ -140,8 +139,8 @@ test('ublk COMMAND --help prints that command alone; add -t TYPE --help adds its
 });
 
 test('ublk help -t TYPE and --filter FILTER list every option of each built-in', async () => {
-  for (const type of Object.keys(BUILT_IN)) {
-    const target = await loadTarget(resolveTargetSource(type));
+  for (const type of Object.keys(BUILT_IN_TARGETS)) {
+    const target = await loadTarget(targetSource(type));
     const text = await targetUsage(type, []);
     assert.equal(await helpCommand(['-t', type]), text);
     for (const [name, spec] of Object.entries(target.options ?? {})) {
@@ -150,7 +149,7 @@ test('ublk help -t TYPE and --filter FILTER list every option of each built-in',
     }
   }
   for (const name of Object.keys(BUILT_IN_FILTERS)) {
-    const filter = await loadFilter(resolveFilterSource(name));
+    const filter = await loadFilter(filterSource(name));
     const text = await helpCommand(['--filter', name]);
     for (const option of Object.keys(filter.options ?? {})) {
       assert.ok(lists(text, `--${option}`), `help --filter ${name} lists --${option}`);

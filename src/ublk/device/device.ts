@@ -4,10 +4,11 @@ import { Worker } from 'node:worker_threads';
 import { UserError } from '../../errors.js';
 import { ownFdOnDevice, processExists, processRunning } from '../../processes.js';
 import { close, constants as sysConstants, isErrnoError, open } from '../../sys.js';
-import { loadTarget, resolveTargetSource } from '../target/loader.js';
+import { resolveTarget } from '../target/loader.js';
 import {
   SECTOR,
   type Capabilities,
+  type Target,
   type TargetArgs,
   type TargetSetup,
 } from '../target/contract.js';
@@ -27,8 +28,13 @@ import { paramsFor } from '../control/params.js';
 import type { QueueWorkerData, QueueWorkerMessage } from '../queue/queue-worker.js';
 
 export interface DeviceOptions {
-  /** A built-in target name (null, loop, mem) or the path of a target module. */
-  target: string;
+  /**
+   * The target: the path of a target module, its file: URL, or a Target object that says which
+   * module it is the default export of (defineTarget(spec, import.meta.url), or a withFilters
+   * stack of such), which each queue thread imports. Built-in names and exports ('loop',
+   * loopTarget) are the package index's createDevice's to turn into their modules' URLs.
+   */
+  target: string | URL | Target;
   /** The target's arguments, as `ublk add` would pass its options. */
   args?: TargetArgs;
   /** Device id; the kernel picks one when omitted. */
@@ -71,8 +77,8 @@ export interface DeviceOptions {
 }
 
 export interface RecoverOptions {
-  /** The target the device was made with: a built-in name or the path of a target module. */
-  target: string;
+  /** The target the device was made with, as in DeviceOptions. */
+  target: string | URL | Target;
   /** The target's arguments, as the device was added with. */
   args?: TargetArgs;
   /** Accept a target that cannot keep the data of the dead daemon (mem) starting empty. */
@@ -199,8 +205,7 @@ export class Device {
 
   /** @internal */
   static async create(options: DeviceOptions): Promise<Device> {
-    const source = resolveTargetSource(options.target);
-    const target = await loadTarget(source);
+    const { source, target } = await resolveTarget(options.target);
     const setup = await target.setup(options.args ?? {}, {
       recovering: false,
       startEmpty: false,
@@ -276,8 +281,7 @@ export class Device {
    * the target must come back with the same size.
    */
   static async recover(devId: number, options: RecoverOptions): Promise<Device> {
-    const source = resolveTargetSource(options.target);
-    const target = await loadTarget(source);
+    const { source, target } = await resolveTarget(options.target);
     const control = openControl();
     let setup: TargetSetup | undefined;
     let info: DevInfo;

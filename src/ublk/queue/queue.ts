@@ -21,7 +21,6 @@ import {
   writeIoCmd,
 } from '../ublk-cmd.js';
 import {
-  BATCH_IO_BASE,
   BatchIo,
   batchElemBytes,
   openBatchMemory,
@@ -29,8 +28,8 @@ import {
   type BatchRing,
 } from './batch-io.js';
 import { FailureLog } from './failure-log.js';
-import { FORWARDED_IO_BASE, type ForwardRing } from './forwarded-io.js';
-import { HOOK_DELAY_BASE, type HookRing } from './request-hooks.js';
+import type { ForwardRing } from './forwarded-io.js';
+import type { HookRing } from './request-hooks.js';
 import {
   TagStates,
   type IoCommandSink,
@@ -39,6 +38,20 @@ import {
 } from './tag-states.js';
 import type { QueueHandlers, QueueIo } from '../target/contract.js';
 import { bouncePoolBytes } from './user-copy.js';
+import {
+  encodeUserData,
+  UD_BATCH_COMMAND,
+  UD_BATCH_FETCH,
+  UD_FORWARDED_IO,
+  UD_HOOK_DELAY,
+  UD_LINKED_COMMIT,
+  UD_REGISTER_IO_BUF,
+  UD_TAG_COMMAND,
+  UD_TARGET_IO,
+  UD_UNREGISTER_IO_BUF,
+  userDataIndex,
+  userDataKind,
+} from './user-data.js';
 import { wholeBufferIo } from './whole-buffer-io.js';
 
 export interface QueueConfig extends TagStatesConfig {
@@ -81,16 +94,6 @@ export interface QueueResources {
 }
 
 const { ETIME, EBUSY } = osConstants.errno;
-/**
- * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
- * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
- * HOOK_DELAY_BASE up, a filter's delay of a request (HOOK_DELAY_BASE + tag); from
- * LINKED_COMMIT_BASE up, a commit linked behind a forwarded request's IO; from BATCH_IO_BASE up,
- * a batch command (batch-io.ts).
- */
-const TARGET_IO_BASE = 1 << 16;
-/** user_data of a commit linked behind a forwarded request's IO: this plus the tag. */
-const LINKED_COMMIT_BASE = 2 ** 43;
 /**
  * Longest kernel wait while handlers are pending: they may also wait for something only the event
  * loop delivers (a timer, a socket), which must not be held up by much more than this.
@@ -309,7 +312,7 @@ export class Queue implements IoCommandSink {
     // cannot register (never with one table slot per tag) is failed by the kernel itself.
     const autoBufReg = this.config.autoBufReg === true;
     const sqeAddr = autoBufReg ? tag : 0;
-    const userData = linked ? LINKED_COMMIT_BASE + tag : tag;
+    const userData = encodeUserData(linked ? UD_LINKED_COMMIT : UD_TAG_COMMAND, tag);
     let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     while (!cmd) {
       this.submit();
@@ -425,36 +428,49 @@ export class Queue implements IoCommandSink {
   };
 
   private readonly onCqe = (userData: number, res: number, flags: number): void => {
-    if (userData < TARGET_IO_BASE) return this.tags.complete(userData, res);
-    if (userData >= BATCH_IO_BASE) {
-      return this.batch!.complete(userData - BATCH_IO_BASE, res, flags);
+    const index = userDataIndex(userData);
+    switch (userDataKind(userData)) {
+      case UD_TAG_COMMAND:
+        return this.tags.complete(index, res);
+      case UD_TARGET_IO: {
+        const settle = this.targetIo[index]!;
+        this.targetIo[index] = undefined;
+        this.freeSlots.push(index);
+        this.targetIoInFlight--;
+        return settle(res);
+      }
+      case UD_FORWARDED_IO:
+        return this.tags.forwarded.complete(index, res);
+      case UD_REGISTER_IO_BUF:
+        return this.tags.forwarded.completeRegister(index, res);
+      case UD_UNREGISTER_IO_BUF:
+        return this.tags.forwarded.completeUnregister(index, res);
+      case UD_HOOK_DELAY:
+        return this.tags.resumeDelayed(index);
+      case UD_LINKED_COMMIT:
+        return this.tags.completeLinkedCommit(index, res);
+      case UD_BATCH_COMMAND:
+        return this.batch!.complete(index, res);
+      case UD_BATCH_FETCH:
+        return this.batch!.fetched(index, res, flags);
+      default:
+        throw new Error(
+          `ublk queue ${this.config.queueId}: a CQE of unknown user_data ${userData}`,
+        );
     }
-    if (userData >= LINKED_COMMIT_BASE) {
-      return this.tags.completeLinkedCommit(userData - LINKED_COMMIT_BASE, res);
-    }
-    if (userData >= HOOK_DELAY_BASE) return this.tags.resumeDelayed(userData - HOOK_DELAY_BASE);
-    if (userData >= FORWARDED_IO_BASE) {
-      return this.tags.forwarded.complete(userData - FORWARDED_IO_BASE, res);
-    }
-    const slot = userData - TARGET_IO_BASE;
-    const settle = this.targetIo[slot]!;
-    this.targetIo[slot] = undefined;
-    this.freeSlots.push(slot);
-    this.targetIoInFlight--;
-    settle(res);
   };
 
   private claimSlot(): number {
     this.progress++;
     this.targetIoInFlight++;
     this.unpark();
-    return TARGET_IO_BASE + (this.freeSlots.pop() ?? this.targetIo.length);
+    return encodeUserData(UD_TARGET_IO, this.freeSlots.pop() ?? this.targetIo.length);
   }
 
   /** The promise of a prepared target IO, made without a closure per IO. */
   private targetIoPromise(userData: number): Promise<number> {
     const promise = new Promise<number>(this.capture);
-    this.targetIo[userData - TARGET_IO_BASE] = this.captured;
+    this.targetIo[userDataIndex(userData)] = this.captured;
     return promise;
   }
 

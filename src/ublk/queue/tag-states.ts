@@ -16,7 +16,7 @@ import {
   type ForwardRing,
   type LinkedCommit,
 } from './forwarded-io.js';
-import { HookRunner, ROUTE_BELOW, ROUTE_HANDLERS, type HookRing } from './request-hooks.js';
+import { HookRunner, ROUTED_BELOW, ROUTED_HANDLERS, type HookRing } from './request-hooks.js';
 import { SECTOR, type IoResult, type QueueHandlers } from '../target/contract.js';
 import { BOUNCE_CHUNK, BouncePool, userCopyOffset } from './user-copy.js';
 
@@ -307,9 +307,9 @@ export class TagStates {
   /** The request, through its hooks: to the forward, else to the handlers. */
   private serveNow(tag: number, op: number, offset: number, length: number, address: number): void {
     const fua = (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0;
-    const route = this.hooks === undefined ? ROUTE_BELOW : this.hooks.routeOf(tag);
+    const route = this.hooks === undefined ? ROUTED_BELOW : this.hooks.routeOf(tag);
     if (
-      route !== ROUTE_HANDLERS &&
+      route !== ROUTED_HANDLERS &&
       this.forwarded.start(tag, op, offset, length, fua, address, route)
     ) {
       return;
