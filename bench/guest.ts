@@ -24,7 +24,7 @@ const peer = option('--peer');
 const kublk = option('--kublk');
 /** Only the nbd rows (ours against the kernel's nbd client). */
 const nbdOnly = argv.includes('--nbd-only');
-// A full run as the data-path issue measured its starting point: medians of 3 runs of 4 s.
+// A full run: medians of 3 runs of 4 s; a quick one: 1 run of 2 s, for a check, not a figure.
 const runtimeSec = quick ? 2 : 4;
 /** Every workload runs on every device once per round, so that ratios pair runs close in time. */
 const ROUNDS = quick ? 1 : 3;
@@ -70,9 +70,11 @@ const MODES: {
     targets: ['loop'],
   },
   {
-    name: 'zero_copy',
+    // Manual buffer registration: kublk's -z. Ours is --manual_zc (our -z is ublksrv's, which
+    // picks automatic registration where the kernel has it); a build before --manual_zc had -z.
+    name: 'manual_zc',
     feature: UBLK_F.SUPPORT_ZERO_COPY,
-    ours: ['-z'],
+    ours: ['--manual_zc'],
     kublk: ['-z'],
     targets: ['loop'],
   },
@@ -107,15 +109,47 @@ function leanMode(features: number): { name: string; ours: string[] } {
 }
 
 const benchStart = Date.now();
-/** Progress with the seconds since the start, so that a slow part of a run shows itself. */
+/** Kernels still to run after this one (bench.ts says), for the time left in all. */
+const kernelsAfter = Number(option('--kernels-after') ?? 0);
+/**
+ * The fio seconds this kernel's run will take and how many have passed: the time left is the time
+ * so far scaled by what is left of them (device set-up and fills scale about alike).
+ */
+const plan = { totalSec: 0, doneSec: 0, runs: 0, doneRuns: 0 };
+
+/** What adding, filling and deleting a device costs, about, in the emulated VM. */
+const SETUP_SEC = 4;
+
+/** Adds a phase to the plan: each device runs every workload every round, daemons warm up first. */
+function planPhase(devices: number, daemons: number, workloads: number): void {
+  plan.totalSec += daemons * (1 + SETUP_SEC) + devices * workloads * ROUNDS * runtimeSec;
+  plan.runs += devices * workloads * ROUNDS;
+}
+
+function minutes(sec: number): string {
+  return sec < 90 ? `${Math.max(0, Math.round(sec))} s` : `${Math.round(sec / 60)} min`;
+}
+
+function eta(): string {
+  if (plan.totalSec === 0) return '';
+  const elapsed = (Date.now() - benchStart) / 1000;
+  // Before the first run, the planned seconds and a fifth more for the rest of the set-up.
+  const thisKernel =
+    plan.doneSec > 0 ? (elapsed * plan.totalSec) / plan.doneSec : plan.totalSec * 1.2 + elapsed;
+  const left = Math.max(0, thisKernel - elapsed);
+  const all = kernelsAfter > 0 ? `, ~${minutes(left + kernelsAfter * thisKernel)} in all` : '';
+  return ` [run ${plan.doneRuns}/${plan.runs}, ~${minutes(left)} left on this kernel${all}]`;
+}
+
+/** Progress with the time since the start and an estimate of the time left. */
 function progress(message: string): void {
   const at = ((Date.now() - benchStart) / 1000).toFixed(0).padStart(4);
-  process.stderr.write(`bench: ${at} s: ${message}\n`);
+  process.stderr.write(`bench: Linux ${release()}, ${at} s: ${message}${eta()}\n`);
 }
 
 /**
  * A quick run keeps every mode on loop, null in copy mode only, and neither mem nor TLS: it
- * has to fit both kernels in 10 minutes (with every row it took 11).
+ * keeps both kernels to a check of some minutes.
  */
 function targetsOf(mode: (typeof MODES)[number]): (typeof mode)['targets'] {
   if (!quick) return mode.targets;
@@ -254,6 +288,7 @@ function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]):
   for (const d of devices.filter((d) => d.pid)) {
     progress(`warming up ${d.name}`);
     fio(d, workloads[0].args, 1);
+    plan.doneSec += 1 + SETUP_SEC;
   }
   for (let round = 1; round <= ROUNDS; round++) {
     for (const w of workloads) {
@@ -261,6 +296,8 @@ function runRounds(devices: Device[], workloads: typeof WORKLOADS, runs: Run[]):
         progress(`round ${round}/${ROUNDS}: ${w.name} on ${d.name}`);
         const run = { device: d.name, baseline: d.baseline, peer: d.peer, workload: w.name, round };
         runs.push({ ...run, ...fio(d, w.args) });
+        plan.doneSec += runtimeSec;
+        plan.doneRuns++;
       }
     }
   }
@@ -396,11 +433,34 @@ function nbdRows(runs: Run[], cleanups: (() => void)[]): void {
   }
 }
 
+/** Counts the fio runs every phase below will make (keep in step with them). */
+function planAll(features: number, c: string | undefined): void {
+  const autoZc = (features & UBLK_F.AUTO_BUF_REG) !== 0;
+  const nbd = 2 + (peer ? 1 : 0) + (autoZc ? 1 : 0) + (quick ? 0 : 2);
+  planPhase(nbd, nbd - 1, NBD_WORKLOADS.length);
+  if (nbdOnly) return;
+  let main = 2 + (peer ? 2 : 0);
+  for (const mode of MODES.filter((m) => (features & m.feature) === m.feature)) {
+    for (const t of targetsOf(mode)) main += c && t !== 'mem' ? 2 : 1;
+  }
+  planPhase(main, main - 2, WORKLOADS.filter((w) => !w.twoQueues).length);
+  const q2 = 5 + (c ? 3 : 0);
+  planPhase(q2, q2 - 1, WORKLOADS.filter((w) => w.twoQueues).length);
+}
+
 function main(): BenchReport {
   const devices: Device[] = [];
   const runs: Run[] = [];
   const memory: MemoryReport[] = [];
   const cleanups: (() => void)[] = [];
+  const c = kublkRuns();
+  const features = kernelFeatures(OURS);
+  const help = spawnSync(OURS[0], [...OURS.slice(1), 'help'], { encoding: 'utf8' });
+  if (!/--manual_zc/.test(`${help.stdout}${help.stderr}`)) {
+    MODES.find((m) => m.name === 'manual_zc')!.ours = ['-z'];
+  }
+  planAll(features, c);
+  progress(`${plan.runs} fio runs of ${runtimeSec} s planned, ${ROUNDS} round(s)`);
   try {
     nbdRows(runs, cleanups);
     if (nbdOnly) return report(runs, memory);
@@ -419,8 +479,6 @@ function main(): BenchReport {
     cleanups.push(() => run('losetup', ['-d', loopDev]));
     noScheduler(loopDev);
     devices.push({ name: 'loop (kernel)', path: loopDev, cleanup: () => undefined });
-    const c = kublkRuns();
-    const features = kernelFeatures(OURS);
     const depth = ['-q', '1', '-d', '128'];
     // Each data-path mode the kernel has, ours beside kublk's in the same mode (kublk has no mem).
     const ourTarget = {

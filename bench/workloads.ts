@@ -184,7 +184,7 @@ export function formatTable(report: BenchReport): string {
         ]
       : [];
   return [
-    `Linux ${report.kernel}, fio io_uring direct, ${report.runtimeSec} s per run, ${report.rounds} rounds` +
+    `Linux ${report.kernel}, fio io_uring direct, ${report.runtimeSec} s per run, ${report.rounds} round${report.rounds === 1 ? '' : 's'}` +
       `${report.quick ? ' (quick)' : ''}, no I/O scheduler on any device: medians, ratios paired within each round`,
     '',
     ...table,

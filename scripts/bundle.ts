@@ -13,7 +13,8 @@
 import { build, type Plugin } from 'esbuild';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
-import { BUILT_IN, BUILT_IN_FILTERS } from '../src/ublk/target/loader.js';
+import { fileURLToPath } from 'node:url';
+import { BUILT_IN_FILTERS, BUILT_IN_TARGETS } from '../src/targets/registry.js';
 import { REPO_ROOT } from './lib/common.js';
 
 const SRC = join(REPO_ROOT, 'dist', 'src');
@@ -24,9 +25,9 @@ const ENTRIES = [
   'cli/main.js',
   'cli/daemon-main.js',
   'ublk/queue/queue-worker.js',
-  // The target loader's URLs are relative to its own folder, ublk/target/.
-  ...[...Object.values(BUILT_IN), ...Object.values(BUILT_IN_FILTERS)].map((p) =>
-    relative(SRC, join(SRC, 'ublk/target', p)),
+  // The registry's URLs, imported from here, name the modules in dist/src.
+  ...[...Object.values(BUILT_IN_TARGETS), ...Object.values(BUILT_IN_FILTERS)].map((url) =>
+    relative(SRC, fileURLToPath(url)),
   ),
 ];
 

@@ -2,7 +2,8 @@
  * `npm run vm -- <command...>`: runs a command as root in a QEMU VM that boots a Debian kernel
  * (the host's 6.1 by default; UBLK_VM_KERNEL=6.12|7.3 for a newer suite's) with ublk_drv loaded, sees the host's files read-only under a tmpfs
  * overlay, and starts in the caller's working directory. The command's output streams live; its
- * exit status becomes ours. See scripts/lib/vm-run.ts for the plumbing and README for the knobs.
+ * exit status becomes ours. See scripts/lib/vm-run.ts for the plumbing and docs/test-vm.md for
+ * the knobs.
  */
 import { existsSync, statSync } from 'node:fs';
 import { log, UserError } from './lib/common.js';

@@ -9,7 +9,7 @@ import { constants } from 'node:os';
  * | `UBLK_ERR_USER`           | {@link UserError}        | the user caused it and can fix it (a bad option)  |
  * | `UBLK_ERR_INVALID_TARGET` | {@link UserError}        | a target module breaks the target API's contract  |
  * | an errno name (`ENOENT`)  | {@link ErrnoError}       | a system call or io_uring operation failed        |
- * | an errno name (`EEXIST`)  | ControlError (control)   | the kernel refused a ublk control command         |
+ * | an errno name (`EEXIST`)  | ControlError             | the kernel refused a ublk control command         |
  *
  * An errno is always positive in these errors, as in C; a negative io_uring result becomes one
  * through {@link checkResult}. Node's own errors (fs) carry a negative `errno` and the same `code`:

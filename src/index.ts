@@ -1,14 +1,43 @@
 /** The library: create ublk devices from code, and write targets for them. */
-export {
-  createDevice,
-  recoverDevice,
-  type DataPath,
+import {
+  createDevice as createServedDevice,
+  recoverDevice as recoverServedDevice,
   type Device,
   type DeviceOptions,
-  type QueueInfo,
   type RecoverOptions,
-  type RecoveryOption,
 } from './ublk/device/device.js';
+import { withBuiltInTarget } from './targets/registry.js';
+
+export type {
+  DataPath,
+  Device,
+  DeviceOptions,
+  QueueInfo,
+  RecoverOptions,
+  RecoveryOption,
+} from './ublk/device/device.js';
+
+/**
+ * Creates and starts a ublk device served by this process. `options.target` is a built-in
+ * target's name ('null', 'loop', 'mem', 'nbd'), a target module's path or file: URL, or a Target
+ * object: a built-in export (loopTarget), a withFilters(...) stack, or a module's default export
+ * made with defineTarget(spec, import.meta.url). An object that does not say which module it
+ * comes from is refused (the queue threads import the target from there).
+ */
+export async function createDevice(options: DeviceOptions): Promise<Device> {
+  return createServedDevice(await withBuiltIn(options));
+}
+
+/** Serves a device whose daemon died, added with recovery; `options.target` as in createDevice. */
+export async function recoverDevice(devId: number, options: RecoverOptions): Promise<Device> {
+  return recoverServedDevice(devId, await withBuiltIn(options));
+}
+
+async function withBuiltIn<T extends { target: DeviceOptions['target'] }>(options: T): Promise<T> {
+  // A JavaScript caller's bad options are src/ublk's to refuse.
+  if (typeof options !== 'object' || options === null) return options;
+  return { ...options, target: await withBuiltInTarget(options.target) };
+}
 export {
   defineFilter,
   defineTarget,
@@ -29,6 +58,14 @@ export {
   type QueueHandlers,
   type QueueIo,
   type RequestData,
+  HOOK_PASS,
+  hookDelay,
+  hookFail,
+  ROUTE_BELOW,
+  ROUTE_HANDLERS,
+  routeToFile,
+  type HookRoute,
+  type HookVerdict,
   type RequestHook,
   type RequestKind,
   type RingForward,
@@ -64,3 +101,5 @@ export {
   type ErrnoError,
   type UserErrorCode,
 } from './errors.js';
+/** What a ublk control command the kernel refused throws (ADD_DEV's EEXIST...). */
+export { ControlError, isControlError } from './ublk/control/control.js';

@@ -1,4 +1,4 @@
-import { createRequire } from 'node:module';
+import { loadNativeAddon } from './native-addon.js';
 
 /**
  * Typed access to the native shim (native/sys.c); every other module reaches the OS through
@@ -122,8 +122,7 @@ export interface Sys {
   };
 }
 
-// Relative to the compiled location, dist/src/sys.js.
-const native = createRequire(import.meta.url)('../../build/Release/sys.node') as Sys;
+const native = loadNativeAddon<Sys>('sys');
 
 export const {
   ioUringSetup,

@@ -481,7 +481,7 @@ export function guestEnv(): Record<string, string> {
   return env;
 }
 
-/** The VM settings from the environment (see README: UBLK_VM_*). */
+/** The VM settings from the environment (see docs/test-vm.md: UBLK_VM_*). */
 export function vmSettingsFromEnv(): Omit<VmRunOptions, 'argv' | 'cwd' | 'env' | 'onStdoutLine'> {
   const memory = process.env.UBLK_VM_MEM || '6G';
   if (!/^\d+[MG]?$/.test(memory))

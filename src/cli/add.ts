@@ -3,14 +3,8 @@ import type { Readable } from 'node:stream';
 import { mkdirSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
-import {
-  BUILT_IN_FILTERS,
-  loadFilter,
-  loadTarget,
-  resolveFilterSource,
-  resolveTargetSource,
-  stackSource,
-} from '../ublk/target/loader.js';
+import { loadFilter, loadTarget, stackSource } from '../ublk/target/loader.js';
+import { BUILT_IN_FILTERS, filterSource, targetSource } from '../targets/registry.js';
 import type { TargetOptionSpecs } from '../ublk/target/contract.js';
 import { findFilters, findTargetType, isAddOption, parseAddArgs, type AddOptions } from './args.js';
 import type { DaemonReport } from './daemon-main.js';
@@ -25,8 +19,8 @@ export async function parseAdd(argv: readonly string[]): Promise<{
   options: AddOptions;
   source: string;
 }> {
-  const filters = findFilters(argv).map(resolveFilterSource);
-  const source = stackSource(resolveTargetSource(findTargetType(argv)), filters);
+  const filters = findFilters(argv).map(filterSource);
+  const source = stackSource(targetSource(findTargetType(argv)), filters);
   const target = await loadTarget(source);
   await refuseFilterOptionsWithoutFilter(argv, target.options ?? {});
   return { options: parseAddArgs(argv, target.options ?? {}), source };
@@ -41,8 +35,8 @@ async function refuseFilterOptionsWithoutFilter(
     .map((arg) => /^--([^=]+)/.exec(arg)?.[1])
     .filter((name): name is string => !!name && !isAddOption(name) && !Object.hasOwn(known, name));
   if (unknown.length === 0) return;
-  for (const name of Object.keys(BUILT_IN_FILTERS)) {
-    const filter = await loadFilter(resolveFilterSource(name));
+  for (const [name, source] of Object.entries(BUILT_IN_FILTERS)) {
+    const filter = await loadFilter(source);
     const orphan = unknown.find((option) => Object.hasOwn(filter.options ?? {}, option));
     if (orphan) {
       throw new UserError(

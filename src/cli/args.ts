@@ -4,8 +4,9 @@ import { UserError } from '../errors.js';
 import { constants } from '../sys.js';
 import type { TargetArgs, TargetOptionSpecs } from '../ublk/target/contract.js';
 import type { DataPath } from '../ublk/device/data-path.js';
+import { commandOptions } from './commands.js';
 import { listLayout, type ListLayout } from './list-format.js';
-import { parseBool01, parseInteger } from './numbers.js';
+import { parseBool01, parseInteger, parseSize } from './numbers.js';
 
 // The target API's types, re-exported for the CLI code that imports them from here.
 export type { TargetArgs, TargetOptionSpec, TargetOptionSpecs } from '../ublk/target/contract.js';
@@ -48,33 +49,8 @@ const MAX_QUEUES = 4096;
 const MAX_DEPTH = 4096;
 const MAX_IO_BUF_BYTES = 32 << 20;
 
-/** ublksrv's standard `add` options; names and letters are those of ublksrv so scripts keep working. */
-const STANDARD_ADD_OPTIONS = {
-  type: { type: 'string', short: 't' },
-  number: { type: 'string', short: 'n' },
-  queues: { type: 'string', short: 'q' },
-  depth: { type: 'string', short: 'd' },
-  uring_comp: { type: 'string', short: 'u' },
-  need_get_data: { type: 'string', short: 'g' },
-  user_recovery: { type: 'string', short: 'r' },
-  user_recovery_reissue: { type: 'string', short: 'i' },
-  user_recovery_fail_io: { type: 'string', short: 'e' },
-  max_io_buf_bytes: { type: 'string' },
-  foreground: { type: 'boolean' },
-  auto_zc: { type: 'boolean' },
-  no_auto_zc: { type: 'boolean' },
-  usercopy: { type: 'boolean' },
-  zerocopy: { type: 'boolean', short: 'z' },
-  manual_zc: { type: 'boolean' },
-  debug_mask: { type: 'string' },
-  no_auto_part_scan: { type: 'boolean' },
-  unprivileged: { type: 'boolean' },
-  filter: { type: 'string', multiple: true },
-  'batch-io': { type: 'boolean', short: 'b' },
-} as const satisfies ParseArgsConfig['options'];
-
-/** Every option `add` has before the target's own. */
-const ADD_OPTIONS = STANDARD_ADD_OPTIONS;
+/** Every option `add` has before the target's own (commands.ts has their help). */
+const ADD_OPTIONS = commandOptions('add');
 
 export function isAddOption(name: string): boolean {
   return Object.hasOwn(ADD_OPTIONS, name);
@@ -121,9 +97,21 @@ export function strictParse(
   argv: readonly string[],
   options: ParseArgsConfig['options'],
 ): Record<string, string | boolean | undefined> {
+  return parseStrictly(command, argv, options, false).values;
+}
+
+function parseStrictly(
+  command: string,
+  argv: readonly string[],
+  options: ParseArgsConfig['options'],
+  allowPositionals: boolean,
+): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   try {
-    return parseArgs({ args: [...argv], options, strict: true, allowPositionals: false })
-      .values as Record<string, string | boolean | undefined>;
+    const parsed = parseArgs({ args: [...argv], options, strict: true, allowPositionals });
+    return {
+      values: parsed.values as Record<string, string | boolean | undefined>,
+      positionals: parsed.positionals,
+    };
   } catch (err) {
     const reason = (err as Error).message.split('\n')[0].replace(/\.$/, '');
     throw new UserError(`${command}: ${reason}; run 'ublk help' for usage`);
@@ -225,12 +213,7 @@ export interface DelOptions {
 }
 
 export function parseDelArgs(argv: readonly string[]): DelOptions {
-  const values = strictParse('del', argv, {
-    number: { type: 'string', short: 'n' },
-    all: { type: 'boolean', short: 'a' },
-    async: { type: 'boolean' },
-    safe: { type: 'boolean' },
-  });
+  const values = strictParse('del', argv, commandOptions('del'));
   const all = values.all === true;
   if (values.number === undefined && !all) {
     throw new UserError('del: say which device: -n DEV_ID, or -a for all');
@@ -254,11 +237,7 @@ export function parseListArgs(
   argv: readonly string[],
   env: NodeJS.ProcessEnv = process.env,
 ): ListOptions {
-  const values = strictParse('list', argv, {
-    number: { type: 'string', short: 'n' },
-    json: { type: 'boolean' },
-    verbose: { type: 'boolean', short: 'v' },
-  });
+  const values = strictParse('list', argv, commandOptions('list'));
   return {
     devId:
       values.number === undefined
@@ -277,16 +256,60 @@ export interface RecoverOptions {
 }
 
 export function parseRecoverArgs(argv: readonly string[]): RecoverOptions {
-  const values = strictParse('recover', argv, {
-    number: { type: 'string', short: 'n' },
-    type: { type: 'string', short: 't' },
-    start_empty: { type: 'boolean' },
-    foreground: { type: 'boolean' },
-  });
+  const values = strictParse('recover', argv, commandOptions('recover'));
   if (values.number === undefined) throw new UserError('recover: say which device: -n DEV_ID');
   return {
     devId: parseInteger(values.number as string, 'device id', 0, 0xfffff),
     startEmpty: values.start_empty === true,
     foreground: values.foreground === true,
   };
+}
+
+export interface QuiesceOptions {
+  devId: number;
+}
+
+function requiredDeviceId(command: string, values: Record<string, unknown>): number {
+  if (values.number === undefined) throw new UserError(`${command}: say which device: -n DEV_ID`);
+  return parseInteger(values.number as string, 'device id', 0, 0xfffff);
+}
+
+export function parseQuiesceArgs(argv: readonly string[]): QuiesceOptions {
+  return {
+    devId: requiredDeviceId('quiesce', strictParse('quiesce', argv, commandOptions('quiesce'))),
+  };
+}
+
+export interface UpdateSizeOptions {
+  devId: number;
+  /** Bytes. */
+  size: number;
+}
+
+export function parseUpdateSizeArgs(argv: readonly string[]): UpdateSizeOptions {
+  const values = strictParse('update_size', argv, commandOptions('update_size'));
+  const devId = requiredDeviceId('update_size', values);
+  if (values.size === undefined) throw new UserError('update_size: say the new size: --size SIZE');
+  return { devId, size: parseSize(values.size as string, 'size') };
+}
+
+export interface ChownOptions {
+  /** The node's name, as udev's %k gives it: ublkcN, ublkbN or ublkbNpM. */
+  name: string;
+  devId: number;
+}
+
+export function parseChownArgs(argv: readonly string[]): ChownOptions {
+  const { positionals } = parseStrictly('chown', argv, commandOptions('chown'), true);
+  const name = positionals[0];
+  const m = name === undefined ? null : /^ublk[bc](\d+)(p\d+)?$/.exec(name);
+  if (!m || positionals.length !== 1) {
+    throw new UserError('chown: say which node: ublk chown ublkcN|ublkbN (what udev passes as %k)');
+  }
+  return { name, devId: Number(m[1]) };
+}
+
+/** `ublk features` takes no options. */
+export function parseFeaturesArgs(argv: readonly string[]): void {
+  strictParse('features', argv, commandOptions('features'));
 }

@@ -1,20 +1,23 @@
 #!/usr/bin/env node
-import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { UserError } from '../errors.js';
-import {
-  BUILT_IN_FILTERS,
-  loadFilter,
-  loadTarget,
-  resolveFilterSource,
-  resolveTargetSource,
-} from '../ublk/target/loader.js';
-import type { TargetOptionSpecs } from '../ublk/target/contract.js';
-import { CONTROL_PATH, type Control } from '../ublk/control/control.js';
+import type { Control } from '../ublk/control/control.js';
 import { openControl } from '../ublk/control/control-errors.js';
-import { parseDelArgs, parseListArgs, parseRecoverArgs } from './args.js';
 import { parseAdd, startDaemon } from './add.js';
+import {
+  parseChownArgs,
+  parseDelArgs,
+  parseFeaturesArgs,
+  parseListArgs,
+  parseQuiesceArgs,
+  parseRecoverArgs,
+  parseUpdateSizeArgs,
+} from './args.js';
+import { isCommand, type CommandName } from './commands.js';
+import { requireControl } from './control-access.js';
 import { delCommand } from './del.js';
 import { featuresCommand } from './features.js';
+import { asksForHelp, commandHelp, helpCommand, usage } from './help.js';
 import { listCommand } from './list.js';
 import { listLayout } from './list-format.js';
 import { chownCommand, quiesceCommand, updateSizeCommand } from './manage.js';
@@ -27,53 +30,6 @@ const VERSION = (
   }
 ).version;
 
-const USAGE = `ublk add -t TYPE
-\t-n DEV_ID -q NR_HW_QUEUES -d QUEUE_DEPTH
-\t-u URING_COMP -g NEED_GET_DATA -r USER_RECOVERY
-\t-i USER_RECOVERY_REISSUE -e USER_RECOVERY_FAIL_IO
-\t--max_io_buf_bytes BYTES --foreground
-\t--auto_zc | --no_auto_zc (auto zero copy, AUTO_BUF_REG: by default where the kernel has it,\n\t\tLinux 6.16+, for loop, mem and null; --no_auto_zc alone copies)
-\t--usercopy (user copy: read/write on /dev/ublkcN, no buffer per tag, Linux 6.5+)
-\t--manual_zc (zero copy by REGISTER_IO_BUF per request, Linux 6.15+, for loop, mem and null)
-\t-z | --zerocopy (zero copy: --auto_zc where the kernel has it, else --manual_zc)
-\t-b | --batch-io (batched fetch and commit commands, Linux 7.0+; with copy or any mode above)
-\t--filter FILTER ... (repeatable; the first given wraps the others, as in nbdkit)
-\tTYPE: null, loop, mem, nbd, or the path of a target module (./my-target.js)
-\tFILTER: ${Object.keys(BUILT_IN_FILTERS).join(', ')}, or the path of a filter module (./my-filter.js)
-\tFor type and filter specific options, run:
-\t\tublk help -t <type> [--filter <filter>...]
-ublk del -n DEV_ID [-a | --all]
-ublk list [-n DEV_ID] [--json]
-ublk recover -n DEV_ID [--start_empty] [--foreground]
-\t(a device added with -r 1 whose daemon died: a new daemon takes it over)
-ublk features
-ublk help -t <target> [--filter <filter>...]
-ublk help --filter <filter>
-ublk -v [--version]
-ublk -h [--help]
-`;
-
-/**
- * ublk control commands need CAP_SYS_ADMIN, except on an unprivileged device (Linux 6.3+), which
- * its owner controls through a /dev/ublk-control that udev's rule opened to users: say so before
- * the kernel answers EPERM.
- */
-function requireControl(command: string): void {
-  if (!existsSync(CONTROL_PATH)) {
-    throw new UserError(
-      `no ${CONTROL_PATH}: load the ublk driver with 'modprobe ublk_drv' (Linux 6.0+ built with CONFIG_BLK_DEV_UBLK)`,
-    );
-  }
-  if (process.getuid?.() === 0) return;
-  try {
-    accessSync(CONTROL_PATH, fsConstants.R_OK | fsConstants.W_OK);
-  } catch {
-    throw new UserError(
-      `${command} needs root (ublk control commands need CAP_SYS_ADMIN), or for an unprivileged device (--unprivileged) a ${CONTROL_PATH} open to users (udev/99-ublk-dev.rules): use sudo`,
-    );
-  }
-}
-
 async function withControl<T>(work: (control: Control) => Promise<T>): Promise<T> {
   const control = openControl();
   try {
@@ -83,101 +39,92 @@ async function withControl<T>(work: (control: Control) => Promise<T>): Promise<T
   }
 }
 
-function optionLines(options: TargetOptionSpecs): string[] {
-  return Object.entries(options).map(([name, spec]) => {
-    const flag = `${spec.short ? `-${spec.short}, ` : ''}--${name}${spec.type === 'string' ? ' VALUE' : ''}`;
-    return `\t${flag.padEnd(28)} ${spec.description}`;
-  });
-}
-
-async function helpCommand(argv: string[]): Promise<string> {
-  const typeAt = argv.findIndex((a) => a === '-t' || a === '--type');
-  const filters = argv.flatMap((a, i) =>
-    a === '--filter' && i + 1 < argv.length ? [argv[i + 1]] : [],
-  );
-  if ((typeAt < 0 || typeAt + 1 >= argv.length) && filters.length === 0) return USAGE;
-  const lines: string[] = [];
-  if (typeAt >= 0 && typeAt + 1 < argv.length) {
-    const target = await loadTarget(resolveTargetSource(argv[typeAt + 1]));
-    lines.push(
-      `ublk add -t ${argv[typeAt + 1]} (target ${target.name})`,
-      ...optionLines(target.options ?? {}),
-    );
-  }
-  for (const name of filters) {
-    const filter = await loadFilter(resolveFilterSource(name));
-    lines.push(
-      `ublk add --filter ${name} (filter ${filter.name})`,
-      ...optionLines(filter.options ?? {}),
-    );
-  }
-  return lines.join('\n') + '\n';
-}
+/**
+ * Each command of the table (commands.ts), run with its arguments: its options parsed first, so
+ * that a bad one is reported before a host without ublk is.
+ */
+const RUN: Record<CommandName, (argv: string[]) => Promise<number>> = {
+  async add(argv) {
+    // A bad UBLK_LIST_FORMAT fails before the device exists, not when it is printed.
+    const layout = listLayout();
+    const { options, source } = await parseAdd(argv);
+    requireControl(['add', ...argv]);
+    const job = { kind: 'add', options, targetSource: source } as const;
+    const devId = options.foreground ? (await serve(job)).id : await startDaemon(job);
+    process.stdout.write(await withControl((c) => listCommand(c, { devId, json: false, layout })));
+    // In the foreground, the device keeps this process alive until it is stopped.
+    return 0;
+  },
+  async del(argv) {
+    const options = parseDelArgs(argv);
+    requireControl(['del', ...argv]);
+    await withControl((c) => delCommand(c, options));
+    return 0;
+  },
+  async list(argv) {
+    const options = parseListArgs(argv);
+    requireControl(['list', ...argv]);
+    process.stdout.write(await withControl((c) => listCommand(c, options)));
+    return 0;
+  },
+  async recover(argv) {
+    const layout = listLayout();
+    const options = parseRecoverArgs(argv);
+    requireControl(['recover', ...argv]);
+    const devId = await withControl((c) => recoverCommand(c, options));
+    process.stdout.write(await withControl((c) => listCommand(c, { devId, json: false, layout })));
+    // In the foreground, the device keeps this process alive until it is stopped.
+    return 0;
+  },
+  async quiesce(argv) {
+    const options = parseQuiesceArgs(argv);
+    requireControl(['quiesce', ...argv]);
+    process.stdout.write(await withControl((c) => quiesceCommand(c, options)));
+    return 0;
+  },
+  async update_size(argv) {
+    const options = parseUpdateSizeArgs(argv);
+    requireControl(['update_size', ...argv]);
+    await withControl((c) => updateSizeCommand(c, options));
+    return 0;
+  },
+  async features(argv) {
+    parseFeaturesArgs(argv);
+    requireControl(['features', ...argv]);
+    process.stdout.write(await withControl(featuresCommand));
+    return 0;
+  },
+  async chown(argv) {
+    const options = parseChownArgs(argv);
+    requireControl(['chown', ...argv]);
+    await withControl((c) => chownCommand(c, options));
+    return 0;
+  },
+  async help(argv) {
+    process.stdout.write(await helpCommand(argv));
+    return 0;
+  },
+};
 
 async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (isCommand(command)) {
+    if (asksForHelp(rest)) {
+      process.stdout.write(await commandHelp(command, rest));
+      return 0;
+    }
+    return RUN[command](rest);
+  }
   switch (command) {
-    case 'add': {
-      // A bad UBLK_LIST_FORMAT fails before the device exists, not when it is printed.
-      const layout = listLayout();
-      const { options, source } = await parseAdd(rest);
-      requireControl('ublk add');
-      const job = { kind: 'add', options, targetSource: source } as const;
-      const devId = options.foreground ? (await serve(job)).id : await startDaemon(job);
-      process.stdout.write(
-        await withControl((c) => listCommand(c, { devId, json: false, layout })),
-      );
-      // In the foreground, the device keeps this process alive until it is stopped.
-      return 0;
-    }
-    case 'del':
-      requireControl('ublk del');
-      await withControl((c) => delCommand(c, parseDelArgs(rest)));
-      return 0;
-    case 'list': {
-      const options = parseListArgs(rest);
-      requireControl('ublk list');
-      process.stdout.write(await withControl((c) => listCommand(c, options)));
-      return 0;
-    }
-    case 'features':
-      requireControl('ublk features');
-      process.stdout.write(await withControl(featuresCommand));
-      return 0;
-    case 'recover': {
-      const layout = listLayout();
-      const options = parseRecoverArgs(rest);
-      requireControl('ublk recover');
-      const devId = await withControl((c) => recoverCommand(c, options));
-      process.stdout.write(
-        await withControl((c) => listCommand(c, { devId, json: false, layout })),
-      );
-      // In the foreground, the device keeps this process alive until it is stopped.
-      return 0;
-    }
-    case 'quiesce':
-      requireControl('ublk quiesce');
-      process.stdout.write(await withControl((c) => quiesceCommand(c, rest)));
-      return 0;
-    case 'update_size':
-      requireControl('ublk update_size');
-      await withControl((c) => updateSizeCommand(c, rest));
-      return 0;
-    case 'chown':
-      requireControl('ublk chown');
-      await withControl((c) => chownCommand(c, rest));
-      return 0;
-    case 'help':
     case '-h':
     case '--help':
-      process.stdout.write(await helpCommand(rest));
-      return 0;
+      return RUN.help(rest);
     case '-v':
     case '--version':
       process.stdout.write(`ublk-ts ${VERSION}\n`);
       return 0;
     case undefined:
-      process.stderr.write(`ublk: missing command\n${USAGE}`);
+      process.stderr.write(`ublk: missing command\n${usage()}`);
       return 1;
     default:
       throw new UserError(`unknown command '${command}': run 'ublk help'`);

@@ -6,7 +6,7 @@ import {
   type DeviceOptions,
 } from '../ublk/device/device.js';
 import { deviceOptionsOf, inCliWords } from './device-options.js';
-import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../ublk/target/loader.js';
+import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../targets/registry.js';
 import { UserError } from '../errors.js';
 import type { AddOptions } from './args.js';
 import { readRecord, removeRecord, runDir, writeRecord } from './run-dir.js';

@@ -4,6 +4,7 @@
  * device and its queues consume them.
  */
 import type { Target, TargetOptionSpecs } from '../ublk/target/contract.js';
+import { recordModule } from '../ublk/target/module-source.js';
 
 export type {
   Capabilities,
@@ -35,16 +36,37 @@ export {
   type FilterSetup,
   type NextHandlers,
 } from '../ublk/target/filter.js';
-export type { RequestHook, RequestKind } from '../ublk/queue/request-hooks.js';
+export {
+  HOOK_PASS,
+  hookDelay,
+  hookFail,
+  ROUTE_BELOW,
+  ROUTE_HANDLERS,
+  routeToFile,
+  type HookRoute,
+  type HookVerdict,
+  type RequestHook,
+  type RequestKind,
+} from '../ublk/queue/request-hooks.js';
 export { parseSize } from './size.js';
 export { UserError } from '../errors.js';
 
 /**
- * Identity helper that gives a target module full type checking: `setup(args)` gets its option
- * values typed from `options`, and `queue(shared)` the type of what setup shares.
+ * Gives a target module full type checking: `setup(args)` gets its option values typed from
+ * `options`, and `queue(shared)` the type of what setup shares. Returns `target` itself.
+ *
+ * `moduleUrl`, the module's own `import.meta.url`, lets the target be passed to createDevice as
+ * an object (alone or in a withFilters stack), not only by its module's path: each queue thread
+ * imports the target (functions cannot be sent to a thread), and this is where from. The object
+ * must then be that module's default export; createDevice checks that, and refuses an object
+ * that does not say where it comes from, in one line. The URL is given rather than found from
+ * the call stack, which source maps, bundlers and loaders rewrite.
+ *
+ * @example export default defineTarget({ name: 'zero', setup, queue }, import.meta.url);
  */
 export function defineTarget<Shared, const Options extends TargetOptionSpecs = TargetOptionSpecs>(
   target: Target<Shared, Options>,
+  moduleUrl?: string | URL,
 ): Target<Shared, Options> {
-  return target;
+  return recordModule(target, moduleUrl);
 }

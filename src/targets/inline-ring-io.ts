@@ -32,8 +32,7 @@ export function ringIoSync(prep: (sq: SubmissionQueue) => void): number {
  * inside the queue thread's own io_uring_enter. O_DIRECT (tmpfs takes it from Linux 6.6, where it
  * changes nothing else) keeps a write from being refused under IOCB_NOWAIT, as a buffered one is
  * (EINVAL). An io_uring that instead fails an O_NONBLOCK file's IO with EAGAIN where it would have
- * punted it is caught by the probe read. Loop with zero copy on a tmpfs file, 7.3 VM, fio 4k
- * randread QD32: 17606 -> 43419 IOPS (kublk 25153); QD1 mean latency 959 -> 346 us.
+ * punted it is caught by the probe read. See docs/performance.md#decisions, "tmpfs O_NONBLOCK".
  */
 export function nonBlockingTwin(fd: number): number | undefined {
   if (statfsSync(`/proc/self/fd/${fd}`).type !== TMPFS_MAGIC) return undefined;

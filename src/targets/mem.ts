@@ -19,12 +19,8 @@ import { defineTarget, SECTOR } from './define.js';
  *   memory (no madvise from JS), and zeroing it from JS commits the very pages a discard should
  *   free;
  * - no copy on the JS thread, and no size limit of JS buffers (Buffer's is 4 GiB in Node 20).
- * Measured in the test VM (QEMU TCG, 2 vCPUs, Linux 6.1), a 1 GiB device with -q 2: after 256 MiB
- * written the memfd holds 256 MiB (st_blocks; /proc/meminfo Shmem +256 MiB) while the daemon's
- * RSS went from 79 to 104 MiB (request buffers and heap: the memfd is never mapped); blkdiscard
- * of half the disk brought the memfd to 128 MiB, of all of it to 0 and Shmem back to where it
- * started. 4k random reads at iodepth 32, one 5 s fio run each in the same VM: 3.6k IOPS here,
- * 1.3k with the SharedArrayBuffer example. test/kernel/mem.test.ts checks the memory accounting.
+ * The memfd is never mapped: written data counts in its st_blocks and Shmem, not in the daemon's
+ * RSS, and a discard gives it back; test/kernel/mem.test.ts checks that accounting.
  *
  * The data lives as long as the daemon: it is gone after `ublk del`, and after the daemon dies;
  * `ublk recover` then needs --start_empty to go on with an empty disk.

@@ -269,3 +269,28 @@ test('bad input: one clear line, exit 1, and no device', async (t) => {
     assertNoDevice();
   });
 });
+
+test('the library: createDevice takes a built-in name, a withFilters stack of built-in exports, and a target object defined with its import.meta.url', async () => {
+  const { createDevice, nullTarget, readonlyFilter, withFilters } =
+    await import('../../src/index.js');
+  const recorded = (await import('./fixtures/recorded.js')).default;
+  const cases = [
+    { target: 'null', name: 'null', sector1: 0 },
+    { target: withFilters(nullTarget, [readonlyFilter]), name: 'null', sector1: 0 },
+    { target: recorded, name: 'recorded', sector1: 1 },
+  ];
+  for (const { target, name, sector1 } of cases) {
+    const device = await createDevice({ target, depth: 4 });
+    try {
+      assert.equal(device.target.name, name);
+      // The queue threads imported the same target: their handlers answer.
+      assert.deepEqual([...readAt(device.path, 512, 512).subarray(0, 4)], Array(4).fill(sector1));
+      if (typeof target !== 'string' && target !== recorded) {
+        assert.deepEqual(device.target.info.filters, ['readonly']);
+      }
+    } finally {
+      await device.stop();
+    }
+  }
+  assertNoDevice();
+});

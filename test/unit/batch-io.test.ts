@@ -14,12 +14,12 @@ import {
   UBLK_U_IO,
 } from '../../src/ublk/ublk-cmd.js';
 import {
-  BATCH_IO_BASE,
   BATCH_SLOTS,
   BatchIo,
   batchElemBytes,
   type BatchMemory,
 } from '../../src/ublk/queue/batch-io.js';
+import { UD_BATCH_COMMAND, userDataIndex, userDataKind } from '../../src/ublk/queue/user-data.js';
 import { IORING_CQE_F_MORE, IORING_URING_CMD_MULTISHOT } from '../../src/uring/abi.js';
 
 const { ENOBUFS, EINVAL } = constants.errno;
@@ -31,7 +31,12 @@ const FETCH_ADDRESS = [0x20_0000, 0x30_0000];
 const FETCH_BYTES = 64;
 const TAG_BUFFERS = 0x7f00_0000_0000;
 const BYTES_PER_TAG = 0x8_0000;
-const FETCH_CODE = BATCH_SLOTS; // the element slots' codes come first
+
+/** The element buffer of a PREP_IO_CMDS or COMMIT_IO_CMDS, from its user_data. */
+function slotOf(userData: number): number {
+  assert.equal(userDataKind(userData), UD_BATCH_COMMAND);
+  return userDataIndex(userData);
+}
 
 interface Sent {
   cmdOp: number;
@@ -114,7 +119,7 @@ function standIn(options: { copy?: boolean; autoBufReg?: boolean } = {}) {
     const view = new DataView(fetchBuffers[i].buffer);
     tags.forEach((tag, k) => view.setUint16(used[i] + 2 * k, tag, true));
     used[i] += 2 * tags.length;
-    batch.complete(FETCH_CODE + i, 2 * tags.length, flags);
+    batch.fetched(i, 2 * tags.length, flags);
   };
   return { batch, sent, pushed, requests, aborts, elementsOf, deliver, used };
 }
@@ -133,7 +138,7 @@ function started(options: { copy?: boolean; autoBufReg?: boolean } = {}) {
   const s = standIn(options);
   for (let tag = 0; tag < DEPTH; tag++) s.batch.prepare(tag);
   s.batch.flush();
-  s.batch.complete(s.sent[0].userData - BATCH_IO_BASE, 0, 0);
+  s.batch.complete(slotOf(s.sent[0].userData), 0);
   s.sent.length = 0;
   s.pushed.length = 0;
   return s;
@@ -179,7 +184,7 @@ test('start: one PREP_IO_CMDS with an element per tag, then two multishot FETCH_
       { ring: 1, address: FETCH_ADDRESS[1], length: FETCH_BYTES },
     ]);
     assert.equal(batch.inFlight, 1, 'PREP awaits its CQE');
-    batch.complete(prep.userData - BATCH_IO_BASE, 0, 0);
+    batch.complete(slotOf(prep.userData), 0);
     assert.equal(batch.inFlight, 0);
   }
 });
@@ -217,7 +222,7 @@ test("one COMMIT_IO_CMDS per flush carries every result since the last, each wit
   ]);
   assert.deepEqual(elementsOf(sent[1]), [{ tag: 4, bufIndex: 0, result: 0, bufAddr: buf(4) }]);
   assert.equal(batch.inFlight, 2);
-  for (const s of sent) batch.complete(s.userData - BATCH_IO_BASE, s.len, 0);
+  for (const s of sent) batch.complete(slotOf(s.userData), s.len);
   assert.equal(batch.inFlight, 0);
 });
 
@@ -228,14 +233,14 @@ test('a commit the kernel took only in part, or refused, fails the queue', () =>
   batch.commit(1, 512);
   batch.flush();
   assert.throws(
-    () => batch.complete(sent[0].userData - BATCH_IO_BASE, 8, 0),
+    () => batch.complete(slotOf(sent[0].userData), 8),
     /COMMIT_IO_CMDS \(queue 3\) took 8 of 16 bytes: element 1 refused/,
   );
   deliver(1, [2]);
   batch.commit(2, 0);
   batch.flush();
   assert.throws(
-    () => batch.complete(sent[1].userData - BATCH_IO_BASE, -EINVAL, 0),
+    () => batch.complete(slotOf(sent[1].userData), -EINVAL),
     /COMMIT_IO_CMDS: EINVAL \(queue 3\)/,
   );
 });
@@ -243,7 +248,7 @@ test('a commit the kernel took only in part, or refused, fails the queue', () =>
 test('a fetch whose buffer is used up (ENOBUFS) is armed again over its whole buffer', () => {
   const { batch, deliver, sent, pushed, requests, used } = started();
   deliver(1, [4, 5]);
-  batch.complete(FETCH_CODE + 1, -ENOBUFS, 0);
+  batch.fetched(1, -ENOBUFS, 0);
   assert.deepEqual(pushed, [{ ring: 1, address: FETCH_ADDRESS[1], length: FETCH_BYTES }]);
   assert.equal(sent.length, 1);
   assert.equal(sent[0].cmdOp, UBLK_U_IO.FETCH_IO_CMDS);
@@ -258,8 +263,8 @@ test('ABORT ends the queue: the tags not held are out of service, nothing is arm
   const { batch, deliver, sent, aborts } = started();
   deliver(0, [1, 6]);
   batch.commit(1, 0);
-  batch.complete(FETCH_CODE, UBLK_IO_RES.ABORT, 0);
-  batch.complete(FETCH_CODE + 1, UBLK_IO_RES.ABORT, 0);
+  batch.fetched(0, UBLK_IO_RES.ABORT, 0);
+  batch.fetched(1, UBLK_IO_RES.ABORT, 0);
   assert.deepEqual(aborts, [[0, 0, 0, 0, 0, 0, 1, 0]], 'tag 6 still held, told once');
   batch.flush();
   assert.deepEqual(
@@ -271,7 +276,7 @@ test('ABORT ends the queue: the tags not held are out of service, nothing is arm
 
 test('a fetch failure, a tag beyond the depth or delivered twice fails the queue', () => {
   const { batch, deliver } = started();
-  assert.throws(() => batch.complete(FETCH_CODE, -EINVAL, 0), /FETCH_IO_CMDS: EINVAL \(queue 3\)/);
+  assert.throws(() => batch.fetched(0, -EINVAL, 0), /FETCH_IO_CMDS: EINVAL \(queue 3\)/);
   assert.throws(() => deliver(1, [DEPTH]), /delivered tag 8, beyond the queue depth/);
   const other = started();
   other.deliver(0, [2]);
@@ -285,7 +290,7 @@ test('element buffers are reused once their CQE came; none free fails the queue 
     batch.commit(round % DEPTH, 0);
     batch.flush();
     const s = sent[sent.length - 1];
-    batch.complete(s.userData - BATCH_IO_BASE, s.len, 0);
+    batch.complete(slotOf(s.userData), s.len);
   }
   assert.equal(new Set(sent.map((s) => s.addr)).size, 1, 'the same buffer while each CQE comes');
   for (let slot = 0; slot < BATCH_SLOTS; slot++) {

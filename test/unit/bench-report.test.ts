@@ -7,6 +7,7 @@ import {
   type BenchReport,
   type Run,
 } from '../../bench/workloads.js';
+import { chartRows, ratioTable, renderChart, renderResults } from '../../bench/report.js';
 
 const run = (device: string, workload: string, round: number, iops: number, meanUs = 10): Run => ({
   device,
@@ -79,4 +80,51 @@ test('latency workloads compare mean latencies, ours over theirs, paired by roun
     table,
     /Each queue beyond the first: 7\.5 MiB \(null -q 2 lean minus null -q 1 lean, after the same runs/,
   );
+});
+
+test('the chart and ratio table show our devices against the kernel and against kublk only', () => {
+  const rows = (device: string, baseline: string, peer: string | undefined, iops: number) =>
+    ['4k randread QD32', '4k randread QD1'].map((workload): Run => ({
+      device,
+      baseline,
+      peer,
+      workload,
+      round: 1,
+      iops,
+      mbps: 1,
+      meanUs: 1e6 / iops,
+    }));
+  const r: BenchReport = {
+    ...report([
+      ...rows('null_blk', '', undefined, 4000).map((x) => ({ ...x, baseline: undefined })),
+      ...rows('kublk null', 'null_blk', undefined, 2000),
+      ...rows('ublk-ts null', 'null_blk', 'kublk null', 1000),
+      ...rows('peer null', 'null_blk', undefined, 500),
+    ]),
+    memory: [],
+  };
+  const chart = chartRows(r);
+  assert.deepEqual(
+    chart.map((row) => row.device),
+    ['ublk-ts null'],
+  );
+  // Latency is turned over: their mean latency over ours, so higher is better throughout.
+  assert.deepEqual(
+    chart[0].vsKernel.map((b) => b.ratio),
+    [0.25, 0.25],
+  );
+  assert.deepEqual(
+    chart[0].vsC.map((b) => b.ratio),
+    [0.5, 0.5],
+  );
+  assert.match(ratioTable(r), /\| ublk-ts null \| 0\.25 \/ 0\.50 \| 0\.25 \/ 0\.50 \|/);
+  const svg = renderChart({ date: '2026-12-07 22:00 UTC', commit: 'abc', reports: [r] });
+  assert.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg" width="\d+" height="\d+"/);
+  assert.match(svg, /Linux 6\.1\.0 \(quick run/);
+  assert.match(svg, /<title>ublk-ts null, 4k randread QD1: 0\.25<\/title>/);
+  const md = renderResults({ date: 'd', commit: 'c', reports: [r] }, '../bench-results/x.json');
+  assert.match(md, /Do not edit by hand/);
+  assert.match(md, /\[\.\.\/bench-results\/x\.json\]\(\.\.\/bench-results\/x\.json\)/);
+  assert.match(md, /A quick run/);
+  assert.match(md, /!\[[^\]]*\]\(performance\.svg\)/);
 });

@@ -11,8 +11,9 @@ import {
   isUserError,
   UserError,
 } from '../../src/errors.js';
+import { ControlError, isControlError } from '../../src/ublk/control/control.js';
 
-const { EBUSY, ENOENT } = constants.errno;
+const { EBUSY, EEXIST, ENOENT } = constants.errno;
 
 test('errnoName: the name of an errno, and a number where there is none', () => {
   assert.equal(errnoName(ENOENT), 'ENOENT');
@@ -71,4 +72,28 @@ test('UserError: a stable code, and recognised across copies of the package', as
   );
   assert.ok(!(new Error('plain') instanceof UserError));
   assert.ok(!isUserError(null));
+});
+
+test('ControlError: an ErrnoError with a stable code, exported, and recognised across copies of the package', async () => {
+  const index = await import('../../src/index.js');
+  assert.equal(index.ControlError, ControlError);
+  assert.equal(index.isControlError, isControlError);
+  const copy = (await import(
+    new URL('../../src/ublk/control/control.js?another-copy', import.meta.url).href
+  )) as typeof import('../../src/ublk/control/control.js');
+  assert.notEqual(copy.ControlError, ControlError, 'a second module instance');
+  const foreign = new copy.ControlError('ADD_DEV', 4, EEXIST);
+  assert.ok(foreign instanceof ControlError);
+  assert.ok(isControlError(foreign, 'EEXIST'));
+  assert.equal(isControlError(foreign, 'ENODEV'), false);
+  assert.ok(new ControlError('DEL_DEV', 1, EBUSY) instanceof copy.ControlError);
+  assert.ok(isErrnoError(foreign, 'EEXIST'));
+  assert.deepEqual(
+    { code: foreign.code, errno: foreign.errno, syscall: foreign.syscall, devId: foreign.devId },
+    { code: 'EEXIST', errno: EEXIST, syscall: 'ublk ADD_DEV', devId: 4 },
+  );
+  assert.equal(foreign.message, 'ADD_DEV of ublk device 4 failed: EEXIST');
+  assert.ok(!(errnoError('open', EEXIST) instanceof ControlError));
+  assert.ok(!(new UserError('x') instanceof ControlError));
+  assert.ok(!isControlError(undefined));
 });

@@ -9,7 +9,12 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { isUserError } from '../../src/errors.js';
 import { defineFilter, nextHandlers, withFilters } from '../../src/ublk/target/filter.js';
-import { ROUTE_BELOW, ROUTE_HANDLERS } from '../../src/ublk/queue/request-hooks.js';
+import {
+  HOOK_PASS,
+  hookDelay,
+  ROUTE_BELOW,
+  ROUTE_HANDLERS,
+} from '../../src/ublk/queue/request-hooks.js';
 import { stackSource, loadTarget } from '../../src/ublk/target/loader.js';
 import type { QueueContext, QueueIo, Target } from '../../src/ublk/target/contract.js';
 import cow, { COW_BLOCK, CowMap, mapOf } from '../../src/targets/filters/cow.js';
@@ -31,7 +36,7 @@ import {
   parseOps,
   parseRange,
   parseRate,
-} from '../../src/targets/filters/options.js';
+} from '../../src/targets/filters/filter-options.js';
 
 const env = { recovering: false, startEmpty: false, queues: 1 };
 
@@ -272,8 +277,12 @@ test('delay: its handlers (for filters above that call next) delay only the kind
     recordingIo().ctx,
   );
   assert.equal(own.read, undefined);
-  assert.equal(own.hook!.before!('read', 0, 4096, 0), 0, 'reads: no delay');
-  assert.equal(own.hook!.before!('write', 0, 4096, 0), 30, 'writes: 30 ms on the ring');
+  assert.equal(own.hook!.before!('read', 0, 4096, 0), HOOK_PASS, 'reads: no delay');
+  assert.deepEqual(
+    own.hook!.before!('write', 0, 4096, 0),
+    hookDelay(30),
+    'writes: 30 ms on the ring',
+  );
   const start = Date.now();
   assert.equal(await own.write!(new Uint8Array(1), 0, { fua: false }), 2);
   assert.ok(Date.now() - start >= 29);
@@ -314,7 +323,7 @@ test('stats, delay and error keep the forward and zero copy, whatever kinds they
 });
 
 /** A filter whose hook logs what it sees, and whose handlers (the path for `next`) log too. */
-const hookFilter = (name: string, log: string[], verdict = 0) =>
+const hookFilter = (name: string, log: string[], verdict = HOOK_PASS) =>
   defineFilter({
     name,
     keepsForward: true,
@@ -442,9 +451,9 @@ test('stats: buckets, counting by hook and by handler (failures too), queues sum
   await own.read!(new Uint8Array(512), 0);
   await assert.rejects(async () => own.write!(new Uint8Array(4096), 0, { fua: false }));
   const hook = countingHook(queueCounters(buffer, 0), 4);
-  assert.equal(hook.before!('read', 0, 8192, 3), 0);
+  assert.equal(hook.before!('read', 0, 8192, 3), HOOK_PASS);
   hook.after!('read', 0, 8192, 8192, 3);
-  assert.equal(hook.before!('flush', 0, 0, 2), 0);
+  assert.equal(hook.before!('flush', 0, 0, 2), HOOK_PASS);
   hook.after!('flush', 0, 0, -5, 2);
   const s = snapshot(buffer);
   assert.equal(s.flush.errors, 1);
@@ -517,7 +526,7 @@ test('cow over a forward: its hook routes reads by the map and writes to the ove
     assert.equal(typeof handlers.read, 'function', 'for mixed reads');
     const route = hook!.hook.route!;
     const overlay = route('write', 0, 4096, 0);
-    assert.ok(overlay >= 0, 'writes go to the overlay');
+    assert.ok(overlay.to === 'file' && overlay.fd >= 0, 'writes go to the overlay');
     assert.equal(route('read', 0, 8192, 0), ROUTE_BELOW, 'nothing written: the base');
     hook!.hook.after!('write', 4096, 4096, 4096, 0);
     assert.equal(route('read', 4096, 4096, 0), overlay, 'written: the overlay');

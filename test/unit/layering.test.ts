@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
-import { dirname, join, relative, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
@@ -30,11 +30,15 @@ function sources(dir: string): string[] {
   });
 }
 
-/** Every relative import of a module (static, re-export, dynamic), with its line. */
+/**
+ * Every relative import of a module (static, re-export, dynamic), with its line; and every module
+ * it names by URL, `new URL('../x.js', import.meta.url)`, which it imports or hands to another
+ * thread or process (a worker's script, a built-in target's module) as surely.
+ */
 function importsOf(path: string): { line: number; target: string }[] {
   const found: { line: number; target: string }[] = [];
   const text = readFileSync(path, 'utf8');
-  const pattern = /(?:\bfrom\s*|\bimport\s*\(?\s*)['"](\.{1,2}\/[^'"]+)['"]/g;
+  const pattern = /(?:\bfrom\s*|\bimport\s*\(?\s*|\bnew\s+URL\s*\(\s*)['"](\.{1,2}\/[^'"]+)['"]/g;
   for (const match of text.matchAll(pattern)) {
     const line = text.slice(0, match.index).split('\n').length;
     found.push({ line, target: resolve(dirname(path), match[1].replace(/\.js$/, '.ts')) });
@@ -60,9 +64,23 @@ test('no module imports from a layer above its own', () => {
   assert.deepEqual(reversedImports(), []);
 });
 
-test('the check sees imports at all', () => {
-  const ublkImports = importsOf(join(SRC, 'ublk/queue/queue.ts')).map((i) =>
-    relative(SRC, i.target),
-  );
+test('the check sees imports at all, and modules named by URL', () => {
+  const targetsOf = (path: string) =>
+    importsOf(join(SRC, path)).map((i) => relative(SRC, i.target));
+  const ublkImports = targetsOf('ublk/queue/queue.ts');
   assert.ok(ublkImports.includes('errors.ts') && ublkImports.includes('ublk/queue/tag-states.ts'));
+  assert.ok(targetsOf('ublk/device/device.ts').includes('ublk/queue/queue-worker.ts'));
+  assert.ok(targetsOf('targets/registry.ts').includes('targets/loop.ts'));
+});
+
+test('no file name is repeated across src/ (index.ts excepted: each is its folder’s entry module)', () => {
+  const byName = new Map<string, string[]>();
+  for (const path of sources(SRC)) {
+    const name = basename(path);
+    if (name !== 'index.ts') byName.set(name, [...(byName.get(name) ?? []), relative(SRC, path)]);
+  }
+  assert.deepEqual(
+    [...byName.values()].filter((paths) => paths.length > 1),
+    [],
+  );
 });

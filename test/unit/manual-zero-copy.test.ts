@@ -9,18 +9,26 @@ import { test } from 'node:test';
 import { UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/ublk-cmd.js';
 import { FailureLog } from '../../src/ublk/queue/failure-log.js';
 import {
-  FORWARDED_IO_BASE,
-  FORWARDED_REGISTER,
-  FORWARDED_UNREGISTER,
-} from '../../src/ublk/queue/forwarded-io.js';
+  encodeUserData,
+  UD_REGISTER_IO_BUF,
+  UD_UNREGISTER_IO_BUF,
+} from '../../src/ublk/queue/user-data.js';
 import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import { IOSQE_CQE_SKIP_SUCCESS, IOSQE_IO_HARDLINK, IOSQE_IO_LINK } from '../../src/uring/index.js';
-import { StandInDescriptors, StandInRing, type PreparedIo } from './support/stand-ins.js';
+import {
+  forwardedCqe,
+  StandInDescriptors,
+  StandInRing,
+  type PreparedIo,
+} from './support/stand-ins.js';
 import { dataPathOf } from '../../src/ublk/device/data-path.js';
 
 const { ECANCELED, EINVAL, EIO } = constants.errno;
 const CHAR_FD = 42;
 const FILE_FD = 5;
+/** The user_data of a tag's REGISTER_IO_BUF and UNREGISTER_IO_BUF. */
+const register = (tag: number) => encodeUserData(UD_REGISTER_IO_BUF, tag);
+const unregister = (tag: number) => encodeUserData(UD_UNREGISTER_IO_BUF, tag);
 
 function manualTags() {
   const ring = new StandInRing();
@@ -56,7 +64,7 @@ function manualTags() {
   };
   const cqe = (userData: number, res: number) => {
     const before = ring.targetIo.length;
-    tags.forwarded.complete(userData - FORWARDED_IO_BASE, res);
+    forwardedCqe(tags.forwarded, userData, res);
     return ring.targetIo.slice(before);
   };
   return { tags, ring, sent, logged, commands, request, cqe };
@@ -71,16 +79,13 @@ const commit = (tag: number, result: number) => ({
 /** The chain kublk submits for a fixed-buffer IO: REGISTER -> IO -> UNREGISTER, at index `tag`. */
 function assertChain(zc: ReturnType<typeof manualTags>, io: PreparedIo, tag: number): void {
   assert.deepEqual(zc.commands().slice(-2), [
-    { cmdOp: UBLK_U_IO.REGISTER_IO_BUF, tag: FORWARDED_REGISTER + tag, result: 0 },
-    { cmdOp: UBLK_U_IO.UNREGISTER_IO_BUF, tag: FORWARDED_UNREGISTER + tag, result: 0 },
+    { cmdOp: UBLK_U_IO.REGISTER_IO_BUF, tag: register(tag), result: 0 },
+    { cmdOp: UBLK_U_IO.UNREGISTER_IO_BUF, tag: unregister(tag), result: 0 },
   ]);
-  assert.equal(
-    zc.ring.commandFlags.get(FORWARDED_REGISTER + tag),
-    IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS,
-  );
+  assert.equal(zc.ring.commandFlags.get(register(tag)), IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS);
   assert.equal(zc.ring.ioFlags.get(io.userData), IOSQE_IO_HARDLINK, 'unregistered whatever');
-  assert.equal(zc.ring.commandFlags.get(FORWARDED_UNREGISTER + tag), 0);
-  assert.equal(zc.ring.commandAddresses.get(FORWARDED_REGISTER + tag)!.buffer, tag);
+  assert.equal(zc.ring.commandFlags.get(unregister(tag)), 0);
+  assert.equal(zc.ring.commandAddresses.get(register(tag))!.buffer, tag);
   assert.equal(io.bufIndex, tag, "the command's addr and the IO's buf_index: the tag");
 }
 
@@ -95,11 +100,11 @@ test('manual zero copy: REGISTER_IO_BUF, READ_FIXED and UNREGISTER_IO_BUF in one
   // A short read continues in a chain of its own, from where it stopped.
   const [rest] = zc.cqe(read.userData, 1024);
   assert.equal(rest, undefined, 'nothing before the unregister is done');
-  const [again] = zc.cqe(FORWARDED_UNREGISTER + 2, 0);
+  const [again] = zc.cqe(unregister(2), 0);
   assert.deepEqual([again.kind, again.address, again.length], ['readFixed', 1024, 3072]);
   assertChain(zc, again, 2);
   // The unregister's CQE may come first.
-  zc.cqe(FORWARDED_UNREGISTER + 2, 0);
+  zc.cqe(unregister(2), 0);
   assert.deepEqual(zc.sent, [], 'no commit before the IO is done');
   zc.cqe(again.userData, 3072);
   assert.deepEqual(zc.sent, [commit(2, 4096)]);
@@ -112,7 +117,7 @@ test('manual zero copy: a FUA write is written and unregistered, then synced', (
   assert.equal(write.kind, 'writeFixed');
   assertChain(zc, write, 0);
   assert.deepEqual(zc.cqe(write.userData, 4096), []);
-  const [sync] = zc.cqe(FORWARDED_UNREGISTER + 0, 0);
+  const [sync] = zc.cqe(unregister(0), 0);
   assert.equal(sync.kind, 'fsync');
   zc.cqe(sync.userData, 0);
   assert.deepEqual(zc.sent, [commit(0, 4096)]);
@@ -122,11 +127,11 @@ test('manual zero copy: a failed registration fails the request at once, with it
   const zc = manualTags();
   const [read] = zc.request(1, UBLK_IO_OP.READ, 8);
   // The kernel skips the CQEs of the chain behind it (REQ_F_SKIP_LINK_CQES).
-  zc.cqe(FORWARDED_REGISTER + 1, -EINVAL);
+  zc.cqe(register(1), -EINVAL);
   assert.deepEqual(zc.sent, [commit(1, -EINVAL)]);
   // Where a kernel posts them anyway: nothing more.
   zc.cqe(read.userData, -ECANCELED);
-  zc.cqe(FORWARDED_UNREGISTER + 1, -ECANCELED);
+  zc.cqe(unregister(1), -ECANCELED);
   assert.deepEqual(zc.sent, [commit(1, -EINVAL)]);
   assert.equal(zc.tags.ringIoInFlight, 0);
   assert.match(zc.logged.join('\n'), /REGISTER_IO_BUF/);
@@ -137,13 +142,13 @@ test('manual zero copy: a failed data IO fails the request once unregistered; a 
   const [write] = zc.request(3, UBLK_IO_OP.WRITE, 8);
   zc.cqe(write.userData, -EIO);
   assert.deepEqual(zc.sent, []);
-  zc.cqe(FORWARDED_UNREGISTER + 3, 0);
+  zc.cqe(unregister(3), 0);
   assert.deepEqual(zc.sent, [commit(3, -EIO)]);
   assert.match(zc.logged.join('\n'), /write/);
 
   const [read] = zc.request(2, UBLK_IO_OP.READ, 8);
   zc.cqe(read.userData, 4096);
-  zc.cqe(FORWARDED_UNREGISTER + 2, -EINVAL);
+  zc.cqe(unregister(2), -EINVAL);
   assert.deepEqual(zc.sent.at(-1), commit(2, -EINVAL));
   assert.match(zc.logged.join('\n'), /UNREGISTER_IO_BUF/);
 });

@@ -11,12 +11,19 @@ import { afterEach, test } from 'node:test';
 import { isErrnoError } from '../../src/errors.js';
 import { UBLK_IO, UBLK_IO_F, UBLK_IO_OP, UBLK_IO_RES, UBLK_U_IO } from '../../src/ublk/ublk-cmd.js';
 import { FailureLog } from '../../src/ublk/queue/failure-log.js';
-import { FORWARDED_IO_BASE } from '../../src/ublk/queue/forwarded-io.js';
+import {
+  encodeUserData,
+  UD_FORWARDED_IO,
+  UD_LINKED_COMMIT,
+  UD_TARGET_IO,
+  userDataKind,
+} from '../../src/ublk/queue/user-data.js';
 import { Queue } from '../../src/ublk/queue/queue.js';
 import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import { IoBuffer, MSG_NOSIGNAL, MSG_WAITALL } from '../../src/uring/index.js';
 import type { QueueHandlers, QueueIo, RingForward } from '../../src/ublk/target/contract.js';
 import {
+  forwardedCqe,
   StandInDescriptors,
   StandInRing,
   standInResources,
@@ -28,7 +35,6 @@ import { dataPathOf } from '../../src/ublk/device/data-path.js';
 const { EIO, ENOSPC, ENOENT, EFAULT, EINVAL, EOPNOTSUPP } = constants.errno;
 const DEPTH = 4;
 const BUFFER_BYTES = 64 * 1024;
-const TARGET_IO_BASE = 1 << 16;
 
 const turn = () => new Promise((resolve) => setImmediate(resolve));
 
@@ -232,7 +238,14 @@ test("ctx.io: a target IO's completion settles its promise; whole-buffer calls l
   await settle();
   assert.deepEqual(
     { ...lastIo(), address: undefined },
-    { kind: 'read', userData: TARGET_IO_BASE, fd: 3, length: 4096, offset: 0, address: undefined },
+    {
+      kind: 'read',
+      userData: encodeUserData(UD_TARGET_IO, 0),
+      fd: 3,
+      length: 4096,
+      offset: 0,
+      address: undefined,
+    },
   );
   ring.complete(lastIo().userData, 1024);
   await settle();
@@ -251,7 +264,7 @@ test("ctx.io: a target IO's completion settles its promise; whole-buffer calls l
     { ...lastIo(), address: undefined },
     {
       kind: 'write',
-      userData: TARGET_IO_BASE,
+      userData: encodeUserData(UD_TARGET_IO, 0),
       fd: 3,
       length: 2048,
       offset: 2048,
@@ -492,9 +505,9 @@ function forwardingTags(
   };
   /** A forwarded IO's CQE: what was prepared next. */
   const cqe = (io: PreparedIo, res: number) => {
-    assert.equal(io.userData >= FORWARDED_IO_BASE, true, 'a forwarded IO');
+    assert.equal(userDataKind(io.userData), UD_FORWARDED_IO, 'a forwarded IO');
     const before = ring.targetIo.length;
-    tags.forwarded.complete(io.userData - FORWARDED_IO_BASE, res);
+    forwardedCqe(tags.forwarded, io.userData, res);
     return ring.targetIo.slice(before);
   };
   return { tags, ring, sent, logged, handlerCalls, request, cqe };
@@ -516,7 +529,7 @@ test('forward: a read is one ring read into the tag buffer with its commit linke
   const [read] = request(2, { op: UBLK_IO_OP.READ, startSector: 8, nrSectors: 8 });
   assert.deepEqual(read, {
     kind: 'read',
-    userData: FORWARDED_IO_BASE + 2,
+    userData: encodeUserData(UD_FORWARDED_IO, 2),
     fd: 5,
     length: 4096,
     offset: (1 << 20) + 4096,
@@ -655,7 +668,7 @@ test('forward: FUA is write then fdatasync; FLUSH with sync is fdatasync, DISCAR
   const [write] = request(1, { op: UBLK_IO_OP.WRITE, nrSectors: 8, opFlags: UBLK_IO_F.FUA });
   assert.equal(write.linked, undefined, 'two IOs: committed from the CQE');
   const [sync] = cqe(write, 4096);
-  assert.deepEqual(sync, { kind: 'fsync', userData: FORWARDED_IO_BASE + 1, fd: 5 });
+  assert.deepEqual(sync, { kind: 'fsync', userData: encodeUserData(UD_FORWARDED_IO, 1), fd: 5 });
   assert.deepEqual(sent, [], 'not durable before the fdatasync');
   cqe(sync, 0);
   assert.deepEqual(sent, [commitOf(1, 4096)]);
@@ -692,7 +705,7 @@ test('forward with AUTO_BUF_REG: READ_FIXED/WRITE_FIXED at the tag index, from o
   const [read] = request(3, { op: UBLK_IO_OP.READ, startSector: 1, nrSectors: 8 });
   assert.deepEqual(read, {
     kind: 'readFixed',
-    userData: FORWARDED_IO_BASE + 3,
+    userData: encodeUserData(UD_FORWARDED_IO, 3),
     fd: 5,
     length: 4096,
     offset: 1024,
@@ -744,14 +757,14 @@ test('TagStates: every linked commit the kernel refuses is sent again, also afte
 
 test("the queue: a linked commit's CQE is its tag's next request; refused (EINVAL), it is sent again unlinked, as all later ones", async () => {
   const { ring, descs } = queueWith({ forward: { fd: 9, offset: 0 } });
-  const linkedUserData = 2 ** 43 + 1;
+  const linkedUserData = encodeUserData(UD_LINKED_COMMIT, 1);
   descs.request(1, { op: UBLK_IO_OP.READ, nrSectors: 8 });
   const before = ring.sent().length;
   ring.complete(1, UBLK_IO_RES.OK);
   await settle();
   assert.deepEqual(ring.targetIo.at(-1), {
     kind: 'read',
-    userData: FORWARDED_IO_BASE + 1,
+    userData: encodeUserData(UD_FORWARDED_IO, 1),
     fd: 9,
     length: 4096,
     offset: 0,

@@ -8,17 +8,24 @@ import { constants } from 'node:os';
 import { test } from 'node:test';
 import { UBLK_IO, UBLK_IO_OP, UBLK_IO_RES } from '../../src/ublk/ublk-cmd.js';
 import { FailureLog } from '../../src/ublk/queue/failure-log.js';
-import { FORWARDED_IO_BASE } from '../../src/ublk/queue/forwarded-io.js';
+import { encodeUserData, UD_FORWARDED_IO, UD_HOOK_DELAY } from '../../src/ublk/queue/user-data.js';
 import { Queue } from '../../src/ublk/queue/queue.js';
 import {
-  HOOK_DELAY_BASE,
+  HOOK_PASS,
+  hookDelay,
+  hookFail,
   ROUTE_BELOW,
   ROUTE_HANDLERS,
+  routeToFile,
+  type HookRoute,
+  type HookVerdict,
   type LayerHook,
+  type RequestHook,
 } from '../../src/ublk/queue/request-hooks.js';
 import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import type { QueueHandlers } from '../../src/ublk/target/contract.js';
 import {
+  forwardedCqe,
   StandInDescriptors,
   StandInRing,
   standInResources,
@@ -31,8 +38,8 @@ const { ENOSPC } = constants.errno;
 const DEPTH = 4;
 const BUFFER_BYTES = 64 * 1024;
 
-/** A hook that logs what it sees and answers `verdict` (0, -errno, or milliseconds). */
-function logging(name: string, log: string[], verdict = () => 0): LayerHook {
+/** A hook that logs what it sees and answers `verdict` (pass, fail or delay). */
+function logging(name: string, log: string[], verdict = (): HookVerdict => HOOK_PASS): LayerHook {
   return {
     name,
     hook: {
@@ -77,9 +84,8 @@ function hookedTags(handlers: QueueHandlers, options: { autoBufReg?: boolean } =
     tags.complete(tag, UBLK_IO_RES.OK);
     return ring.targetIo.slice(before);
   };
-  const forwardedCqe = (io: PreparedIo, res: number) =>
-    tags.forwarded.complete(io.userData - FORWARDED_IO_BASE, res);
-  return { tags, ring, sent, logged, request, forwardedCqe };
+  const forwarded = (io: PreparedIo, res: number) => forwardedCqe(tags.forwarded, io.userData, res);
+  return { tags, ring, sent, logged, request, forwardedCqe: forwarded };
 }
 
 const READ_8K = { op: UBLK_IO_OP.READ, startSector: 16, nrSectors: 16 };
@@ -108,7 +114,11 @@ test('a hook failing a request: no IO, the errno committed, only the hooks above
   const { sent, logged, request } = hookedTags({
     forward: { fd: 5, offset: 0 },
     hooks: {
-      write: [logging('outer', log), logging('picky', log, () => -ENOSPC), logging('inner', log)],
+      write: [
+        logging('outer', log),
+        logging('picky', log, () => hookFail(ENOSPC)),
+        logging('inner', log),
+      ],
     },
   });
   assert.deepEqual(request(1, { ...READ_8K, op: UBLK_IO_OP.WRITE }), [], 'no ring IO');
@@ -124,7 +134,7 @@ test('a hook failing a request: no IO, the errno committed, only the hooks above
 
 test('a delay is a TIMEOUT on the ring: the hooks below and the IO come after its completion', () => {
   const log: string[] = [];
-  let delay = 25;
+  let delay = hookDelay(25);
   const { sent, tags, ring, request, forwardedCqe } = hookedTags({
     forward: { fd: 5, offset: 0 },
     hooks: {
@@ -133,10 +143,10 @@ test('a delay is a TIMEOUT on the ring: the hooks below and the IO come after it
   });
   const [timeout] = request(3, READ_8K);
   assert.equal(timeout.kind, 'timeout');
-  assert.equal(timeout.userData, HOOK_DELAY_BASE + 3);
+  assert.equal(timeout.userData, encodeUserData(UD_HOOK_DELAY, 3));
   assert.deepEqual(log, ['slow before read 8192+8192 tag 3']);
   assert.equal(tags.ringIoInFlight, 1, 'the queue waits for it before closing');
-  delay = 0;
+  delay = HOOK_PASS;
   tags.resumeDelayed(3);
   assert.equal(tags.ringIoInFlight, 1, 'now the read');
   assert.deepEqual(log.slice(1), ['inner before read 8192+8192 tag 3'], "slow's before runs once");
@@ -181,9 +191,14 @@ test('the queue routes a delay TIMEOUT completion to its tag', async () => {
     resources,
   );
   let first = true;
+  const fiveMs = hookDelay(5);
   queue.start({
     forward: { fd: 9, offset: 0 },
-    hooks: { read: [{ name: 'd', hook: { before: () => (first ? ((first = false), 5) : 0) } }] },
+    hooks: {
+      read: [
+        { name: 'd', hook: { before: () => (first ? ((first = false), fiveMs) : HOOK_PASS) } },
+      ],
+    },
   });
   const turns = async () => {
     for (let i = 0; i < 4; i++) await new Promise((resolve) => setImmediate(resolve));
@@ -192,11 +207,11 @@ test('the queue routes a delay TIMEOUT completion to its tag', async () => {
   ring.complete(1, UBLK_IO_RES.OK);
   await turns();
   const timeout = ring.targetIo[ring.targetIo.length - 1];
-  assert.equal(timeout.userData, HOOK_DELAY_BASE + 1);
+  assert.equal(timeout.userData, encodeUserData(UD_HOOK_DELAY, 1));
   ring.complete(timeout.userData, -constants.errno.ETIME);
   await turns();
   const read = ring.targetIo[ring.targetIo.length - 1];
-  assert.equal(read.userData, FORWARDED_IO_BASE + 1);
+  assert.equal(read.userData, encodeUserData(UD_FORWARDED_IO, 1));
   ring.complete(read.userData, 8192);
   await turns();
   assert.deepEqual(ring.sent().at(-1), {
@@ -212,7 +227,8 @@ test('the queue routes a delay TIMEOUT completion to its tag', async () => {
 test("a hook's route: its own fd (the hooks below passed by), the layer below, or its handlers", () => {
   const log: string[] = [];
   const overlay = 7;
-  let route = overlay;
+  const toOverlay = routeToFile(overlay);
+  let route: HookRoute = toOverlay;
   const router: LayerHook = {
     name: 'cow',
     hook: {
@@ -247,7 +263,7 @@ test("a hook's route: its own fd (the hooks below passed by), the layer below, o
   assert.deepEqual(request(2, READ_8K), [], 'no ring IO');
   assert.deepEqual(log, ['route read 8192', 'handler read', 'cow after read 8192']);
 
-  route = overlay;
+  route = toOverlay;
   const [sync] = request(3, { op: UBLK_IO_OP.FLUSH });
   assert.deepEqual({ kind: sync.kind, fd: sync.fd }, { kind: 'fsync', fd: overlay });
   log.length = 0;
@@ -257,4 +273,33 @@ test("a hook's route: its own fd (the hooks below passed by), the layer below, o
     sent.map((c) => c.result),
     [8192, 8192, 8192, 0],
   );
+});
+
+test('hook results are typed values made once: no number, no nothing (a type error, and refused at run time)', () => {
+  const wrong: RequestHook[] = [
+    // @ts-expect-error a hook must say what becomes of the request
+    { before: () => undefined },
+    // @ts-expect-error a plain number is no verdict
+    { before: () => 0 },
+    // @ts-expect-error a plain fd is no route
+    { route: () => 3 },
+  ];
+  for (const hook of wrong) {
+    const { request } = hookedTags({
+      forward: { fd: 5, offset: 0 },
+      hooks: { read: [{ name: 'js', hook }] },
+    });
+    assert.throws(
+      () => request(0, READ_8K),
+      /filter js's hook (returned|routed to) (undefined|0|3), not/,
+    );
+  }
+  assert.equal(hookFail(ENOSPC), hookFail(ENOSPC), 'one value per errno');
+  assert.deepEqual(hookFail(ENOSPC), { action: 'fail', errno: ENOSPC });
+  assert.deepEqual(hookDelay(1.5), { action: 'delay', ms: 1.5 });
+  assert.deepEqual(routeToFile(7), { to: 'file', fd: 7 });
+  assert.throws(() => hookFail(-ENOSPC), RangeError);
+  assert.throws(() => hookDelay(0), RangeError);
+  assert.throws(() => routeToFile(-1), RangeError);
+  assert.ok(Object.isFrozen(HOOK_PASS) && Object.isFrozen(ROUTE_BELOW));
 });

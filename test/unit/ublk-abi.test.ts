@@ -1,8 +1,8 @@
-// Checks src/ublk/ublk-cmd.ts against two real <linux/ublk_cmd.h>, compiled: Linux 7.3's (Debian's
-// linux-libc-dev from trixie-backports, unpacked into the VM cache) and the system's (older: 6.1
-// here). Every constant, struct size and field offset abi.ts has must be in 7.3's header and equal
-// it, and equal the system's header too wherever that has the name. The lists come from abi.ts
-// itself (its exports and layout tables), so nothing added there goes unchecked.
+// Checks src/ublk/ublk-cmd.ts against two real <linux/ublk_cmd.h>, compiled: Linux 7.3's (vendored
+// from Debian's linux-libc-dev: support/linux-7.3/README.md) and the system's (older: 6.1 here).
+// Every constant, struct size and field offset ublk-cmd.ts has must be in 7.3's header and equal
+// it, and equal the system's header too wherever that has the name. The lists come from
+// ublk-cmd.ts itself (its exports and layout tables), so nothing added there goes unchecked.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';

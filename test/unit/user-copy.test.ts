@@ -29,7 +29,6 @@ import {
 import { addressOf } from '../../src/sys.js';
 import { Queue } from '../../src/ublk/queue/queue.js';
 import { FailureLog } from '../../src/ublk/queue/failure-log.js';
-import { FORWARDED_IO_BASE } from '../../src/ublk/queue/forwarded-io.js';
 import { TagStates } from '../../src/ublk/queue/tag-states.js';
 import type { QueueHandlers } from '../../src/ublk/target/contract.js';
 import {
@@ -40,6 +39,7 @@ import {
   userCopyOffset,
 } from '../../src/ublk/queue/user-copy.js';
 import {
+  forwardedCqe,
   StandInDescriptors,
   StandInRing,
   standInResources,
@@ -267,14 +267,14 @@ test('user copy, forwarded (loop): WRITE loads then writes the file from the bou
     uc.bytes.subarray(start, start + 4096).every((b) => b === 7),
     'the data, loaded',
   );
-  uc.prepared(() => uc.tags.forwarded.complete(write.userData - FORWARDED_IO_BASE, 4096));
+  uc.prepared(() => forwardedCqe(uc.tags.forwarded, write.userData, 4096));
   assert.deepEqual(uc.sent, [commit(2, 4096)]);
 
   const [read] = uc.request(3, UBLK_IO_OP.READ, 0, 8);
   assert.deepEqual([read.kind, read.fd, read.offset, read.length], ['read', 5, 1 << 20, 4096]);
   uc.bytes.fill(0xcd, uc.at(read.address!), uc.at(read.address!) + 4096);
   assert.deepEqual(
-    uc.prepared(() => uc.tags.forwarded.complete(read.userData - FORWARDED_IO_BASE, 4096)),
+    uc.prepared(() => forwardedCqe(uc.tags.forwarded, read.userData, 4096)),
     [],
   );
   assert.ok(

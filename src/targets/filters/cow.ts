@@ -11,7 +11,7 @@ import { constants as osConstants } from 'node:os';
 import { checkResult, errnoError, isErrnoError, UserError } from '../../errors.js';
 import { constants as sysConstants, lseek } from '../../sys.js';
 import { defineFilter } from '../../ublk/target/filter.js';
-import { ROUTE_BELOW, ROUTE_HANDLERS } from '../../ublk/queue/request-hooks.js';
+import { ROUTE_BELOW, ROUTE_HANDLERS, routeToFile } from '../../ublk/queue/request-hooks.js';
 
 /**
  * nbdkit's cow filter, with an overlay that outlives the daemon: writes go to the sparse file
@@ -172,6 +172,7 @@ export default defineFilter({
   },
   queue(next, { fd, map: buffer }: CowShared, { io }) {
     const map = new CowMap(buffer);
+    const overlay = routeToFile(fd);
     const sync = async () => {
       await io.fsync(fd, { dataOnly: true });
     };
@@ -193,9 +194,9 @@ export default defineFilter({
         route(kind, offset, length) {
           if (kind === 'read') {
             const held = map.uniform(offset, length);
-            return held === 1 ? fd : held === 0 ? ROUTE_BELOW : ROUTE_HANDLERS;
+            return held === 1 ? overlay : held === 0 ? ROUTE_BELOW : ROUTE_HANDLERS;
           }
-          return kind === 'write' || kind === 'flush' ? fd : ROUTE_HANDLERS;
+          return kind === 'write' || kind === 'flush' ? overlay : ROUTE_HANDLERS;
         },
         after(kind, offset, length, result) {
           if (kind === 'write' && result >= 0) map.mark(offset, length);

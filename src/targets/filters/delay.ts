@@ -1,7 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { defineFilter, type FilterHandlers } from '../../ublk/target/filter.js';
-import type { RequestKind } from '../../ublk/queue/request-hooks.js';
-import { parseDuration } from './options.js';
+import {
+  HOOK_PASS,
+  hookDelay,
+  type HookVerdict,
+  type RequestKind,
+} from '../../ublk/queue/request-hooks.js';
+import { parseDuration } from './filter-options.js';
 
 /**
  * nbdkit's delay filter: each request of a kind waits the given time before the layer below
@@ -42,15 +47,16 @@ export default defineFilter({
     return { shared: delays, info: { delays } };
   },
   queue(next, delays: Delays) {
-    const byKind: Record<RequestKind, number> = {
-      read: 0,
-      write: 0,
-      flush: 0,
-      discard: 0,
-      write_zeroes: 0,
+    const byKind: Record<RequestKind, HookVerdict> = {
+      read: HOOK_PASS,
+      write: HOOK_PASS,
+      flush: HOOK_PASS,
+      discard: HOOK_PASS,
+      write_zeroes: HOOK_PASS,
     };
     for (const [name, kind] of Object.entries(DELAYS) as [DelayOption, RequestKind][]) {
-      byKind[kind] = delays[name] ?? 0;
+      const ms = delays[name] ?? 0;
+      if (ms > 0) byKind[kind] = hookDelay(ms);
     }
     const own: FilterHandlers = { hook: { before: (kind) => byKind[kind] } };
     const after = (ms: number) => sleep(ms);

@@ -1,6 +1,7 @@
 import { errnoError, UserError } from '../../errors.js';
 import { defineFilter, type FilterHandlers } from '../../ublk/target/filter.js';
-import { parseErrno, parseOps, parseRange, parseRate, type Op } from './options.js';
+import { HOOK_PASS, hookFail } from '../../ublk/queue/request-hooks.js';
+import { parseErrno, parseOps, parseRange, parseRate, type Op } from './filter-options.js';
 
 /**
  * nbdkit's error filter: requests of the chosen kinds fail with an errno, at a rate, or where
@@ -82,12 +83,13 @@ export default defineFilter({
       }
     };
     const { ops, errno } = plan;
+    const failed = hookFail(errno);
     const own: FilterHandlers = {
       hook: {
         before: (kind, offset, length) =>
           ops.includes(kind) && fails(plan, kind, offset, length, plan.rate < 1 ? Math.random() : 0)
-            ? -errno
-            : 0,
+            ? failed
+            : HOOK_PASS,
       },
     };
     for (const op of plan.ops) {

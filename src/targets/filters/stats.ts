@@ -1,9 +1,9 @@
 import { writeFileSync, renameSync } from 'node:fs';
 import { UserError } from '../../errors.js';
 import { defineFilter, type FilterHandlers, type NextHandlers } from '../../ublk/target/filter.js';
-import type { RequestHook } from '../../ublk/queue/request-hooks.js';
+import { HOOK_PASS, type RequestHook } from '../../ublk/queue/request-hooks.js';
 import type { MaybePromise, IoResult } from '../../ublk/target/contract.js';
-import { OPS, type Op } from './options.js';
+import { OPS, type Op } from './filter-options.js';
 
 /**
  * nbdkit's stats filter: per request kind, the requests, bytes, failures and a latency histogram,
@@ -152,7 +152,7 @@ export function countingHook(counters: Float64Array, depth: number): RequestHook
   return {
     before(_kind, _offset, _length, tag) {
       started[tag] = performance.now();
-      return 0;
+      return HOOK_PASS;
     },
     after(kind, _offset, length, result, tag) {
       record(counters, kind, length, (performance.now() - started[tag]) * 1e6, result >= 0);

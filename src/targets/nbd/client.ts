@@ -123,7 +123,7 @@ export class NbdClient {
    * Zero copy (requests come with `data`): the receiver never reads past the reply header it
    * needs, since a payload must go from the socket to its request's pages, not through the stage.
    * (Copy mode reads as much as came, and copies the payloads: RECVs of headers only, payloads
-   * straight to their buffers, made 64k seqread QD8 in the VM slower: 0.44-0.88x, four pairs.)
+   * straight to their buffers, were slower; docs/performance.md#decisions, "Tried and not kept".)
    */
   private exact = false;
   /** Zero copy: /dev/zero, whose reads fill a hole chunk's range of a request's pages. */
@@ -222,8 +222,8 @@ export class NbdClient {
     if (!session || session.broken) return;
     if (!session.sending && !this.senderScheduled && this.queued.length > 0) {
       this.senderScheduled = true;
-      // Not queueMicrotask: Node makes an AsyncResource for each call of it (2.6% of the queue
-      // thread at 4k randread QD32 in a CPU profile).
+      // Not queueMicrotask: Node makes an AsyncResource for each call of it (it shows in a CPU
+      // profile of the queue thread).
       void RESOLVED.then(this.startSender);
     }
     if (!session.receiving && session.inFlight.size > 0) {
@@ -383,7 +383,7 @@ export class NbdClient {
   private async receiveLoop(session: Session): Promise<void> {
     try {
       while (session.inFlight.size > 0 && !session.broken) {
-        // A RECV brings several replies at once (7.4 per RECV at 4k randread QD32 in the VM): the
+        // A RECV brings several replies at once under load: the
         // ones staged whole are parsed without an await, a promise or a microtask hop each.
         const wanted = this.wantedBytes(session);
         // Until a reply's magic is staged, how many bytes it has is a guess (see wantedBytes).

@@ -1,6 +1,6 @@
 import { constants as fsConstants } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { errnoName } from '../../errors.js';
+import { errnoName, type ErrnoError } from '../../errors.js';
 import {
   close as closeSys,
   constants as sysConstants,
@@ -34,10 +34,22 @@ type CommandName = keyof typeof UBLK_U_CMD;
 const EOPNOTSUPP = osConstants.errno.EOPNOTSUPP;
 const EINVAL = osConstants.errno.EINVAL;
 
-/** A control command the kernel refused; `errno` is positive, `code` its name ('EEXIST'). */
-export class ControlError extends Error {
+/**
+ * Recognised by a brand rather than by class identity, as UserError is: a caller holding another
+ * copy of this package (another node_modules) still recognises the ControlErrors of this one.
+ */
+const CONTROL_ERROR_BRAND = Symbol.for('ublk-ts.ControlError');
+
+/**
+ * A ublk control command the kernel refused: an ErrnoError whose `errno` is positive and whose
+ * `code` is its name ('EEXIST', 'ENODEV', 'EPERM'...), the stable thing to match on; `syscall` is
+ * the command ('ublk ADD_DEV'), `devId` the device it was for.
+ */
+export class ControlError extends Error implements ErrnoError {
   override name = 'ControlError';
   readonly code: string;
+  readonly syscall: string;
+  readonly [CONTROL_ERROR_BRAND] = true;
   constructor(
     readonly command: CommandName,
     readonly devId: number,
@@ -46,11 +58,22 @@ export class ControlError extends Error {
     const code = errnoName(errno);
     super(`${command} of ublk device ${devId === AUTO_DEV_ID ? '(new)' : devId} failed: ${code}`);
     this.code = code;
+    this.syscall = `ublk ${command}`;
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return isControlError(value);
   }
 }
 
+/** A ControlError (of any copy of this package), optionally with a given code ('ENODEV'). */
 export function isControlError(err: unknown, code?: string): err is ControlError {
-  return err instanceof ControlError && (code === undefined || err.code === code);
+  return (
+    typeof err === 'object' &&
+    err !== null &&
+    (err as { [CONTROL_ERROR_BRAND]?: unknown })[CONTROL_ERROR_BRAND] === true &&
+    (code === undefined || (err as { code?: unknown }).code === code)
+  );
 }
 
 interface CommandArgs {

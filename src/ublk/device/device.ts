@@ -4,7 +4,7 @@ import { Worker } from 'node:worker_threads';
 import { UserError } from '../../errors.js';
 import { ownFdOnDevice, processExists, processRunning } from '../../processes.js';
 import { close, constants as sysConstants, isErrnoError, open } from '../../sys.js';
-import { loadTarget, resolveTargetSource } from '../target/loader.js';
+import { resolveTarget } from '../target/loader.js';
 import { SECTOR, type Capabilities, type TargetSetup } from '../target/contract.js';
 import { AUTO_DEV_ID, deviceStateName, UBLK_F, UBLK_S_DEV } from '../ublk-cmd.js';
 import { isControlError, type Control, type DevInfo } from '../control/control.js';
@@ -149,8 +149,7 @@ export class Device {
     checkDeviceOptions(options);
     const request = dataPathRequest(options);
     refuseExclusions(request);
-    const source = resolveTargetSource(options.target);
-    const target = await loadTarget(source);
+    const { source, target } = await resolveTarget(options.target);
     const setup = await target.setup(options.args ?? {}, {
       recovering: false,
       startEmpty: false,
@@ -221,8 +220,7 @@ export class Device {
    */
   static async recover(devId: number, options: RecoverOptions): Promise<Device> {
     checkRecoverOptions(options);
-    const source = resolveTargetSource(options.target);
-    const target = await loadTarget(source);
+    const { source, target } = await resolveTarget(options.target);
     const control = openControl();
     let setup: TargetSetup | undefined;
     let info: DevInfo;

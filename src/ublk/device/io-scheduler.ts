@@ -8,10 +8,10 @@ const DEFAULT_IO_SCHEDULER = 'none';
  * Selects the block layer's I/O scheduler of a started device (its disk exists from START_DEV on).
  *
  * The kernel gives a single-queue ublk device mq-deadline, which in front of a server that does
- * its own queueing only adds work per request, and a kblockd hop on io_uring submissions: a null
- * device served by this daemon did more than twice the IOPS with 'none' in the test VM (see the
- * README's performance section). Loop devices get 'none' by default for the same reason. The default is
- * best effort (a missing sysfs only costs speed); a scheduler asked for by name must be set.
+ * its own queueing only adds work per request, and a kblockd hop on io_uring submissions (see
+ * docs/performance.md#decisions, "No I/O scheduler"). Loop devices get 'none' by default for the
+ * same reason. The default is best effort (a missing sysfs only costs speed); a scheduler asked
+ * for by name must be set.
  */
 export function setIoScheduler(devId: number, name: string | undefined): void {
   const path = `/sys/block/ublkb${devId}/queue/scheduler`;

@@ -4,13 +4,18 @@
  * keys, values of the wrong kind), made before anything exists.
  */
 import { UserError } from '../../errors.js';
-import type { TargetArgs } from '../target/contract.js';
+import type { Target, TargetArgs } from '../target/contract.js';
 import type { DataPath } from './data-path.js';
 
 /** What every device has, whatever its data path. */
 interface CommonDeviceOptions {
-  /** A built-in target name (null, loop, mem, nbd) or the path of a target module. */
-  target: string;
+  /**
+   * The target: the path of a target module, its file: URL, or a Target object that says which
+   * module it is the default export of (defineTarget(spec, import.meta.url), or a withFilters
+   * stack of such), which each queue thread imports. Built-in names and exports ('loop',
+   * loopTarget) are the package index's createDevice's to turn into their modules' URLs.
+   */
+  target: string | URL | Target;
   /** The target's arguments, as `ublk add` would pass its options. */
   args?: TargetArgs;
   /** Device id; the kernel picks one when omitted. */
@@ -68,8 +73,8 @@ export type AnyDeviceOptions = CommonDeviceOptions & {
 };
 
 export interface RecoverOptions {
-  /** The target the device was made with: a built-in name or the path of a target module. */
-  target: string;
+  /** The target the device was made with, as in DeviceOptions. */
+  target: string | URL | Target;
   /** The target's arguments, as the device was added with. */
   args?: TargetArgs;
   /** Accept a target that cannot keep the data of the dead daemon (mem) starting empty. */

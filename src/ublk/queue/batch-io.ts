@@ -10,14 +10,10 @@ import {
   type SubmissionQueue,
 } from '../../uring/index.js';
 import { ELEM_HEADER, UBLK_BATCH_F, UBLK_IO_RES, UBLK_U_IO, writeBatchIo } from '../ublk-cmd.js';
+import { encodeUserData, UD_BATCH_COMMAND, UD_BATCH_FETCH } from './user-data.js';
 
 const { ENOBUFS } = constants.errno;
 
-/**
- * user_data of the queue's batch commands: this plus a code, BATCH_SLOTS and up for the fetch
- * commands, an element slot below (above the other user_data of queue.ts, below 2^53).
- */
-export const BATCH_IO_BASE = 2 ** 44;
 /**
  * Element buffers: PREP_IO_CMDS's, then COMMIT_IO_CMDS's. The kernel reads one while the command
  * is submitted, but it is free again only once its CQE came: the commit of one wake-up is built
@@ -159,10 +155,11 @@ export class BatchIo {
       const address = this.memory.elems.address + slot * this.slotBytes;
       const length = count * this.elemBytes;
       const { sq } = this.ring;
-      let cmd = sq.prepUringCmd(this.config.charFd, op, BATCH_IO_BASE + slot, address, 0, length);
+      const userData = encodeUserData(UD_BATCH_COMMAND, slot);
+      let cmd = sq.prepUringCmd(this.config.charFd, op, userData, address, 0, length);
       while (!cmd) {
         this.ring.makeRoom();
-        cmd = sq.prepUringCmd(this.config.charFd, op, BATCH_IO_BASE + slot, address, 0, length);
+        cmd = sq.prepUringCmd(this.config.charFd, op, userData, address, 0, length);
       }
       writeBatchIo(cmd, 0, this.config.queueId, this.flags, count, this.elemBytes);
       this.slotExpect[slot] = this.fillingPrep ? 0 : length;
@@ -177,14 +174,13 @@ export class BatchIo {
     }
   }
 
-  /** The CQE of a batch command: `code` is its user_data minus BATCH_IO_BASE. */
-  complete(code: number, res: number, cqeFlags: number): void {
-    if (code >= BATCH_SLOTS) return this.fetched(code - BATCH_SLOTS, res, cqeFlags);
+  /** The CQE of the PREP_IO_CMDS or COMMIT_IO_CMDS of element buffer `slot` (UD_BATCH_COMMAND). */
+  complete(slot: number, res: number): void {
     this.inFlight--;
-    this.slotBusy[code] = 0;
-    const expected = this.slotExpect[code];
+    this.slotBusy[slot] = 0;
+    const expected = this.slotExpect[slot];
     if (res === expected) return;
-    const what = this.slotIsPrep[code] ? 'ublk PREP_IO_CMDS' : 'ublk COMMIT_IO_CMDS';
+    const what = this.slotIsPrep[slot] ? 'ublk PREP_IO_CMDS' : 'ublk COMMIT_IO_CMDS';
     // A refused element is our bug or the kernel's: the tags after it stay uncommitted for good.
     if (res < 0) throw errnoError(what, -res, { queueId: this.config.queueId });
     throw new Error(
@@ -192,8 +188,8 @@ export class BatchIo {
     );
   }
 
-  /** The fetch command `i`'s CQE: `res` bytes of tags more in its buffer, or its end. */
-  private fetched(i: number, res: number, cqeFlags: number): void {
+  /** The fetch command `i`'s CQE (UD_BATCH_FETCH): `res` bytes of tags more in its buffer, or its end. */
+  fetched(i: number, res: number, cqeFlags: number): void {
     if (res > 0) {
       const tags = this.fetchTags[i];
       const first = this.fetchUsed[i] / TAG_BYTES;
@@ -234,7 +230,7 @@ export class BatchIo {
     this.fetchUsed[i] = 0;
     fetch.ring.push(fetch.address, fetch.bytes.length, 0);
     const { sq } = this.ring;
-    const userData = BATCH_IO_BASE + BATCH_SLOTS + i;
+    const userData = encodeUserData(UD_BATCH_FETCH, i);
     const op = UBLK_U_IO.FETCH_IO_CMDS;
     const cmdFlags = IORING_URING_CMD_MULTISHOT;
     let cmd = sq.prepUringCmdBufferSelect(this.config.charFd, op, userData, i, cmdFlags);

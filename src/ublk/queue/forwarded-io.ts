@@ -16,14 +16,14 @@ import {
 import { UBLK_IO_OP, UBLK_U_IO, writeIoCmd } from '../ublk-cmd.js';
 import type { RingForward } from '../target/contract.js';
 import type { DataPathMode } from '../device/data-path.js';
+import {
+  encodeUserData,
+  UD_FORWARDED_IO,
+  UD_REGISTER_IO_BUF,
+  UD_UNREGISTER_IO_BUF,
+} from './user-data.js';
 
 const { EIO, ECANCELED } = osConstants.errno;
-
-/** user_data of a forwarded request's ring IO: this plus its tag (below 2^53, no BigInt). */
-export const FORWARDED_IO_BASE = 2 ** 40;
-/** Manual zero copy: user_data of a tag's REGISTER_IO_BUF and UNREGISTER_IO_BUF commands. */
-export const FORWARDED_REGISTER = FORWARDED_IO_BASE + 2 ** 16;
-export const FORWARDED_UNREGISTER = FORWARDED_IO_BASE + 2 ** 17;
 
 /** What a forwarded request is waiting for, per tag. */
 const STAGE_READ = 1;
@@ -38,10 +38,8 @@ const STAGE_DISCARD = 7;
 
 /**
  * The largest read or write of a file in memory done on this thread (see `onThread`); a longer
- * copy is left to io-wq, where it runs beside this thread's work on another CPU. Loop over tmpfs
- * in copy mode on 7.3, one VM session, on the thread against ring IO, fio QD32: 16 KiB randread
- * 1.16x and 1.25x the IOPS (two rounds), randwrite 1.10x and 1.44x; 32 KiB randread 0.93x and
- * 0.86x; 64 KiB sequential reads at QD8 0.77x.
+ * copy is left to io-wq, where it runs beside this thread's work on another CPU. See
+ * docs/performance.md#decisions, "Short IO of in-memory files on the queue thread".
  */
 const ON_THREAD_MAX_BYTES = 16 * 1024;
 
@@ -235,8 +233,7 @@ export class ForwardedIo {
    * IOs), manual zero copy (the registration's commands around the IO), or a sync someone must
    * hear of (onSync, from the CQE). Only while no other forwarded IO is in flight: then the
    * thread would wake for this IO alone, while under load it wakes for others anyway and sends
-   * many commits in one enter. Measured on 7.3 (loop, auto zero copy, alternating builds, five
-   * rounds): linking every request cut QD1 mean latency to 0.91x but 4k randread QD32 to 0.88x.
+   * many commits in one enter (docs/performance.md#decisions, "Commit linked behind a lone IO").
    */
   private linkable(tag: number, stage: number, forward: RingForward): boolean {
     const linkedCommit = this.config.linkedCommit;
@@ -256,9 +253,7 @@ export class ForwardedIo {
    * data in our memory (copy mode, user copy). Those files have no FMODE_NOWAIT, so io_uring hands
    * each read or write of them to an io-wq worker, which makes the same copy one thread switch
    * later, and this thread wakes once more for its CQE; nothing in them waits for a device. kublk's
-   * user copy reads /dev/ublkcN with pread for the same reason. Loop over tmpfs in copy mode on
-   * 7.3, one VM session alternating with ring IO, two rounds: fio 4k randread QD32 1.40x and 1.43x
-   * the IOPS, randwrite QD32 1.68x and 1.34x, randread QD1 mean latency 0.58x and 0.55x.
+   * user copy reads /dev/ublkcN with pread for the same reason (docs/performance.md#decisions).
    */
   private onThread(fd: number): boolean {
     const mode = this.config.mode;
@@ -280,10 +275,8 @@ export class ForwardedIo {
       : pwrite(fd, address, this.length[tag], this.fileOffset[tag]);
   }
 
-  /** The CQE of a forwarded request's ring IO: `id` is its user_data less FORWARDED_IO_BASE. */
-  complete(id: number, res: number): void {
-    if (id >= 2 ** 16) return this.completeCommand(id, res);
-    const tag = id;
+  /** The CQE of a forwarded request's ring IO (user_data UD_FORWARDED_IO). */
+  complete(tag: number, res: number): void {
     if (this.linked[tag] !== 0) {
       // The link broke (see start): the request is ours again.
       this.linked[tag] = 0;
@@ -348,27 +341,33 @@ export class ForwardedIo {
     this.zeroFd = -1;
   }
 
-  /** The CQE of a REGISTER_IO_BUF (only on failure: its success posts none) or UNREGISTER_IO_BUF. */
-  private completeCommand(id: number, res: number): void {
-    if (id < 2 ** 17) {
-      // The request fails here, not at its data IO linked after it: that and the unregister are
-      // cancelled without a CQE, since the registration was sent with IOSQE_CQE_SKIP_SUCCESS (a
-      // failed request with that flag skips its link's CQEs: REQ_F_SKIP_LINK_CQES). Nothing is
-      // registered.
-      const tag = id - 2 ** 16;
-      this.registerFailed[tag] = 1;
-      this.chainCqes[tag] = 0;
-      return this.finish(tag, res < 0 ? res : -EIO, 'ublk REGISTER_IO_BUF');
-    }
-    const tag = id - 2 ** 17;
+  /** The CQE of a REGISTER_IO_BUF: only on failure, its success posts none. */
+  completeRegister(tag: number, res: number): void {
+    // The request fails here, not at its data IO linked after it: that and the unregister are
+    // cancelled without a CQE, since the registration was sent with IOSQE_CQE_SKIP_SUCCESS (a
+    // failed request with that flag skips its link's CQEs: REQ_F_SKIP_LINK_CQES). Nothing is
+    // registered.
+    this.registerFailed[tag] = 1;
+    this.chainCqes[tag] = 0;
+    this.finish(tag, res < 0 ? res : -EIO, 'ublk REGISTER_IO_BUF');
+  }
+
+  /** The CQE of an UNREGISTER_IO_BUF. */
+  completeUnregister(tag: number, res: number): void {
     if (res === -ECANCELED && this.registerFailed[tag] !== 0) return; // as in complete()
     this.unregisterResult[tag] = res;
     if (--this.chainCqes[tag] === 0) this.chainDone(tag);
   }
 
   /** A REGISTER_IO_BUF or UNREGISTER_IO_BUF of the tag's request at buffer index `tag`. */
-  private prepareCommand(tag: number, cmdOp: number, userData: number, sqeFlags: number): void {
+  private prepareCommand(
+    tag: number,
+    cmdOp: number,
+    kind: typeof UD_REGISTER_IO_BUF | typeof UD_UNREGISTER_IO_BUF,
+    sqeFlags: number,
+  ): void {
     const charFd = this.config.charFd!;
+    const userData = encodeUserData(kind, tag);
     let cmd = this.ring.sq.prepUringCmd(charFd, cmdOp, userData, 0, sqeFlags);
     while (!cmd) {
       this.ring.makeRoom();
@@ -386,7 +385,7 @@ export class ForwardedIo {
   private prepare(tag: number, sqeFlags = 0): void {
     const stage = this.stage[tag];
     const fd = this.fd[tag];
-    const userData = FORWARDED_IO_BASE + tag;
+    const userData = encodeUserData(UD_FORWARDED_IO, tag);
     const sq = this.ring.sq;
     if (stage === STAGE_FUA_SYNC || stage === STAGE_FLUSH) {
       while (!sq.prepFsync(fd, IORING_FSYNC_DATASYNC, userData, sqeFlags)) this.ring.makeRoom();
@@ -408,10 +407,10 @@ export class ForwardedIo {
       // One chain, in one submission: room for all three.
       if (sq.spaceLeft() < 3) this.ring.makeRoom();
       const flags = IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
-      this.prepareCommand(tag, UBLK_U_IO.REGISTER_IO_BUF, FORWARDED_REGISTER + tag, flags);
+      this.prepareCommand(tag, UBLK_U_IO.REGISTER_IO_BUF, UD_REGISTER_IO_BUF, flags);
       if (reading) sq.prepReadFixed(source, done, length, offset, tag, userData, IOSQE_IO_HARDLINK);
       else sq.prepWriteFixed(source, done, length, offset, tag, userData, IOSQE_IO_HARDLINK);
-      this.prepareCommand(tag, UBLK_U_IO.UNREGISTER_IO_BUF, FORWARDED_UNREGISTER + tag, 0);
+      this.prepareCommand(tag, UBLK_U_IO.UNREGISTER_IO_BUF, UD_UNREGISTER_IO_BUF, 0);
       this.chainCqes[tag] = 2;
       return;
     }

@@ -21,7 +21,6 @@ import {
   writeIoCmd,
 } from '../ublk-cmd.js';
 import {
-  BATCH_IO_BASE,
   BatchIo,
   batchElemBytes,
   openBatchMemory,
@@ -29,8 +28,8 @@ import {
   type BatchRing,
 } from './batch-io.js';
 import { FailureLog } from './failure-log.js';
-import { FORWARDED_IO_BASE, type ForwardRing } from './forwarded-io.js';
-import { HOOK_DELAY_BASE, type HookRing } from './request-hooks.js';
+import type { ForwardRing } from './forwarded-io.js';
+import type { HookRing } from './request-hooks.js';
 import {
   TagStates,
   type IoCommandSink,
@@ -39,6 +38,20 @@ import {
 } from './tag-states.js';
 import type { QueueHandlers, QueueIo } from '../target/contract.js';
 import { bouncePoolBytes } from './user-copy.js';
+import {
+  encodeUserData,
+  UD_BATCH_COMMAND,
+  UD_BATCH_FETCH,
+  UD_FORWARDED_IO,
+  UD_HOOK_DELAY,
+  UD_LINKED_COMMIT,
+  UD_REGISTER_IO_BUF,
+  UD_TAG_COMMAND,
+  UD_TARGET_IO,
+  UD_UNREGISTER_IO_BUF,
+  userDataIndex,
+  userDataKind,
+} from './user-data.js';
 import { wholeBufferIo } from './whole-buffer-io.js';
 
 export interface QueueConfig extends TagStatesConfig {
@@ -82,16 +95,6 @@ export interface QueueResources {
 
 const { ETIME, EBUSY } = osConstants.errno;
 /**
- * user_data below this is a tag's ublk command; from it up, a ctx.io call's slot; from
- * FORWARDED_IO_BASE up, a forwarded request's ring IO (FORWARDED_IO_BASE + tag); from
- * HOOK_DELAY_BASE up, a filter's delay of a request (HOOK_DELAY_BASE + tag); from
- * LINKED_COMMIT_BASE up, a commit linked behind a forwarded request's IO; from BATCH_IO_BASE up,
- * a batch command (batch-io.ts).
- */
-const TARGET_IO_BASE = 1 << 16;
-/** user_data of a commit linked behind a forwarded request's IO: this plus the tag. */
-const LINKED_COMMIT_BASE = 2 ** 43;
-/**
  * Longest kernel wait while handlers are pending: they may also wait for something only the event
  * loop delivers (a timer, a socket), which must not be held up by much more than this.
  */
@@ -101,9 +104,8 @@ const IDLE_WAIT_MS = 1000;
 /**
  * A busy queue leaves its kernel-wait loop for a turn of the thread's event loop (its timers and
  * messages) once this long has passed, checked every TURN_CHECK_BATCHES batches; with handlers
- * pending, at every check. A turn costs the request it delays some hundreds of microseconds in
- * the emulated test VM: with a turn every 64 batches, fio 4k QD1 on null there had a p99 of
- * 0.88-1.03 ms; with one every 4096, 0.59-0.69.
+ * pending, at every check. A turn delays the request it interrupts: see
+ * docs/performance.md#decisions, "Event loop turn every 100 ms".
  */
 const TURN_INTERVAL_MS = 100;
 const TURN_CHECK_BATCHES = 64;
@@ -313,7 +315,7 @@ export class Queue implements IoCommandSink {
     // cannot register (never with one table slot per tag) is failed by the kernel itself.
     const { mode } = this.config.dataPath;
     const sqeAddr = mode === 'auto-zero-copy' ? tag : 0;
-    const userData = linked ? LINKED_COMMIT_BASE + tag : tag;
+    const userData = encodeUserData(linked ? UD_LINKED_COMMIT : UD_TAG_COMMAND, tag);
     let cmd = this.ring.sq.prepUringCmd(this.config.charFd, cmdOp, userData, sqeAddr);
     while (!cmd) {
       this.submit();
@@ -346,11 +348,11 @@ export class Queue implements IoCommandSink {
       } else {
         const timeout = tags.pendingHandlers > 0 ? BUSY_WAIT_MS : IDLE_WAIT_MS;
         // A COMMIT_IO_CMDS completes during the enter that submits it: wait for a CQE beyond
-        // those, else the enter returns at once and a second one sleeps (fio 4k QD1 on null in
-        // the VM: p99 18 ms and 0.4k IOPS that way, 8 ms and 1.0k IOPS waiting past them).
+        // those, else the enter returns at once and a second one sleeps (one more enter and pass
+        // of the loop per request).
         // Likewise a whole-buffer SEND, which a socket with room takes at once: waking for its
-        // CQE alone costs a return to JavaScript and one more enter (nbd 4k QD1 in the VM: 3.0
-        // enters per request that way, 2.0 waiting past it; strace). Such a send is of bytes the
+        // CQE alone costs a return to JavaScript and one more enter (docs/performance.md#decisions,
+        // "A SEND of whole requests does not wake the queue"). Such a send is of bytes the
         // peer answers (QueueIo.send), so the answer ends this wait, else its timeout does.
         const commits = this.batch?.inFlight ?? 0;
         const res = this.ring.submitAndWait(1 + commits + this.selfCompleting, timeout);
@@ -429,36 +431,49 @@ export class Queue implements IoCommandSink {
   };
 
   private readonly onCqe = (userData: number, res: number, flags: number): void => {
-    if (userData < TARGET_IO_BASE) return this.tags.complete(userData, res);
-    if (userData >= BATCH_IO_BASE) {
-      return this.batch!.complete(userData - BATCH_IO_BASE, res, flags);
+    const index = userDataIndex(userData);
+    switch (userDataKind(userData)) {
+      case UD_TAG_COMMAND:
+        return this.tags.complete(index, res);
+      case UD_TARGET_IO: {
+        const settle = this.targetIo[index]!;
+        this.targetIo[index] = undefined;
+        this.freeSlots.push(index);
+        this.targetIoInFlight--;
+        return settle(res);
+      }
+      case UD_FORWARDED_IO:
+        return this.tags.forwarded.complete(index, res);
+      case UD_REGISTER_IO_BUF:
+        return this.tags.forwarded.completeRegister(index, res);
+      case UD_UNREGISTER_IO_BUF:
+        return this.tags.forwarded.completeUnregister(index, res);
+      case UD_HOOK_DELAY:
+        return this.tags.resumeDelayed(index);
+      case UD_LINKED_COMMIT:
+        return this.tags.completeLinkedCommit(index, res);
+      case UD_BATCH_COMMAND:
+        return this.batch!.complete(index, res);
+      case UD_BATCH_FETCH:
+        return this.batch!.fetched(index, res, flags);
+      default:
+        throw new Error(
+          `ublk queue ${this.config.queueId}: a CQE of unknown user_data ${userData}`,
+        );
     }
-    if (userData >= LINKED_COMMIT_BASE) {
-      return this.tags.completeLinkedCommit(userData - LINKED_COMMIT_BASE, res);
-    }
-    if (userData >= HOOK_DELAY_BASE) return this.tags.resumeDelayed(userData - HOOK_DELAY_BASE);
-    if (userData >= FORWARDED_IO_BASE) {
-      return this.tags.forwarded.complete(userData - FORWARDED_IO_BASE, res);
-    }
-    const slot = userData - TARGET_IO_BASE;
-    const settle = this.targetIo[slot]!;
-    this.targetIo[slot] = undefined;
-    this.freeSlots.push(slot);
-    this.targetIoInFlight--;
-    settle(res);
   };
 
   private claimSlot(): number {
     this.progress++;
     this.targetIoInFlight++;
     this.unpark();
-    return TARGET_IO_BASE + (this.freeSlots.pop() ?? this.targetIo.length);
+    return encodeUserData(UD_TARGET_IO, this.freeSlots.pop() ?? this.targetIo.length);
   }
 
   /** The promise of a prepared target IO, made without a closure per IO. */
   private targetIoPromise(userData: number): Promise<number> {
     const promise = new Promise<number>(this.capture);
-    this.targetIo[userData - TARGET_IO_BASE] = this.captured;
+    this.targetIo[userDataIndex(userData)] = this.captured;
     return promise;
   }
 

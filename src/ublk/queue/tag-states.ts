@@ -16,7 +16,7 @@ import {
   type ForwardRing,
   type LinkedCommit,
 } from './forwarded-io.js';
-import { HookRunner, ROUTE_BELOW, ROUTE_HANDLERS, type HookRing } from './request-hooks.js';
+import { HookRunner, ROUTED_BELOW, ROUTED_HANDLERS, type HookRing } from './request-hooks.js';
 import { SECTOR, type IoResult, type QueueHandlers } from '../target/contract.js';
 import { BOUNCE_CHUNK, BouncePool, userCopyOffset } from './user-copy.js';
 import type { ResolvedDataPath } from '../device/data-path.js';
@@ -289,9 +289,9 @@ export class TagStates {
   /** The request, through its hooks: to the forward, else to the handlers. */
   private serveNow(tag: number, op: number, offset: number, length: number, address: number): void {
     const fua = (this.descs.opFlags(tag) & UBLK_IO_F.FUA) !== 0;
-    const route = this.hooks === undefined ? ROUTE_BELOW : this.hooks.routeOf(tag);
+    const route = this.hooks === undefined ? ROUTED_BELOW : this.hooks.routeOf(tag);
     if (
-      route !== ROUTE_HANDLERS &&
+      route !== ROUTED_HANDLERS &&
       this.forwarded.start(tag, op, offset, length, fua, address, route)
     ) {
       return;
@@ -334,8 +334,8 @@ export class TagStates {
    * Copies `length` bytes between the tag's bounce buffer and its request: 0 or -errno. With
    * pread/pwrite on /dev/ublkcN from this thread, as kublk does, not as ring IO: the char device
    * has no FMODE_NOWAIT, so io_uring hands every read or write of it to an io-wq worker, one
-   * more thread switch and one more wake-up of this thread per request. Measured on 7.3 (loop,
-   * --usercopy, tmpfs, fio 4k randread): see the README's performance section.
+   * more thread switch and one more wake-up of this thread per request: see
+   * docs/performance.md#decisions, "User copy on the queue thread".
    */
   private copy(tag: number, stage: number, length: number): number {
     const fd = this.config.charFd!;

@@ -21,6 +21,7 @@ import type {
   TargetOptionSpecs,
   TargetSetup,
 } from './contract.js';
+import { recordModule, recordStack } from './module-source.js';
 
 const { EOPNOTSUPP } = osConstants.errno;
 
@@ -88,13 +89,16 @@ export interface Filter<Shared = unknown, Options extends TargetOptionSpecs = Ta
 }
 
 /**
- * Identity helper that gives a filter module full type checking, as defineTarget does: `setup`
- * gets its option values typed from `options`, `queue` the type of what setup shares.
+ * Gives a filter module full type checking, as defineTarget does: `setup` gets its option values
+ * typed from `options`, `queue` the type of what setup shares. With `moduleUrl` (the module's
+ * `import.meta.url`), the filter, its module's default export, can be given to withFilters as an
+ * object for createDevice: the queue threads import it from there (see defineTarget).
  */
 export function defineFilter<Shared, const Options extends TargetOptionSpecs = TargetOptionSpecs>(
   filter: Filter<Shared, Options>,
+  moduleUrl?: string | URL,
 ): Filter<Shared, Options> {
-  return filter;
+  return recordModule(filter, moduleUrl);
 }
 
 /** A filter with the arguments it gets, rather than its options' values from the device's args. */
@@ -115,7 +119,9 @@ interface StackShared {
 /**
  * The target seen through its filters, first outermost: one Target whose options are the
  * target's and those of each filter given without arguments, whose setup runs each layer's over
- * the one below, and whose queue() composes each layer's handlers over the one below.
+ * the one below, and whose queue() composes each layer's handlers over the one below. It records
+ * what it is made of: createDevice takes it when each part is a module's default export defined
+ * with its import.meta.url (as the built-in targets and filters are).
  */
 export function withFilters(target: Target, entries: readonly FilterEntry[]): Target<StackShared> {
   const layers = entries.map((entry) =>
@@ -124,6 +130,7 @@ export function withFilters(target: Target, entries: readonly FilterEntry[]): Ta
       : { filter: entry as Filter, bound: undefined },
   );
   if (layers.length === 0) return target as Target<StackShared>;
+  const parts = layers.map(({ filter, bound }) => ({ filter, args: bound }));
   const options: Record<string, TargetOptionSpecs[string]> = { ...target.options };
   const owner: Record<string, string> = {};
   for (const name of Object.keys(options)) owner[name] = `target ${target.name}`;
@@ -142,7 +149,7 @@ export function withFilters(target: Target, entries: readonly FilterEntry[]): Ta
   const ownArgs = (args: TargetArgs, specs: TargetOptionSpecs | undefined): TargetArgs =>
     Object.fromEntries(Object.keys(specs ?? {}).map((name) => [name, args[name]]));
 
-  return {
+  const stack: Target<StackShared> = {
     name: target.name,
     options,
     async setup(args, env) {
@@ -206,6 +213,7 @@ export function withFilters(target: Target, entries: readonly FilterEntry[]): Ta
       return layer.direct;
     },
   };
+  return recordStack(stack, { target, filters: parts });
 }
 
 /**

@@ -1,52 +1,44 @@
+/**
+ * Loads targets and filters by source: a module's file: URL, a path to one, or a stack of those
+ * (module-source.ts). Built-in names are not known here: the layers above (src/targets/registry.ts)
+ * turn them into their modules' URLs first.
+ */
 import { existsSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ERROR_CODES, UserError } from '../../errors.js';
-import { withFilters, type Filter } from './filter.js';
+import { withFilters, type BoundFilter, type Filter, type FilterEntry } from './filter.js';
 import type { Target } from './contract.js';
+import {
+  describe,
+  parseStackSource,
+  recordedModule,
+  recordedStack,
+  stackSource,
+  type FilterSource,
+} from './module-source.js';
 
-export const BUILT_IN: Record<string, string> = {
-  null: '../../targets/null.js',
-  loop: '../../targets/loop.js',
-  mem: '../../targets/mem.js',
-  nbd: '../../targets/nbd.js',
-};
+export { stackSource } from './module-source.js';
 
-export const BUILT_IN_FILTERS: Record<string, string> = {
-  cow: '../../targets/filters/cow.js',
-  delay: '../../targets/filters/delay.js',
-  error: '../../targets/filters/error.js',
-  readonly: '../../targets/filters/readonly.js',
-  stats: '../../targets/filters/stats.js',
-};
-
-/** ublksrv's numeric target types, for `list`'s target line; user modules have none of theirs. */
-export const TARGET_TYPE_NUMBERS: Record<string, number> = { null: 0, loop: 1, nbd: 3, mem: 100 };
-export const USER_TARGET_TYPE = 255;
-
-/**
- * A target under filters, as one source string: the queue threads import their target by source,
- * and a device's record keeps it for `ublk recover`, so the stack must be plain data.
- */
-const STACK_PREFIX = 'ublk-stack:';
-interface StackSource {
-  target: string;
-  filters: readonly string[];
+/** Whether `name` is a bare name ('loop'), not a module's path or URL. */
+export function isBareName(name: string): boolean {
+  return (
+    !name.includes('/') &&
+    !/\.[cm]?[jt]s$/.test(name) &&
+    !name.startsWith('file:') &&
+    !isStack(name)
+  );
 }
 
-/** The source of `target` under `filters` (sources too, first outermost); the target's alone without. */
-export function stackSource(target: string, filters: readonly string[]): string {
-  if (filters.length === 0) return target;
-  return STACK_PREFIX + JSON.stringify({ target, filters } satisfies Readonly<StackSource>);
+function isStack(source: string): boolean {
+  return parseStackSource(source) !== undefined;
 }
 
-function moduleSource(kind: 'target' | 'filter', name: string, builtIn: Record<string, string>) {
-  if (Object.hasOwn(builtIn, name)) return new URL(builtIn[name], import.meta.url).href;
+function moduleSource(kind: 'target' | 'filter', name: string): string {
   if (name.startsWith('file:')) return name;
-  if (!name.includes('/') && !name.endsWith('.js')) {
-    const names = Object.keys(builtIn).join(', ');
+  if (isBareName(name)) {
     throw new UserError(
-      `unknown ${kind} ${kind === 'target' ? 'type ' : ''}'${name}': use ${names}, or a path to a ${kind} module such as ./my-${kind}.js`,
+      `unknown ${kind} '${name}': give the path of a ${kind} module such as ./my-${kind}.js`,
     );
   }
   const path = isAbsolute(name) ? name : resolve(name);
@@ -55,17 +47,84 @@ function moduleSource(kind: 'target' | 'filter', name: string, builtIn: Record<s
 }
 
 /**
- * Where a target comes from, as a URL both the main thread and the queue threads can import:
- * a built-in name, or a path to a module (`./my-target.js`), resolved against the working directory.
+ * Where a target comes from, as a URL both the main thread and the queue threads can import: a
+ * file: URL or a stack source as it is, or a path to a module (`./my-target.js`), resolved
+ * against the working directory.
  */
-export function resolveTargetSource(type: string): string {
-  if (type.startsWith(STACK_PREFIX)) return type;
-  return moduleSource('target', type, BUILT_IN);
+export function resolveTargetSource(target: string | URL): string {
+  if (target instanceof URL) return target.href;
+  if (isStack(target)) return target;
+  return moduleSource('target', target);
 }
 
-/** As resolveTargetSource, for a filter: a built-in filter's name or a filter module's path. */
-export function resolveFilterSource(name: string): string {
-  return moduleSource('filter', name, BUILT_IN_FILTERS);
+/** As resolveTargetSource, for a filter module's path or URL. */
+export function resolveFilterSource(filter: string | URL): string {
+  if (filter instanceof URL) return filter.href;
+  return moduleSource('filter', filter);
+}
+
+/**
+ * The target a device is made with, and its source for the queue threads. A string or URL is
+ * loaded from its source. A Target object must say where it comes from (module-source.ts): a
+ * defineTarget(spec, import.meta.url) result that is its module's default export, or a
+ * withFilters stack of such targets and filters; anything else is refused.
+ */
+export async function resolveTarget(
+  target: string | URL | Target,
+): Promise<{ source: string; target: Target }> {
+  if (typeof target === 'string' || target instanceof URL) {
+    const source = resolveTargetSource(target);
+    return { source, target: await loadTarget(source) };
+  }
+  if (typeof target !== 'object' || target === null) {
+    throw new UserError(
+      `target must be a target's name, a module path, a file: URL or a Target object, not ${String(target)}`,
+    );
+  }
+  return { source: await objectSource('target', target), target };
+}
+
+/**
+ * The module URL of an object some layer above knows (a built-in's), already checked to be that
+ * module's default export; undefined for one it does not know.
+ */
+export type KnownSource = (kind: 'target' | 'filter', value: object) => Promise<string | undefined>;
+
+/**
+ * The source of a target or filter object: the URL of the module it is the default export of
+ * (`known`'s, else the one defineTarget/defineFilter recorded), or for a withFilters stack the
+ * stack of its parts' sources. An object of no known module is refused.
+ */
+export async function objectSource(
+  kind: 'target' | 'filter',
+  value: object,
+  known?: KnownSource,
+): Promise<string> {
+  const stack = recordedStack(value);
+  if (stack !== undefined) {
+    const filters: FilterSource[] = [];
+    for (const { filter, args } of stack.filters) {
+      const source = await objectSource('filter', filter, known);
+      filters.push(args === undefined ? source : { source, args });
+    }
+    return stackSource(await objectSource('target', stack.target, known), filters);
+  }
+  const knownHref = await known?.(kind, value);
+  if (knownHref !== undefined) return knownHref;
+  const href = recordedModule(value);
+  const define = kind === 'target' ? 'defineTarget' : 'defineFilter';
+  if (href === undefined) {
+    throw new UserError(
+      `${kind} ${describe(value)} does not say which module it comes from, which the queue threads import: make it its module's default export with ${define}({ ... }, import.meta.url), or pass that module's path`,
+    );
+  }
+  const loaded = await importDefault(kind, href);
+  if (loaded !== value) {
+    throw new UserError(
+      `${kind} ${describe(value)} is not the default export of ${href}, which the queue threads import: export it as default`,
+    );
+  }
+  return href;
 }
 
 async function importDefault(kind: string, source: string): Promise<Record<string, unknown>> {
@@ -79,10 +138,16 @@ async function importDefault(kind: string, source: string): Promise<Record<strin
 }
 
 export async function loadTarget(source: string): Promise<Target> {
-  if (source.startsWith(STACK_PREFIX)) {
-    const stack = JSON.parse(source.slice(STACK_PREFIX.length)) as StackSource;
+  const stack = parseStackSource(source);
+  if (stack !== undefined) {
     const target = await loadTarget(stack.target);
-    const filters = await Promise.all(stack.filters.map(loadFilter));
+    const filters = await Promise.all(
+      stack.filters.map(async (entry): Promise<FilterEntry> => {
+        if (typeof entry === 'string') return loadFilter(entry);
+        const bound: BoundFilter = { filter: await loadFilter(entry.source), args: entry.args };
+        return bound;
+      }),
+    );
     return withFilters(target, filters) as Target;
   }
   const target = await importDefault('target', source);

@@ -5,7 +5,15 @@
  */
 import { UBLK_IO_OP } from '../../../src/ublk/ublk-cmd.js';
 import type { QueueResources, QueueRing } from '../../../src/ublk/queue/queue.js';
+import type { ForwardedIo } from '../../../src/ublk/queue/forwarded-io.js';
 import type { IoDescriptors } from '../../../src/ublk/queue/tag-states.js';
+import {
+  UD_FORWARDED_IO,
+  UD_REGISTER_IO_BUF,
+  UD_UNREGISTER_IO_BUF,
+  userDataIndex,
+  userDataKind,
+} from '../../../src/ublk/queue/user-data.js';
 import { IOSQE_IO_LINK, type CqeHandler } from '../../../src/uring/index.js';
 
 export interface Request {
@@ -249,4 +257,19 @@ export function standInResources(
     logged,
     released: () => released,
   };
+}
+
+/** A forwarded request's CQE (its IO, REGISTER_IO_BUF or UNREGISTER_IO_BUF), as the queue hands it. */
+export function forwardedCqe(forwarded: ForwardedIo, userData: number, res: number): void {
+  const tag = userDataIndex(userData);
+  switch (userDataKind(userData)) {
+    case UD_FORWARDED_IO:
+      return forwarded.complete(tag, res);
+    case UD_REGISTER_IO_BUF:
+      return forwarded.completeRegister(tag, res);
+    case UD_UNREGISTER_IO_BUF:
+      return forwarded.completeUnregister(tag, res);
+    default:
+      throw new Error(`user_data ${userData} is no forwarded request's`);
+  }
 }
