@@ -214,8 +214,9 @@ function chooseMode(request: DataPathRequest, caps: Capabilities, features: numb
   switch (request.dataPath) {
     case 'auto':
       // Not for handlers that move the data as ring IO (nbd): a round trip per move, where a copy
-      // did it in one for many requests. Nor with a copy-mode flag, nor for an unprivileged
-      // device (zero copy lends a request's pages to the server).
+      // did it in one for many requests (docs/performance.md#decisions, "nbd zero copy only when
+      // asked"). Nor with a copy-mode flag, nor for an unprivileged device (zero copy lends a
+      // request's pages to the server).
       return caps.zeroCopy === true && autoBufReg && !request.needGetData && !request.unprivileged
         ? 'auto-zero-copy'
         : 'copy';
