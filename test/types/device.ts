@@ -4,10 +4,14 @@
  */
 import {
   createDevice,
+  isErrnoError,
+  isUserError,
   recoverDevice,
+  UserError,
   type Device,
   type DeviceOptions,
   type RecoverOptions,
+  type UserErrorCode,
 } from 'ublk-ts';
 import { expectTrue, expectType, type Exact } from './expect.js';
 
@@ -48,10 +52,27 @@ export async function deviceOptions(): Promise<void> {
   expectType<Promise<void>>(device.stop());
   expectType<Promise<void>>(device.resize(1 << 30));
   expectTrue<Exact<Awaited<Device['closed']>, 'deleted' | 'handed-over'>>(true);
+  // @ts-expect-error TS2339: createDevice is async: the device comes from `await`
+  void createDevice({ target: 'null' }).path;
   // @ts-expect-error TS2540: a device's id is read-only
   device.id = 4;
   // @ts-expect-error TS2339: stop() is the way to delete a device
   await device.delete();
+}
+
+export async function errors(): Promise<void> {
+  try {
+    await createDevice({ target: 'loop', args: { file: '/tmp/disk.img' } });
+  } catch (err) {
+    // use: a failure the user can fix, and a failed system call, told apart
+    if (isUserError(err)) expectType<UserErrorCode>(err.code);
+    if (isErrnoError(err, 'ENOENT')) expectType<number>(err.errno);
+    if (err instanceof UserError) expectType<string>(err.message);
+    // @ts-expect-error TS18046: an error caught is unknown until recognised
+    void err.code;
+  }
+  // @ts-expect-error TS2322: a UserError's code is one of ERROR_CODES
+  void new UserError('bad size', { code: 'EINVAL' });
 }
 
 export async function recoverOptions(): Promise<void> {

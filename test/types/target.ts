@@ -145,6 +145,22 @@ export const misuses = [
     }),
   }),
 
+  defineTarget({
+    name: 'forward-offset',
+    setup: () => ({ size: 4096, shared: 3 }),
+    // @ts-expect-error TS2741: a forward says where in the fd the device starts
+    queue: (fd) => ({ forward: { fd } }),
+  }),
+
+  defineTarget({
+    name: 'sync-queue',
+    setup: () => ({ size: 4096 }),
+    queue: (_shared, ctx) => ({
+      // @ts-expect-error TS2339: IO on the queue's ring is a promise: await it
+      read: (buf, offset) => ctx.io.read(3, buf, offset).length,
+    }),
+  }),
+
   // @ts-expect-error TS2345: a target has a name
   defineTarget({ setup: () => ({ size: 4096 }), queue: () => ({}) }),
 ];
