@@ -1,14 +1,25 @@
 /**
  * The API as the `struct` branch makes it (a device's target given as a Target object or a URL,
- * ControlError exported): these cases compile only once it is merged.
+ * ControlError exported, request hooks returning the values HOOK_PASS, hookFail... make): these
+ * cases compile only once it is merged.
  */
+import { constants } from 'node:os';
 import {
   ControlError,
   createDevice,
+  defineFilter,
   defineTarget,
+  HOOK_PASS,
+  hookDelay,
+  hookFail,
+  isControlError,
   loopTarget,
+  ROUTE_BELOW,
+  ROUTE_HANDLERS,
+  routeToFile,
   statsFilter,
   withFilters,
+  type RequestHook,
 } from 'ublk-ts';
 import { expectType } from './expect.js';
 
@@ -45,5 +56,38 @@ export async function controlErrors(): Promise<void> {
       expectType<string>(err.code);
       expectType<number>(err.errno);
     }
+    if (isControlError(err, 'EBUSY')) expectType<string>(err.code);
   }
 }
+
+// use: a filter whose hook fails writes past a limit, delays flushes and routes reads
+export const hookFilter = defineFilter({
+  name: 'limit',
+  keepsForward: true,
+  queue() {
+    const tooFar = hookFail(constants.errno.ENOSPC);
+    const slowly = hookDelay(5);
+    const fromCache = routeToFile(7);
+    return {
+      hook: {
+        before: (kind, offset) =>
+          kind === 'flush' ? slowly : offset >= 1 << 30 ? tooFar : HOOK_PASS,
+        route: (kind, offset) =>
+          kind !== 'read' ? ROUTE_BELOW : offset < 4096 ? fromCache : ROUTE_HANDLERS,
+      },
+    };
+  },
+});
+
+export const hookMisuses: RequestHook[] = [
+  // @ts-expect-error: a failure is hookFail(errno), not a magic number
+  { before: () => -5 },
+  // @ts-expect-error: letting a request through is HOOK_PASS, not 0
+  { before: () => 0 },
+  // @ts-expect-error: a hook is synchronous: no promise, even of a verdict
+  { before: async () => HOOK_PASS },
+  // @ts-expect-error: a request routed to a file is routeToFile(fd), not the fd
+  { route: () => 7 },
+  // @ts-expect-error: a route is no verdict: HOOK_PASS is for before
+  { route: () => HOOK_PASS },
+];
