@@ -108,7 +108,8 @@ for (const [file, found] of directives) {
     const problem =
       code !== undefined
         ? !codes.includes(code) && `expected TS${code}`
-        : codes.some((c) => BROKEN.has(c)) && 'rejected only as a broken test';
+        : codes.some((c) => BROKEN.has(c)) &&
+          'the test itself is broken (a name or module not found)';
     if (problem) {
       const message = got
         .map((d) => ts.flattenDiagnosticMessageText(d.messageText, ' '))
