@@ -1,7 +1,6 @@
 /**
- * The API as the `struct` branch makes it (a device's target given as a Target object or a URL,
- * ControlError exported, request hooks returning the values HOOK_PASS, hookFail... make): these
- * cases compile only once it is merged.
+ * A device's target given as a Target object or a URL, ControlError, and request hooks returning
+ * the values HOOK_PASS, hookFail... make.
  */
 import { constants } from 'node:os';
 import {

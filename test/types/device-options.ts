@@ -1,7 +1,6 @@
 /**
- * The device options and QueueIo of the API as the `api` branch makes them (DataPath, the
- * exclusions as compile errors, no `flags`, fsync and fallocate resolving to void): these
- * cases compile only once it is merged.
+ * The device options and QueueIo: one DataPath, the options that exclude each other as compile
+ * errors, no raw `flags`, fsync and fallocate resolving to void.
  */
 // @ts-expect-error TS2305: the UBLK_F bits are no longer the API: the options name each feature
 import { UBLK_F } from 'ublk-ts';
