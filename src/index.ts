@@ -38,46 +38,9 @@ async function withBuiltIn<T extends { target: DeviceOptions['target'] }>(option
   if (typeof options !== 'object' || options === null) return options;
   return { ...options, target: await withBuiltInTarget(options.target) };
 }
-export {
-  defineFilter,
-  defineTarget,
-  withFilters,
-  type BoundFilter,
-  type Filter,
-  type FilterEntry,
-  type FilterHandlers,
-  type FilterSetup,
-  type NextHandlers,
-  parseSize,
-  SECTOR,
-  type Capabilities,
-  type IoResult,
-  type MaybePromise,
-  type OptionValues,
-  type QueueContext,
-  type QueueHandlers,
-  type QueueIo,
-  type RequestData,
-  HOOK_PASS,
-  hookDelay,
-  hookFail,
-  ROUTE_BELOW,
-  ROUTE_HANDLERS,
-  routeToFile,
-  type HookRoute,
-  type HookVerdict,
-  type RequestHook,
-  type RequestKind,
-  type RingForward,
-  type SetupEnv,
-  type Target,
-  type TargetArgs,
-  type TargetOptionSpec,
-  type TargetOptionSpecs,
-  type TargetSetup,
-  type WriteFlags,
-  type ZeroFlags,
-} from './targets/define.js';
+
+/** What target and filter modules use: defineTarget, defineFilter, withFilters, hooks, types. */
+export * from './targets/define.js';
 /** The built-in targets and filters, for withFilters() and for wrapping in a module of one's own. */
 export { default as loopTarget } from './targets/loop.js';
 export { default as memTarget } from './targets/mem.js';
