@@ -7,12 +7,16 @@
  * compiled a second time without the directives to check that the line fails with that error,
  * and that no misuse fails only for a reason of the test's own (a name or module not found).
  *
+ * Without FILE arguments it also type-checks the ```ts blocks of README.md and docs/*.md
+ * (doc-snippets.mjs), so that no example in the documentation stops compiling.
+ *
  * Usage: node test/types/run.mjs [FILE...]   (all the .ts files here by default)
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
+import { checkDocSnippets } from './doc-snippets.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '../..');
@@ -131,3 +135,13 @@ function where(file, line) {
 console.log(
   `types: ${misuses} misuses rejected, ${uses} uses accepted (${files.length} files, against ${relative(ROOT, entry)})`,
 );
+
+if (process.argv.length <= 2) {
+  const { errors: snippetErrors, blocks } = checkDocSnippets(ROOT, options);
+  if (snippetErrors.length > 0) {
+    fail(
+      `${snippetErrors.join('\n')}\ntypes: FAILED, the documentation's ts blocks do not compile`,
+    );
+  }
+  console.log(`types: ${blocks} ts blocks of README.md and docs/*.md compile`);
+}

@@ -461,7 +461,7 @@ async function openCharDevice(devId: number): Promise<number> {
       }
       if (isErrnoError(err, 'EACCES') || isErrnoError(err, 'EPERM')) {
         throw new UserError(
-          `permission denied on ${path}: an unprivileged device's nodes are given to their owner by udev (install udev/99-ublk-dev.rules, see the README)`,
+          `permission denied on ${path}: an unprivileged device's nodes are given to their owner by udev (install udev/99-ublk-dev.rules: see docs/cli.md, "Unprivileged devices")`,
         );
       }
       throw err;
