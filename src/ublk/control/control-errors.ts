@@ -21,18 +21,25 @@ export function openControl(): Control {
   }
 }
 
-/** A control error the user can act on, in words; anything else unchanged. */
+/**
+ * A control error the user can act on, in words (the ControlError kept as its `cause`, for
+ * isControlError); anything else unchanged.
+ */
 export function explainControlError(err: unknown, devId: number): unknown {
   if (isControlError(err, 'EEXIST')) {
-    return new UserError(`device id ${devId} is already in use: pick another -n, or omit it`);
+    return new UserError(`device id ${devId} is already in use: pick another -n, or omit it`, {
+      cause: err,
+    });
   }
-  if (isControlError(err, 'ENODEV')) return new UserError(`there is no ublk device ${devId}`);
+  if (isControlError(err, 'ENODEV')) {
+    return new UserError(`there is no ublk device ${devId}`, { cause: err });
+  }
   if (isControlError(err, 'EPERM') || isControlError(err, 'EACCES')) {
     const who =
       process.getuid?.() === 0
         ? 'run as root (sudo)'
         : "it is not yours: run as root, or as the device's owner";
-    return new UserError(`${(err as Error).message}: ${who}`);
+    return new UserError(`${(err as Error).message}: ${who}`, { cause: err });
   }
   return err;
 }
