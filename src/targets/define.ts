@@ -3,7 +3,17 @@
  * helpers targets share, and the contract's types, which live in src/ublk/target/contract.ts because the
  * device and its queues consume them.
  */
-import type { Target, TargetOptionSpecs } from '../ublk/target/contract.js';
+import type {
+  MaybePromise,
+  NoExtraKeys,
+  OptionValues,
+  QueueContext,
+  QueueHandlers,
+  SetupEnv,
+  Target,
+  TargetOptionSpecs,
+  TargetSetup,
+} from '../ublk/target/contract.js';
 import { recordModule } from '../ublk/target/module-source.js';
 
 export type {
@@ -52,8 +62,29 @@ export { parseSize } from './size.js';
 export { UserError } from '../errors.js';
 
 /**
+ * What defineTarget takes: a Target whose setup() and queue() results (keys `SetupKeys` and
+ * `HandlerKeys`, inferred) hold no key the contract lacks, so that a misspelt one fails to compile.
+ */
+export interface TargetDefinition<
+  Shared,
+  Options extends TargetOptionSpecs,
+  SetupKeys extends PropertyKey,
+  HandlerKeys extends PropertyKey,
+> extends Omit<Target<Shared, Options>, 'setup' | 'queue'> {
+  setup(
+    args: OptionValues<Options>,
+    env: SetupEnv,
+  ): MaybePromise<TargetSetup<Shared> & NoExtraKeys<TargetSetup, SetupKeys>>;
+  queue(
+    shared: Shared,
+    ctx: QueueContext,
+  ): MaybePromise<QueueHandlers & NoExtraKeys<QueueHandlers, HandlerKeys>>;
+}
+
+/**
  * Gives a target module full type checking: `setup(args)` gets its option values typed from
- * `options`, and `queue(shared)` the type of what setup shares. Returns `target` itself.
+ * `options`, `queue(shared)` the type of what setup shares, and a key of what either returns that
+ * the contract does not know (`flsuh`, `capabilites`) is an error. Returns `target` itself.
  *
  * `moduleUrl`, the module's own `import.meta.url`, lets the target be passed to createDevice as
  * an object (alone or in a withFilters stack), not only by its module's path: each queue thread
@@ -64,9 +95,14 @@ export { UserError } from '../errors.js';
  *
  * @example export default defineTarget({ name: 'zero', setup, queue }, import.meta.url);
  */
-export function defineTarget<Shared, const Options extends TargetOptionSpecs = TargetOptionSpecs>(
-  target: Target<Shared, Options>,
+export function defineTarget<
+  Shared,
+  const Options extends TargetOptionSpecs = TargetOptionSpecs,
+  SetupKeys extends PropertyKey = never,
+  HandlerKeys extends PropertyKey = never,
+>(
+  target: TargetDefinition<Shared, Options, SetupKeys, HandlerKeys>,
   moduleUrl?: string | URL,
 ): Target<Shared, Options> {
-  return recordModule(target, moduleUrl);
+  return recordModule<Target<Shared, Options>>(target, moduleUrl);
 }

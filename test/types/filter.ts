@@ -71,6 +71,46 @@ export const misuses = [
     // @ts-expect-error TS2322: setup shares a count, queue reads a rate
     queue: (_next, shared: { rate: number }) => ({ flush: () => shared.rate }),
   }),
+
+  // A filter's setup and queue are optional, so TypeScript reports these at the method.
+  defineFilter({
+    name: 'handler-typo',
+    // @ts-expect-error TS2322: `wirte` is a typo for `write`: writes would pass by unchanged
+    queue: (next) => ({
+      flush: () => next.flush(),
+      wirte: (buf: Uint8Array, offset: number) => next.write(buf, offset, { fua: false }),
+    }),
+  }),
+
+  defineFilter({
+    name: 'forward-beside-read',
+    // @ts-expect-error TS2322: the forward is the layer below's; a filter cannot set its own
+    queue: (next) => ({
+      read: (buf, offset) => next.read(buf, offset),
+      forward: { fd: 3, offset: 0 },
+    }),
+  }),
+
+  defineFilter({
+    name: 'hooks-typo',
+    // @ts-expect-error TS2322: a filter's hook is `hook`; `hooks` is how the queue runs them
+    queue: (next) => ({ flush: () => next.flush(), hooks: {} }),
+  }),
+
+  defineFilter({
+    name: 'setup-field-typo',
+    // @ts-expect-error TS2322: `keepForward` is a typo for `keepsForward`, which would be ignored
+    async setup(next) {
+      const below = await next();
+      return { size: below.size, keepForward: true };
+    },
+  }),
+
+  defineFilter({
+    name: 'capability-typo',
+    // @ts-expect-error TS2322: `writezeroes` is a typo for `writeZeroes`
+    setup: () => ({ capabilities: { readOnly: true, writezeroes: false } }),
+  }),
 ];
 
 export const hooks: RequestHook[] = [

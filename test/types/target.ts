@@ -51,6 +51,18 @@ export const forwardTarget = defineTarget({
   queue: (fd) => ({ forward: { fd, offset: 0, sync: true } }),
 });
 
+// use: a queue() whose handlers depend on what setup shares, one object or another
+export const branchTarget = defineTarget({
+  name: 'branches',
+  setup: (_args, env) => ({
+    size: 4096,
+    shared: env.queues,
+    capabilities: { volatileCache: true },
+  }),
+  queue: (queues) =>
+    queues > 1 ? { read() {}, flush() {} } : { read() {}, flush() {}, close() {} },
+});
+
 export const misuses = [
   defineTarget({
     name: 'string-read',
@@ -159,6 +171,40 @@ export const misuses = [
       // @ts-expect-error TS2339: IO on the queue's ring is a promise: await it
       read: (buf, offset) => ctx.io.read(3, buf, offset).length,
     }),
+  }),
+
+  defineTarget({
+    name: 'handler-typo',
+    setup: () => ({ size: 4096, capabilities: { volatileCache: true } }),
+    queue: () => ({
+      read() {},
+      // @ts-expect-error TS2322: `flsuh` is a typo for `flush`, which would never be called
+      flsuh() {},
+    }),
+  }),
+
+  defineTarget({
+    name: 'async-handler-typo',
+    setup: async () => ({ size: 4096, capabilities: { discard: true } }),
+    // @ts-expect-error TS2322: the same from an async queue(): `dicsard` is not a handler
+    queue: async () => ({ read() {}, dicsard() {} }),
+  }),
+
+  defineTarget({
+    name: 'setup-field-typo',
+    setup: () => ({
+      size: 4096,
+      // @ts-expect-error TS2322: `capabilites` is a typo for `capabilities`, which would be ignored
+      capabilites: { readOnly: true },
+    }),
+    queue: () => ({ read() {} }),
+  }),
+
+  defineTarget({
+    name: 'branch-typo',
+    setup: (_args, env) => ({ size: 4096, shared: env.queues }),
+    // @ts-expect-error TS2322: each branch's keys are checked: `clsoe` is a typo for `close`
+    queue: (queues) => (queues > 1 ? { read() {} } : { read() {}, clsoe() {} }),
   }),
 
   // @ts-expect-error TS2345: a target has a name

@@ -114,6 +114,18 @@ export interface Capabilities {
   zeroCopy?: boolean | 'handlers';
 }
 
+/**
+ * An object whose keys are `Keys` (inferred from the object), each of which `Shape` must have:
+ * defineTarget and defineFilter check what setup() and queue() return with it, since TypeScript
+ * does not check an object literal returned by a function given to a generic call for unknown
+ * keys, and a misspelt handler or setup field would compile and be ignored. The keys are inferred
+ * from the first part (each member of a union of objects adds its own); the second types each
+ * unknown one `never`.
+ */
+export type NoExtraKeys<Shape, Keys extends PropertyKey> = { [K in Keys]?: unknown } & {
+  [K in Exclude<Keys, keyof Shape>]: never;
+};
+
 /** What a request handler may return: a byte count, or nothing for "all of it" / success. */
 export type IoResult = number | void;
 export type MaybePromise<T> = T | Promise<T>;

@@ -11,6 +11,7 @@ import type { RequestHook, RequestHooks, RequestKind } from '../queue/request-ho
 import type {
   Capabilities,
   MaybePromise,
+  NoExtraKeys,
   OptionValues,
   QueueContext,
   QueueHandlers,
@@ -89,16 +90,53 @@ export interface Filter<Shared = unknown, Options extends TargetOptionSpecs = Ta
 }
 
 /**
+ * What defineFilter takes: a Filter whose setup() and queue() results hold no key a filter's
+ * results lack (the keys, of the capabilities too, are inferred), so that a misspelt one, or a
+ * `forward` (the layer below's to keep), fails to compile. A filter's capabilities get this check
+ * because, setup() being optional, TypeScript does not otherwise check them for unknown keys.
+ */
+export interface FilterDefinition<
+  Shared,
+  Options extends TargetOptionSpecs,
+  SetupKeys extends PropertyKey,
+  HandlerKeys extends PropertyKey,
+  CapabilityKeys extends PropertyKey,
+> extends Omit<Filter<Shared, Options>, 'setup' | 'queue'> {
+  setup?(
+    next: () => Promise<TargetSetup>,
+    args: OptionValues<Options>,
+    env: SetupEnv,
+  ): MaybePromise<
+    FilterSetup<Shared> &
+      NoExtraKeys<FilterSetup, SetupKeys> & {
+        capabilities?: NoExtraKeys<Capabilities, CapabilityKeys>;
+      }
+  >;
+  queue?(
+    next: NextHandlers,
+    shared: Shared,
+    ctx: QueueContext,
+  ): MaybePromise<FilterHandlers & NoExtraKeys<FilterHandlers, HandlerKeys>>;
+}
+
+/**
  * Gives a filter module full type checking, as defineTarget does: `setup` gets its option values
- * typed from `options`, `queue` the type of what setup shares. With `moduleUrl` (the module's
+ * typed from `options`, `queue` the type of what setup shares, and a key of what either returns
+ * that a filter's results do not have is an error. With `moduleUrl` (the module's
  * `import.meta.url`), the filter, its module's default export, can be given to withFilters as an
  * object for createDevice: the queue threads import it from there (see defineTarget).
  */
-export function defineFilter<Shared, const Options extends TargetOptionSpecs = TargetOptionSpecs>(
-  filter: Filter<Shared, Options>,
+export function defineFilter<
+  Shared,
+  const Options extends TargetOptionSpecs = TargetOptionSpecs,
+  SetupKeys extends PropertyKey = never,
+  HandlerKeys extends PropertyKey = never,
+  CapabilityKeys extends PropertyKey = never,
+>(
+  filter: FilterDefinition<Shared, Options, SetupKeys, HandlerKeys, CapabilityKeys>,
   moduleUrl?: string | URL,
 ): Filter<Shared, Options> {
-  return recordModule(filter, moduleUrl);
+  return recordModule<Filter<Shared, Options>>(filter, moduleUrl);
 }
 
 /** A filter with the arguments it gets, rather than its options' values from the device's args. */
