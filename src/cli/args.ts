@@ -196,8 +196,8 @@ function dataPathOf(values: Record<string, string | boolean | undefined>): DataP
       `${given[0][0]} and ${given[1][0]} exclude each other: choose one data path`,
     );
   }
-  if (values.auto_zc === true && values.no_auto_zc === true) {
-    throw new UserError('--auto_zc and --no_auto_zc exclude each other');
+  if (given.length === 1 && values.no_auto_zc === true) {
+    throw new UserError(`${given[0][0]} and --no_auto_zc exclude each other`);
   }
   if (given.length === 1) return given[0][2];
   return values.no_auto_zc === true ? 'copy' : 'auto';

@@ -2,7 +2,7 @@
  * The device options and QueueIo: one DataPath, the options that exclude each other as compile
  * errors, no raw `flags`, fsync and fallocate resolving to void.
  */
-// @ts-expect-error TS2305: the UBLK_F bits are no longer the API: the options name each feature
+// @ts-expect-error TS2305: the UBLK_F bits are not the API: the options name each feature
 import { UBLK_F } from 'ublk-ts';
 import { createDevice, type DataPath, type QueueIo } from 'ublk-ts';
 import { expectType } from './expect.js';
@@ -27,7 +27,8 @@ export async function dataPaths(target: string, mode: DataPath): Promise<void> {
   await createDevice({ target, recovery: { reissue: true } });
   await createDevice({ target, recovery: { failIo: true } });
   // use: an unprivileged device on a data path the kernel allows it
-  await createDevice({ target, unprivileged: true, dataPath: 'auto-zero-copy' });
+  await createDevice({ target, unprivileged: true, dataPath: 'copy' });
+  await createDevice({ target, unprivileged: true, dataPath: 'auto' });
   // use: the remaining flags, each an option of its own
   await createDevice({ target, completeInTask: true, partitionScan: false });
 
@@ -45,9 +46,13 @@ export async function dataPaths(target: string, mode: DataPath): Promise<void> {
   await createDevice({ target, unprivileged: true, recovery: true });
   // @ts-expect-error: the kernel refuses user copy to an unprivileged device
   await createDevice({ target, unprivileged: true, dataPath: 'user-copy' });
-  // @ts-expect-error: zero copy is a data path now, not an option of its own
+  // @ts-expect-error: the kernel refuses auto zero copy to an unprivileged device
+  await createDevice({ target, unprivileged: true, dataPath: 'auto-zero-copy' });
+  // @ts-expect-error: the kernel refuses zero copy to an unprivileged device
+  await createDevice({ target, unprivileged: true, dataPath: 'zero-copy' });
+  // @ts-expect-error: zero copy is a data path, not an option of its own
   await createDevice({ target, zeroCopy: true });
-  // @ts-expect-error: user copy is a data path now, not an option of its own
+  // @ts-expect-error: user copy is a data path, not an option of its own
   await createDevice({ target, userCopy: true });
   // @ts-expect-error: batch IO is `batch`
   await createDevice({ target, batchIo: true });

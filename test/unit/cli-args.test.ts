@@ -131,8 +131,13 @@ test('add: the data-path flags: ublksrv’s --usercopy and -z, kublk’s --auto_
   assert.equal(dataPath('--auto_zc'), 'auto-zero-copy');
   assert.equal(dataPath('--manual_zc'), 'manual-zero-copy');
   assert.equal(dataPath('--no_auto_zc'), 'copy');
-  assert.equal(dataPath('--no_auto_zc', '-z'), 'zero-copy', 'another mode wins over --no_auto_zc');
-  assert.equal(dataPath('--no_auto_zc', '--usercopy'), 'user-copy');
+  for (const flag of ['-z', '--zerocopy', '--usercopy', '--auto_zc', '--manual_zc']) {
+    assert.throws(
+      () => dataPath(flag, '--no_auto_zc'),
+      /^UserError: \S+ and --no_auto_zc exclude each other$/,
+      `${flag} --no_auto_zc`,
+    );
+  }
   assert.throws(
     () => dataPath('--usercopy', '-z'),
     /^UserError: --usercopy and --zerocopy exclude each other: choose one data path$/,

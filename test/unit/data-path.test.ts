@@ -70,6 +70,11 @@ test("zero-copy (ublksrv 1.8's -z): AUTO_BUF_REG where the kernel has it, else m
     /^UserError: dataPath 'zero-copy' excludes unprivileged/,
     'manual zero copy, which an unprivileged device cannot have',
   );
+  assert.throws(
+    () => resolveDataPath(request({ ...zc, unprivileged: true }), target(true), ALL),
+    /^UserError: dataPath 'zero-copy' excludes unprivileged: the kernel allows zero copy to root only$/,
+    'auto zero copy, which an unprivileged device cannot have either',
+  );
 });
 
 test('every refusal: exclusions, the target, the kernel; in the API words and in the CLI flags', () => {
@@ -94,6 +99,13 @@ test('every refusal: exclusions, the target, the kernel; in the API words and in
       ALL,
       /^dataPath 'manual-zero-copy' excludes unprivileged: /,
       /^--manual_zc and --unprivileged exclude each other: /,
+    ],
+    [
+      { dataPath: 'auto-zero-copy', unprivileged: true },
+      true,
+      ALL,
+      /^dataPath 'auto-zero-copy' excludes unprivileged: /,
+      /^--auto_zc and --unprivileged exclude each other: /,
     ],
     [
       { recovery: true, unprivileged: true },

@@ -139,6 +139,7 @@ const EXCLUSIONS: readonly (readonly [OptionTerm, OptionTerm, string])[] = [
   ),
   ['batch', 'needGetData', 'the kernel drops NEED_GET_DATA from a batch IO device'],
   ["dataPath 'user-copy'", 'unprivileged', 'the kernel allows user copy to root only'],
+  ["dataPath 'auto-zero-copy'", 'unprivileged', 'the kernel allows zero copy to root only'],
   ["dataPath 'manual-zero-copy'", 'unprivileged', 'the kernel allows zero copy to root only'],
   ['recovery', 'unprivileged', 'the kernel allows recovery to root only'],
 ];

@@ -53,12 +53,13 @@ type GetDataChoice =
 
 /**
  * An unprivileged device (UBLK_F_UNPRIVILEGED_DEV, 6.3+, CLI --unprivileged): owned by the user
- * who adds it; the kernel allows it neither user copy, manual zero copy nor recovery.
+ * who adds it; the kernel allows it neither user copy, zero copy (of any kind) nor recovery, so its
+ * data path is 'auto' (which is then copy) or 'copy'.
  */
 type PrivilegeChoice =
   | {
       unprivileged: true;
-      dataPath?: Exclude<DataPath, 'user-copy' | 'manual-zero-copy'>;
+      dataPath?: 'auto' | 'copy';
       recovery?: false;
     }
   | { unprivileged?: false; recovery?: RecoveryOption };
