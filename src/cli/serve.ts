@@ -1,10 +1,5 @@
 import { DEBUG_EVERY_FAILURE } from '../ublk/queue/failure-log.js';
-import {
-  createDevice,
-  recoverDevice,
-  type Device,
-  type DeviceOptions,
-} from '../ublk/device/device.js';
+import { createDevice, recoverDevice, type Device } from '../ublk/device/device.js';
 import { deviceOptionsOf, inCliWords } from './device-options.js';
 import { TARGET_TYPE_NUMBERS, USER_TARGET_TYPE } from '../targets/registry.js';
 import { UserError } from '../errors.js';
@@ -37,11 +32,11 @@ async function startDevice(
   if (job.kind === 'add') {
     const { options, targetSource } = job;
     // The CLI's combinations are checked when the device is made, refused in its own words.
-    const device = await createDevice(
-      deviceOptionsOf(options, targetSource) as DeviceOptions,
-    ).catch((err: unknown) => {
-      throw inCliWords(err);
-    });
+    const device = await createDevice(deviceOptionsOf(options, targetSource)).catch(
+      (err: unknown) => {
+        throw inCliWords(err);
+      },
+    );
     return { device, options, targetSource };
   }
   const record = readRecord(job.devId);
@@ -54,8 +49,7 @@ async function startDevice(
     target: record.targetSource,
     args: record.options.targetArgs,
     startEmpty: job.startEmpty,
-    // Records written before --debug_mask was kept have none.
-    logEveryFailure: ((record.options.debugMask ?? 0) & DEBUG_EVERY_FAILURE) !== 0,
+    logEveryFailure: (record.options.debugMask & DEBUG_EVERY_FAILURE) !== 0,
   });
   return { device, options: record.options, targetSource: record.targetSource };
 }

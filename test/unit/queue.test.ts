@@ -413,6 +413,7 @@ test('TagStates on its own: a refused FETCH throws where the completion is handl
       bufferBytes: 4096,
       encodedOpcodes: false,
       dataPath: dataPathOf('copy'),
+      charFd: -1,
     },
     new StandInDescriptors(),
     { bytes: new Uint8Array(4096), address: 0 },
@@ -440,6 +441,7 @@ test('TagStates after an ABORT (quiesce): a tag whose request is committed is ou
       bufferBytes: 4096,
       encodedOpcodes: false,
       dataPath: dataPathOf('copy'),
+      charFd: -1,
     },
     new StandInDescriptors(),
     { bytes: new Uint8Array(2 * 4096), address: 0 },
@@ -476,6 +478,7 @@ function forwardingTags(
       bufferBytes: BUFFER_BYTES,
       encodedOpcodes: false,
       dataPath: dataPathOf(options.autoBufReg ? 'auto-zero-copy' : 'copy'),
+      charFd: -1,
     },
     descs,
     options.buffer ?? {

@@ -66,6 +66,7 @@ function hookedTags(handlers: QueueHandlers, options: { autoBufReg?: boolean } =
       bufferBytes: BUFFER_BYTES,
       encodedOpcodes: false,
       dataPath: dataPathOf(options.autoBufReg ? 'auto-zero-copy' : 'copy'),
+      charFd: -1,
     },
     descs,
     { bytes: new Uint8Array(options.autoBufReg ? 0 : DEPTH * BUFFER_BYTES), address: 0x10000 },

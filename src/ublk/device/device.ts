@@ -26,7 +26,6 @@ import {
   checkDeviceOptions,
   checkRecoverOptions,
   type AnyDeviceOptions,
-  type DeviceOptions,
   type RecoverOptions,
 } from './options.js';
 
@@ -164,13 +163,14 @@ export class Device {
       control = openControl();
       // Validate what the target declared before anything exists in the kernel.
       paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
+      const features = await control.getFeatures();
       dataPath = resolveDataPath(
         request,
         { capabilities: caps, servedBy: servedBy(target.name, setup) },
-        await control.getFeatures(),
+        features,
       );
       const devId = options.id ?? AUTO_DEV_ID;
-      const addFlags = await addDevFlags(control, optionFlags(options) + dataPath.flags);
+      const addFlags = await addDevFlags(control, optionFlags(options) + dataPath.flags, features);
       const flags = addFlags.flags;
       required = addFlags.required;
       info = await control
@@ -268,10 +268,13 @@ export class Device {
   }
 }
 
-/** Creates and starts a ublk device served by this process. */
-export function createDevice(options: DeviceOptions): Promise<Device> {
-  // The types refuse what excludes each other; a JavaScript caller gets the same refusals when
-  // the device is made.
+/**
+ * Creates and starts a ublk device served by this process. Any combination of options is taken
+ * here (the CLI's flags may ask for any): the package index's createDevice takes DeviceOptions,
+ * whose types refuse what excludes each other, and everything is refused at run time when the
+ * device is made.
+ */
+export function createDevice(options: AnyDeviceOptions): Promise<Device> {
   return Device.create(options);
 }
 
@@ -336,19 +339,22 @@ function optionFlags(options: AnyDeviceOptions): number {
  * - UNPRIVILEGED_DEV: the kernel drops it for a caller with CAP_SYS_ADMIN (the device is then an
  *   ordinary one), so for root whether the kernel has it is asked of GET_FEATURES; for anyone
  *   else ADD_DEV itself answers (EPERM before 6.3).
+ *
+ * `features` is GET_FEATURES, undefined before 6.5.
  */
 async function addDevFlags(
   control: Control,
   asked: number,
+  features: number | undefined,
 ): Promise<{ flags: number; required: number }> {
   let flags = asked;
   let required = asked;
   if (hasFlag(asked, UBLK_F.USER_RECOVERY)) {
-    const features = await control.getFeatures();
     if (features !== undefined && hasFlag(features, UBLK_F.QUIESCE)) flags += UBLK_F.QUIESCE;
   }
   if (hasFlag(asked, UBLK_F.UNPRIVILEGED_DEV) && process.getuid?.() === 0) {
-    if (!hasFlag(await kernelFeatures(control), UBLK_F.UNPRIVILEGED_DEV)) {
+    // Before 6.5 (no GET_FEATURES), kernelFeatures probes with a throwaway device.
+    if (!hasFlag(features ?? (await kernelFeatures(control)), UBLK_F.UNPRIVILEGED_DEV)) {
       throw missingOptionFeature('unprivileged', UBLK_F.UNPRIVILEGED_DEV);
     }
     required -= UBLK_F.UNPRIVILEGED_DEV;

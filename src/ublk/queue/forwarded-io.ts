@@ -78,8 +78,8 @@ export interface ForwardedIoConfig {
    */
   mode: DataPathMode;
   /** /dev/ublkcN and the queue, for manual zero copy's commands. */
-  charFd?: number;
-  queueId?: number;
+  charFd: number;
+  queueId: number;
 }
 
 /**
@@ -366,14 +366,14 @@ export class ForwardedIo {
     kind: typeof UD_REGISTER_IO_BUF | typeof UD_UNREGISTER_IO_BUF,
     sqeFlags: number,
   ): void {
-    const charFd = this.config.charFd!;
+    const charFd = this.config.charFd;
     const userData = encodeUserData(kind, tag);
     let cmd = this.ring.sq.prepUringCmd(charFd, cmdOp, userData, 0, sqeFlags);
     while (!cmd) {
       this.ring.makeRoom();
       cmd = this.ring.sq.prepUringCmd(charFd, cmdOp, userData, 0, sqeFlags);
     }
-    writeIoCmd(cmd, 0, this.config.queueId!, tag, 0, tag);
+    writeIoCmd(cmd, 0, this.config.queueId, tag, 0, tag);
   }
 
   private finish(tag: number, result: number, failedCall?: string): void {

@@ -42,7 +42,7 @@ export interface TagStatesConfig {
   /** How request data travels (resolved by the main thread, data-path.ts). */
   dataPath: ResolvedDataPath;
   /** /dev/ublkcN; user copy reads and writes it, manual zero copy registers buffers on it. */
-  charFd?: number;
+  charFd: number;
 }
 
 /** What a user-copy request's copy on /dev/ublkcN is, per tag. */
@@ -338,7 +338,7 @@ export class TagStates {
    * docs/performance.md#decisions, "User copy on the queue thread".
    */
   private copy(tag: number, stage: number, length: number): number {
-    const fd = this.config.charFd!;
+    const fd = this.config.charFd;
     const address = this.bounceAddress(tag);
     for (let done = 0; done < length;) {
       const position = userCopyOffset(this.config.queueId, tag, done);
