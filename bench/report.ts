@@ -7,7 +7,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { basename, join, relative, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { REPO_ROOT } from '../scripts/lib/common.js';
 import { formatTable, summarize, WORKLOADS, type BenchReport, type Summary } from './workloads.js';
@@ -314,13 +314,9 @@ export function writeDocs(root: string, run: BenchRun, jsonPath: string): string
   return [results, svg];
 }
 
-/** A saved run: this file's format, or the bare list of reports older runs saved. */
+/** A saved run, as `npm run bench` writes it. */
 export function loadRun(path: string): BenchRun {
-  const data = JSON.parse(readFileSync(path, 'utf8')) as BenchRun | BenchReport[];
-  if (Array.isArray(data)) {
-    return { date: basename(path, '.json'), commit: 'unknown', reports: data };
-  }
-  return data;
+  return JSON.parse(readFileSync(path, 'utf8')) as BenchRun;
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

@@ -1,9 +1,8 @@
 /**
  * Bundles each program the package starts into one module: the CLI, its daemon, the queue worker,
- * and the built-in targets and filters those load by URL. Why: under the test VM's emulation
- * Node's ESM loader spends about 25 ms resolving and linking each module, and `ublk list` loads
- * 41 of them: 2.1 s against 1.5 s bundled and 0.75 s for `node -e 0` (7.3 guest, warm cache,
- * three runs each), paid again by every daemon and every queue thread.
+ * and the built-in targets and filters those load by URL. Why: Node's ESM loader resolves and
+ * links each module on its own, a cost paid again by every CLI command, every daemon and every
+ * queue thread (docs/performance.md#decisions, "One bundle per program").
  *
  * dist/bundle mirrors dist/src: each program's bundle sits where its entry module sits, and every
  * bundled module sees `import.meta.url` as its own place in the mirror, so the URLs the code builds

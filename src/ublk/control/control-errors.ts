@@ -22,8 +22,8 @@ export function openControl(): Control {
 }
 
 /**
- * A control error the user can act on, in words (the ControlError kept as its `cause`, for
- * isControlError); anything else unchanged.
+ * A control error the user can act on, in words, with the ControlError as its `cause` for callers
+ * that test err.cause with isControlError; anything else unchanged.
  */
 export function explainControlError(err: unknown, devId: number): unknown {
   if (isControlError(err, 'EEXIST')) {
