@@ -127,7 +127,7 @@ function guest(): void {
 }
 
 /** B over A per pair: IOPS, or mean latency for a latency workload. */
-export function pairRatios(report: AbReport): number[] {
+function pairRatios(report: AbReport): number[] {
   const latency = WORKLOADS.find((w) => w.name === report.workload)?.latency ?? false;
   const pairs = [...new Set(report.runs.map((r) => r.pair))];
   return pairs.flatMap((p) => {

@@ -243,7 +243,7 @@ export function isCommand(name: string | undefined): name is CommandName {
 }
 
 /** A command's options as node:util parseArgs takes them. */
-export function parseConfig(
+function parseConfig(
   options: Readonly<Record<string, OptionDoc>>,
 ): NonNullable<ParseArgsConfig['options']> {
   const config: NonNullable<ParseArgsConfig['options']> = {};

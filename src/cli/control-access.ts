@@ -8,7 +8,7 @@ import { UserError } from '../errors.js';
 import { CONTROL_PATH } from '../ublk/control/control.js';
 
 /** Where ublk_drv stands on this kernel, when there is no control node. */
-export type UblkDriver = 'loaded' | 'built-in' | 'module' | 'none';
+type UblkDriver = 'loaded' | 'built-in' | 'module' | 'none';
 
 export interface ControlAccess {
   controlExists: boolean;
@@ -49,7 +49,7 @@ function isCheckout(): boolean {
   );
 }
 
-export function probeControlAccess(): ControlAccess {
+function probeControlAccess(): ControlAccess {
   const controlExists = existsSync(CONTROL_PATH);
   let mayControl = process.getuid?.() === 0;
   if (controlExists && !mayControl) {

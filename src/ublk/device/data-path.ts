@@ -81,7 +81,7 @@ export interface OptionWords {
   exclude(a: string, b: string): string;
 }
 
-export const API_WORDS: OptionWords = {
+const API_WORDS: OptionWords = {
   name: (term) => term,
   exclude: (a, b) => `${a} excludes ${b}`,
 };
@@ -96,8 +96,6 @@ export class DeviceOptionError extends UserError {
   readonly [USER_OPTION_ERROR] = true;
 
   constructor(
-    /** The options the refusal is about. */
-    readonly terms: readonly OptionTerm[],
     private readonly words: (w: OptionWords & { what(term: OptionTerm): string }) => string,
   ) {
     super(words(withWhat(API_WORDS)));
@@ -124,7 +122,7 @@ function withWhat(words: OptionWords): OptionWords & { what(term: OptionTerm): s
 
 /** The refusal of an option this kernel's driver lacks the flag for, naming the first kernel. */
 export function missingOptionFeature(term: OptionTerm, flag: number): DeviceOptionError {
-  return new DeviceOptionError([term], (w) => missingFeature(w.what(term), flag).message);
+  return new DeviceOptionError((w) => missingFeature(w.what(term), flag).message);
 }
 
 /** Pairs of options that exclude each other, and why. */
@@ -175,10 +173,7 @@ export function refuseExclusions(request: DataPathRequest, resolved?: DataPathMo
       // Named as asked: 'zero-copy' that became manual zero copy is refused as 'zero-copy'.
       const asked = a === `dataPath '${resolved}'` ? `dataPath '${request.dataPath}'` : a;
       const first = asked as OptionTerm;
-      throw new DeviceOptionError(
-        [first, b],
-        (w) => `${w.exclude(w.name(first), w.name(b))}: ${why}`,
-      );
+      throw new DeviceOptionError((w) => `${w.exclude(w.name(first), w.name(b))}: ${why}`);
     }
   }
 }
@@ -188,21 +183,18 @@ function refuseTarget(term: OptionTerm, mode: DataPathMode, caps: Capabilities, 
   const zeroCopy = caps.zeroCopy;
   if (mode === 'auto-zero-copy' && zeroCopy !== true && zeroCopy !== 'handlers') {
     throw new DeviceOptionError(
-      [term],
       (w) =>
         `${servedBy} handles request data in JavaScript, so it cannot use ${w.what(term)}: that needs a target declaring zeroCopy (loop, mem, null; nbd unless Node does its TLS records)`,
     );
   }
   if (mode === 'manual-zero-copy' && zeroCopy === 'handlers') {
     throw new DeviceOptionError(
-      [term, "dataPath 'auto-zero-copy'"],
       (w) =>
         `${servedBy} moves request data itself, which needs the kernel to lend it the pages: use ${w.name("dataPath 'auto-zero-copy'")}, not ${w.name(term)}`,
     );
   }
   if (mode === 'manual-zero-copy' && zeroCopy !== true) {
     throw new DeviceOptionError(
-      [term],
       (w) =>
         `${servedBy} handles request data in JavaScript, so it cannot use ${w.what(term)}: that needs a target declaring zeroCopy (loop, mem, null)`,
     );

@@ -3,7 +3,7 @@
  * data itself with pread/pwrite at the request's position on /dev/ublkcN.
  * What it copies through is a bounce pool bounded in bytes, not depth x max IO size.
  */
-import { UBLK_IO_BUF, UBLK_QID, UBLK_TAG, UBLKSRV_IO_BUF_OFFSET } from '../ublk-cmd.js';
+import { UBLK_QID, UBLK_TAG, UBLKSRV_IO_BUF_OFFSET } from '../ublk-cmd.js';
 
 const TAG_SCALE = 2 ** UBLK_TAG.OFF;
 const QID_SCALE = 2 ** UBLK_QID.OFF;
@@ -15,11 +15,6 @@ const QID_SCALE = 2 ** UBLK_QID.OFF;
  */
 export function userCopyOffset(qId: number, tag: number, byteOffset: number): number {
   return UBLKSRV_IO_BUF_OFFSET + qId * QID_SCALE + tag * TAG_SCALE + byteOffset;
-}
-
-/** Whether a request of `bytes` fits the byte-offset field of a user-copy position. */
-export function fitsUserCopy(bytes: number): boolean {
-  return bytes <= UBLK_IO_BUF.BITS_MASK + 1;
 }
 
 /** The unit the bounce pool hands out: small requests take one, a 512 KiB one 32. */

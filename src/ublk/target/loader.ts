@@ -88,7 +88,7 @@ export async function resolveTarget(
  * The module URL of an object some layer above knows (a built-in's), already checked to be that
  * module's default export; undefined for one it does not know.
  */
-export type KnownSource = (kind: 'target' | 'filter', value: object) => Promise<string | undefined>;
+type KnownSource = (kind: 'target' | 'filter', value: object) => Promise<string | undefined>;
 
 /**
  * The source of a target or filter object: the URL of the module it is the default export of

@@ -17,7 +17,7 @@ const DEFINED_IN = Symbol.for('ublk-ts.definedIn');
 const MADE_OF = Symbol.for('ublk-ts.stackOf');
 
 /** A target under filters, as withFilters got them: objects (each with its own record). */
-export interface StackParts {
+interface StackParts {
   target: object;
   filters: readonly { filter: object; args?: TargetArgs }[];
 }
