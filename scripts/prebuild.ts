@@ -14,6 +14,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync 
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { arch, platform } from 'node:process';
+import { libc as libcOfPrebuilds } from '../src/native-addon.js';
 import { REPO_ROOT } from './lib/common.js';
 
 const gyp = JSON.parse(readFileSync(join(REPO_ROOT, 'binding.gyp'), 'utf8')) as {
@@ -34,8 +35,7 @@ if (run.status !== 0) {
   process.exit(1);
 }
 
-// node-gyp-build's own test for musl.
-const libc = existsSync('/etc/alpine-release') ? 'musl' : 'glibc';
+const libc = libcOfPrebuilds();
 const dir = join(REPO_ROOT, 'prebuilds', `${platform}-${arch}`);
 mkdirSync(dir, { recursive: true });
 const names = new Set(targets.map((t) => `${t}.napi.${libc}.node`));

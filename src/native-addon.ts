@@ -7,8 +7,11 @@ import { fileURLToPath } from 'node:url';
 // import.meta.url names the same depth).
 const ROOT = new URL('../../', import.meta.url);
 
-/** node-gyp-build's test, so that the prebuild it accepted at install time is the one loaded. */
-const libc = (): string => (existsSync('/etc/alpine-release') ? 'musl' : 'glibc');
+/**
+ * node-gyp-build's test for musl, so that the prebuild it accepted at install time is the one
+ * loaded; scripts/prebuild.ts names the prebuilds by it.
+ */
+export const libc = (): string => (existsSync('/etc/alpine-release') ? 'musl' : 'glibc');
 
 /**
  * Loads a native addon by its binding.gyp target name, where node-gyp-build (the package's install

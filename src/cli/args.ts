@@ -4,7 +4,13 @@ import { UserError } from '../errors.js';
 import { constants } from '../sys.js';
 import type { TargetArgs, TargetOptionSpecs } from '../ublk/target/contract.js';
 import type { DataPath } from '../ublk/device/data-path.js';
-import { commandOptions } from './commands.js';
+import {
+  ADD_DEFAULTS,
+  commandOptions,
+  MAX_DEPTH,
+  MAX_IO_BUF_BYTES,
+  MAX_QUEUES,
+} from './commands.js';
 import { listLayout, type ListLayout } from './list-format.js';
 import { parseBool01, parseInteger, parseSize } from './numbers.js';
 
@@ -43,11 +49,7 @@ export interface AddOptions {
   targetArgs: TargetArgs;
 }
 
-export const ADD_DEFAULTS = { queues: 1, depth: 128, maxIoBufBytes: 512 * 1024 } as const;
 const { PAGE_SIZE } = constants;
-const MAX_QUEUES = 4096;
-const MAX_DEPTH = 4096;
-const MAX_IO_BUF_BYTES = 32 << 20;
 
 /** Every option `add` has before the target's own (commands.ts has their help). */
 const ADD_OPTIONS = commandOptions('add');
@@ -180,13 +182,16 @@ export function parseAddArgs(
   };
 }
 
-/** Each data-path flag of `add`, and the data path it asks for. */
-const DATA_PATH_FLAGS = [
+/**
+ * Each data-path flag of `add`: as messages name it (-z, as help and docs lead with it), its
+ * parseArgs key, and the data path it asks for. --no_auto_zc (copy) is the one without a key here.
+ */
+export const DATA_PATH_FLAGS = [
   ['--usercopy', 'usercopy', 'user-copy'],
-  ['--zerocopy', 'zerocopy', 'zero-copy'],
+  ['-z', 'zerocopy', 'zero-copy'],
   ['--auto_zc', 'auto_zc', 'auto-zero-copy'],
   ['--manual_zc', 'manual_zc', 'manual-zero-copy'],
-] as const;
+] as const satisfies readonly (readonly [string, string, DataPath])[];
 
 /** At most one data-path flag; --no_auto_zc alone is copy, and nothing is the default. */
 function dataPathOf(values: Record<string, string | boolean | undefined>): DataPath {

@@ -7,6 +7,12 @@
 import type { ParseArgsConfig } from 'node:util';
 import { BUILT_IN_FILTERS, BUILT_IN_TARGETS } from '../targets/registry.js';
 
+/** `add`'s defaults and limits, which its help states and its parser applies. */
+export const ADD_DEFAULTS = { queues: 1, depth: 128, maxIoBufBytes: 512 * 1024 } as const;
+export const MAX_QUEUES = 4096;
+export const MAX_DEPTH = 4096;
+export const MAX_IO_BUF_BYTES = 32 << 20;
+
 export interface OptionDoc {
   type: 'string' | 'boolean';
   short?: string;
@@ -43,13 +49,13 @@ const ADD = {
     type: 'string',
     short: 'q',
     value: 'NR_HW_QUEUES',
-    help: 'queues, one thread each (default 1, at most 4096)',
+    help: `queues, one thread each (default ${ADD_DEFAULTS.queues}, at most ${MAX_QUEUES})`,
   },
   depth: {
     type: 'string',
     short: 'd',
     value: 'QUEUE_DEPTH',
-    help: 'requests in flight per queue (default 128, at most 4096)',
+    help: `requests in flight per queue (default ${ADD_DEFAULTS.depth}, at most ${MAX_DEPTH})`,
   },
   uring_comp: {
     type: 'string',
@@ -84,7 +90,7 @@ const ADD = {
   max_io_buf_bytes: {
     type: 'string',
     value: 'BYTES',
-    help: 'the largest request, a multiple of the page size (default 524288)',
+    help: `the largest request, a multiple of the page size (default ${ADD_DEFAULTS.maxIoBufBytes})`,
   },
   foreground: {
     type: 'boolean',

@@ -6,7 +6,7 @@ import {
 } from '../ublk/device/data-path.js';
 import type { AnyDeviceOptions } from '../ublk/device/device.js';
 import { UserError } from '../errors.js';
-import type { AddOptions } from './args.js';
+import { DATA_PATH_FLAGS, type AddOptions } from './args.js';
 
 /** The device options `ublk add` asks for. */
 export function deviceOptionsOf(o: AddOptions, targetSource: string): AnyDeviceOptions {
@@ -32,14 +32,13 @@ export function deviceOptionsOf(o: AddOptions, targetSource: string): AnyDeviceO
   };
 }
 
-/** The options as `ublk add`'s flags. */
-const FLAG_NAMES: Readonly<Record<OptionTerm, string>> = {
+/** The data paths `ublk add` names by a flag of DATA_PATH_FLAGS. */
+type FlagTerm = `dataPath '${(typeof DATA_PATH_FLAGS)[number][2]}'`;
+
+/** The other options as `ublk add`'s flags. */
+const FLAG_NAMES: Readonly<Record<Exclude<OptionTerm, FlagTerm>, string>> = {
   "dataPath 'auto'": 'the default data path',
   "dataPath 'copy'": '--no_auto_zc',
-  "dataPath 'user-copy'": '--usercopy',
-  "dataPath 'zero-copy'": '--zerocopy',
-  "dataPath 'auto-zero-copy'": '--auto_zc',
-  "dataPath 'manual-zero-copy'": '--manual_zc',
   batch: '-b',
   needGetData: '-g 1',
   unprivileged: '--unprivileged',
@@ -47,7 +46,9 @@ const FLAG_NAMES: Readonly<Record<OptionTerm, string>> = {
 };
 
 const CLI_WORDS: OptionWords = {
-  name: (term) => FLAG_NAMES[term],
+  name: (term) =>
+    DATA_PATH_FLAGS.find(([, , path]) => term === `dataPath '${path}'`)?.[0] ??
+    FLAG_NAMES[term as Exclude<OptionTerm, FlagTerm>],
   exclude: (a, b) => `${a} and ${b} exclude each other`,
 };
 

@@ -299,7 +299,7 @@ if ((features & UBLK_F.USER_COPY) !== 0) {
   test('--usercopy with --auto_zc, with -z, with -g 1: refused in one line, nothing left', () => {
     for (const [extra, pattern] of [
       [['--auto_zc'], /--usercopy and --auto_zc exclude each other/],
-      [['-z'], /--usercopy and --zerocopy exclude each other/],
+      [['-z'], /--usercopy and -z exclude each other/],
       [['-g', '1'], /--usercopy and -g 1 exclude each other/],
     ] as const) {
       const r = ublk('add', '-t', 'null', '--usercopy', ...extra);
@@ -380,7 +380,7 @@ test('-z (ublksrv 1.8): auto zero copy where the kernel has AUTO_BUF_REG, else m
     assert.notEqual(r.status, 0);
     assert.match(
       r.stderr.trim(),
-      /^ublk: zero copy \(--zerocopy\) needs UBLK_F_SUPPORT_ZERO_COPY \(Linux 6\.15\+\), which this kernel's ublk driver lacks$/,
+      /^ublk: zero copy \(-z\) needs UBLK_F_SUPPORT_ZERO_COPY \(Linux 6\.15\+\), which this kernel's ublk driver lacks$/,
     );
     assertNothingLeft();
     return;

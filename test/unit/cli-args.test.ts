@@ -140,7 +140,7 @@ test('add: the data-path flags: ublksrv’s --usercopy and -z, kublk’s --auto_
   }
   assert.throws(
     () => dataPath('--usercopy', '-z'),
-    /^UserError: --usercopy and --zerocopy exclude each other: choose one data path$/,
+    /^UserError: --usercopy and -z exclude each other: choose one data path$/,
   );
 });
 

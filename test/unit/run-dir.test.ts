@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { ADD_DEFAULTS } from '../../src/cli/args.js';
+import { ADD_DEFAULTS } from '../../src/cli/commands.js';
 import {
   isProcessAlive,
   readRecord,

@@ -15,8 +15,17 @@ import type { Capabilities } from '../target/contract.js';
  * copy. 'zero-copy' is ublksrv 1.8's -z: AUTO_BUF_REG where the kernel has it, else
  * SUPPORT_ZERO_COPY.
  */
-export type DataPath =
-  'auto' | 'copy' | 'user-copy' | 'zero-copy' | 'auto-zero-copy' | 'manual-zero-copy';
+export type DataPath = (typeof DATA_PATHS)[number];
+
+/** Every DataPath, for the run-time check of a JavaScript caller's options. */
+export const DATA_PATHS = [
+  'auto',
+  'copy',
+  'user-copy',
+  'zero-copy',
+  'auto-zero-copy',
+  'manual-zero-copy',
+] as const;
 
 /** What a device runs with once 'auto' and 'zero-copy' are resolved. */
 export type DataPathMode = 'copy' | 'user-copy' | 'auto-zero-copy' | 'manual-zero-copy';

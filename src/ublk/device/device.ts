@@ -39,6 +39,11 @@ export interface QueueInfo {
 
 const WORKER_URL = new URL('../queue/queue-worker.js', import.meta.url);
 
+/** DeviceOptions' defaults for what the caller leaves out. */
+const DEFAULT_QUEUES = 1;
+const DEFAULT_DEPTH = 128;
+const DEFAULT_MAX_IO_BUF_BYTES = 512 * 1024;
+
 /** A queue's worker thread, and its end as watchExit reports it. */
 interface QueueThread {
   worker: Worker;
@@ -152,7 +157,7 @@ export class Device {
     const setup = await target.setup(options.args ?? {}, {
       recovering: false,
       startEmpty: false,
-      queues: options.queues ?? 1,
+      queues: options.queues ?? DEFAULT_QUEUES,
     });
     const caps: Capabilities = setup.capabilities ?? {};
     let control: Control | undefined;
@@ -162,7 +167,12 @@ export class Device {
     try {
       control = openControl();
       // Validate what the target declared before anything exists in the kernel.
-      paramsFor(setup.size, caps, options.maxIoBufBytes ?? 524288, sysConstants.PAGE_SIZE);
+      paramsFor(
+        setup.size,
+        caps,
+        options.maxIoBufBytes ?? DEFAULT_MAX_IO_BUF_BYTES,
+        sysConstants.PAGE_SIZE,
+      );
       const features = await control.getFeatures();
       dataPath = resolveDataPath(
         request,
@@ -176,9 +186,9 @@ export class Device {
       info = await control
         .addDev({
           devId,
-          nrHwQueues: options.queues ?? 1,
-          queueDepth: options.depth ?? 128,
-          maxIoBufBytes: options.maxIoBufBytes ?? 524288,
+          nrHwQueues: options.queues ?? DEFAULT_QUEUES,
+          queueDepth: options.depth ?? DEFAULT_DEPTH,
+          maxIoBufBytes: options.maxIoBufBytes ?? DEFAULT_MAX_IO_BUF_BYTES,
           flags,
         })
         .catch((err: unknown) => {

@@ -5,7 +5,7 @@
  */
 import { UserError } from '../../errors.js';
 import type { Target, TargetArgs } from '../target/contract.js';
-import type { DataPath } from './data-path.js';
+import { DATA_PATHS, type DataPath } from './data-path.js';
 
 /** What every device has, whatever its data path. */
 interface CommonDeviceOptions {
@@ -117,21 +117,12 @@ const RECOVER_KEYS: Readonly<Record<keyof RecoverOptions, Kind>> = {
   logEveryFailure: 'boolean',
 };
 
-const DATA_PATHS: readonly DataPath[] = [
-  'auto',
-  'copy',
-  'user-copy',
-  'zero-copy',
-  'auto-zero-copy',
-  'manual-zero-copy',
-];
-
 function fits(kind: Kind, value: unknown): boolean {
   switch (kind) {
     case 'target':
       return true; // the loader says what it cannot load
     case 'dataPath':
-      return DATA_PATHS.includes(value as DataPath);
+      return (DATA_PATHS as readonly unknown[]).includes(value);
     case 'recovery':
       return (
         typeof value === 'boolean' ||
