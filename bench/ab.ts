@@ -10,12 +10,12 @@
  * latency workload) and the median; writes bench-results/ab-<stamp>.json. Hold the VM lock:
  * `flock /tmp/ublk-vm.lock node dist/bench/ab.js ...`.
  */
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { REPO_ROOT } from '../scripts/lib/common.js';
 import { prepareVm } from '../scripts/lib/vm-prepare.js';
 import { guestEnv, runInVm, vmSettingsFromEnv } from '../scripts/lib/vm-run.js';
+import { fio, run } from './fio.js';
 import { median, WORKLOADS } from './workloads.js';
 
 const MARKER = '@@ab-report@@ ';
@@ -44,27 +44,8 @@ interface AbReport {
   runs: Measure[];
 }
 
-function run(command: string, args: string[]): string {
-  const r = spawnSync(command, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${command} ${args.join(' ')}: ${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
-
-function fio(path: string, args: string[], seconds: number): { iops: number; meanUs: number } {
-  const out = run('fio', [
-    '--name=ab',
-    `--filename=${path}`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    `--runtime=${seconds}`,
-    '--time_based',
-    '--group_reporting',
-    '--output-format=json',
-    ...args,
-  ]);
-  type Side = { iops: number; clat_ns: { mean: number } };
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Record<string, Side>[] }).jobs[0];
-  const side = job.read.iops > 0 ? job.read : job.write;
+function measure(path: string, args: string[], seconds: number): { iops: number; meanUs: number } {
+  const side = fio('ab', path, args, seconds);
   return { iops: side.iops, meanUs: side.clat_ns.mean / 1000 };
 }
 
@@ -100,8 +81,8 @@ function guest(): void {
       try {
         const dev = `/dev/ublkb${id}`;
         writeFileSync(`/sys/block/${basename(dev)}/queue/scheduler`, 'none');
-        fio(dev, workload.args, 1);
-        const m = fio(dev, workload.args, seconds);
+        measure(dev, workload.args, 1);
+        const m = measure(dev, workload.args, seconds);
         runs.push({ build, pair, ...m });
         const done = (pair - 1) * 2 + runs.filter((r) => r.pair === pair).length;
         const left = ((Date.now() - started) / done) * (pairs * 2 - done);

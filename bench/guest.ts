@@ -8,6 +8,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { basename } from 'node:path';
 import { UBLK_F } from '../src/ublk/ublk-cmd.js';
+import { fio as runFio, run } from './fio.js';
 import { WORKLOADS, type BenchReport, type MemoryReport, type Run } from './workloads.js';
 
 const CLI = new URL('../bundle/cli/main.js', import.meta.url).pathname;
@@ -156,12 +157,6 @@ function targetsOf(mode: (typeof MODES)[number]): (typeof mode)['targets'] {
   return mode.targets.filter((t) => t === 'loop' || (t === 'null' && mode.name === 'copy'));
 }
 
-function run(command: string, args: string[]): string {
-  const r = spawnSync(command, args, { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`${command} ${args.join(' ')}: ${r.stderr}${r.stdout}`);
-  return r.stdout;
-}
-
 interface Device {
   name: string;
   path: string;
@@ -202,12 +197,6 @@ function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]); // utime + stime
 }
 
-interface FioSide {
-  iops: number;
-  bw: number;
-  clat_ns: { mean: number; percentile?: Record<string, number> };
-}
-
 function fio(
   device: Device,
   workloadArgs: string[],
@@ -215,21 +204,8 @@ function fio(
 ): Omit<Run, 'device' | 'workload' | 'round'> {
   const before = device.pid ? cpuTicks(device.pid) : 0;
   const started = Date.now();
-  const out = run('fio', [
-    '--name=bench',
-    `--filename=${device.path}`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    `--runtime=${seconds}`,
-    '--time_based',
-    '--group_reporting',
-    '--output-format=json',
-    ...workloadArgs,
-  ]);
+  const side = runFio('bench', device.path, workloadArgs, seconds);
   const elapsed = (Date.now() - started) / 1000;
-  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: Record<string, FioSide>[] })
-    .jobs[0];
-  const side = job.read.iops > 0 ? job.read : job.write;
   const pct = side.clat_ns.percentile ?? {};
   return {
     iops: side.iops,
