@@ -256,7 +256,7 @@ if (lendsPages) {
     try {
       for (const [option, name] of [
         ['--auto_zc', '--auto_zc'],
-        ['-z', '--zerocopy'],
+        ['-z', '-z'],
       ]) {
         const r = ublk('add', '-t', 'nbd', '--host', '127.0.0.1', '--port', '10813', option);
         assert.notEqual(r.status, 0);
