@@ -111,25 +111,11 @@ function checkContents(packed: PackResult, manifest: Manifest): void {
     throw new Failure(`the tarball carries ${strays[0]} and ${strays.length - 1} more`);
 }
 
-const TARGET = `import { defineTarget, parseSize } from 'ublk-ts';
-
-export default defineTarget({
-  name: 'pack-test',
-  options: { size: { type: 'string', description: 'disk size (default 1M)' } },
-  setup(args) {
-    const size = parseSize(args.size ?? '1M', 'size');
-    return { size, shared: { memory: new SharedArrayBuffer(size) } };
-  },
-  queue({ memory }) {
-    const disk = new Uint8Array(memory);
-    return {
-      read: (buf, offset) => buf.set(disk.subarray(offset, offset + buf.length)),
-      write: (buf, offset) => disk.set(buf, offset),
-    };
-  },
-});
-
-// The declarations are real, not any: a target without its handlers is refused.
+/**
+ * The README's example target, as a user would write it against the installed package, and a
+ * probe that the declarations are real types, not any: a target without its handlers is refused.
+ */
+const TARGET = `${readFileSync(join(REPO_ROOT, 'examples', 'ramdisk.ts'), 'utf8')}
 // @ts-expect-error
 defineTarget({ name: 'incomplete' });
 `;
